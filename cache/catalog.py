@@ -1,0 +1,175 @@
+"""The catalog: what each image file was last seen as, and which files failed.
+
+One SQLite database per cache, shared by every fingerprint:
+
+* the stat index maps a path to its (size, mtime_ns) and content key, so a rerun over unchanged
+  files costs a ``stat`` each instead of reading and hashing them; it also keeps the label the
+  source gave the file, which export and the heads read back;
+* the failure ledger records every file that could not be read or decoded, with the reason;
+  a file is retried when it changes on disk, or on request.
+
+SQLite does the locking, so two extract runs can share a cache.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["FailureRecord", "FileCatalog", "FileRecord"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    label TEXT,
+    seen_unix REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_key ON files(key);
+CREATE TABLE IF NOT EXISTS failures (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    label TEXT,
+    seen_unix REAL NOT NULL
+);
+"""
+# SQLite's default limit on bound parameters in one statement is 32766 (999 before 3.32).
+_IN_CHUNK = 900
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A file that was read: where, its stat signature, its content key and its label."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    key: str
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """A file that could not be used, and why. ``size``/``mtime_ns`` are -1 when stat failed."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    reason: str
+    label: str | None = None
+
+    def matches(self, size: int, mtime_ns: int) -> bool:
+        """True when the file on disk is still the one that failed."""
+        return (self.size, self.mtime_ns) == (size, mtime_ns)
+
+
+class FileCatalog:
+    """Stat index and failure ledger in ``<cache>/catalog.sqlite``.
+
+    Example:
+        >>> with FileCatalog(Path(".headstart/catalog.sqlite")) as catalog:  # doctest: +SKIP
+        ...     catalog.lookup(["/data/cat.jpg"])
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=120)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def __enter__(self) -> FileCatalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def lookup(self, paths: Sequence[str]) -> dict[str, FileRecord]:
+        """The stat index entries of ``paths`` that have one."""
+        rows = self._select_in(
+            "SELECT path, size, mtime_ns, key, label FROM files WHERE path IN ({})", paths
+        )
+        return {row[0]: FileRecord(*row) for row in rows}
+
+    def lookup_failures(self, paths: Sequence[str]) -> dict[str, FailureRecord]:
+        rows = self._select_in(
+            "SELECT path, size, mtime_ns, reason, label FROM failures WHERE path IN ({})", paths
+        )
+        return {row[0]: FailureRecord(*row) for row in rows}
+
+    def record(
+        self, files: Sequence[FileRecord] = (), failures: Sequence[FailureRecord] = ()
+    ) -> None:
+        """Store what was just read, in one transaction.
+
+        A file that now reads fine leaves the ledger; a file that now fails leaves the stat
+        index, so a stale key is never reported for it.
+        """
+        now = time.time()
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO files(path, size, mtime_ns, key, label, seen_unix) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
+                "mtime_ns=excluded.mtime_ns, key=excluded.key, label=excluded.label, "
+                "seen_unix=excluded.seen_unix",
+                [(f.path, f.size, f.mtime_ns, f.key, f.label, now) for f in files],
+            )
+            self._db.executemany("DELETE FROM failures WHERE path = ?", [(f.path,) for f in files])
+            self._db.executemany(
+                "INSERT INTO failures(path, size, mtime_ns, reason, label, seen_unix) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
+                "mtime_ns=excluded.mtime_ns, reason=excluded.reason, label=excluded.label, "
+                "seen_unix=excluded.seen_unix",
+                [(f.path, f.size, f.mtime_ns, f.reason, f.label, now) for f in failures],
+            )
+            self._db.executemany("DELETE FROM files WHERE path = ?", [(f.path,) for f in failures])
+
+    def count_files(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
+
+    def count_failures(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM failures").fetchone()[0])
+
+    def iter_failures(self) -> Iterator[FailureRecord]:
+        cursor = self._db.execute(
+            "SELECT path, size, mtime_ns, reason, label FROM failures ORDER BY path"
+        )
+        for row in cursor:
+            yield FailureRecord(*row)
+
+    def iter_files(self, chunk: int = 10_000) -> Iterator[list[FileRecord]]:
+        """Every stat index entry, in path order, ``chunk`` rows at a time."""
+        last = ""
+        while True:
+            rows = self._db.execute(
+                "SELECT path, size, mtime_ns, key, label FROM files WHERE path > ? "
+                "ORDER BY path LIMIT ?",
+                (last, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            yield [FileRecord(*row) for row in rows]
+            last = rows[-1][0]
+
+    def _select_in(self, query: str, values: Sequence[str]) -> Iterable[tuple]:
+        for start in range(0, len(values), _IN_CHUNK):
+            part = values[start : start + _IN_CHUNK]
+            yield from self._db.execute(query.format(",".join("?" * len(part))), part)
+
+
+def stat_signature(path: str) -> tuple[int, int]:
+    """(size, mtime_ns) of a file, the part of its stat that says whether it changed."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns

@@ -1,0 +1,40 @@
+"""A fingerprint names everything that changes an embedding: model, weights, layer, pooling,
+preprocessing and precision. Its id names the cache sub-directory holding those vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Fingerprint"]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The recipe behind a set of embeddings, and its short content hash.
+
+    ``source`` says how to rebuild the model (the model and weights specs as given); it is kept
+    beside the recipe but not hashed, since a moved weights file still holds the same weights.
+
+    Example:
+        >>> Fingerprint({"model": "torchvision:resnet50", "precision": "fp32"}).id  # doctest: +SKIP
+        '6f1c0e2a9b3d4c5e'
+    """
+
+    recipe: Mapping[str, Any]
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        canonical = json.dumps(self.recipe, sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "id", hashlib.sha256(canonical.encode()).hexdigest()[:16])
+
+    def describe(self) -> str:
+        """One line for people: model, weights, layer, precision."""
+        r = self.recipe
+        layer = r.get("layer") or "pre-logits"
+        return f"{r.get('model')} weights={r.get('weights')} layer={layer} {r.get('precision')}"

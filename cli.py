@@ -1,0 +1,251 @@
+"""The ``headstart`` command: one click group of thin verbs over the library.
+
+Heavy imports (torch, h5py) happen inside the commands, so ``headstart --help`` is instant.
+User errors become one line on stderr and a non-zero exit; exit status 3 means the run finished
+but some files could not be used, 130 that it was interrupted (what was done is kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import click
+
+from headstart import __version__
+from headstart.errors import HeadstartError
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_SOME_FAILED", "main"]
+
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+_CACHE_HELP = "Cache directory [env HEADSTART_CACHE; default ./.headstart]."
+
+
+@dataclass
+class AppContext:
+    verbose: bool
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+class _Group(click.Group):
+    """Turns the library's user errors into click's one-line errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HeadstartError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+        except KeyboardInterrupt:
+            click.echo(
+                "interrupted; everything finished so far is saved, rerun to continue", err=True
+            )
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="headstart")
+@click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Transfer learning from the command line: embed images once, reuse the vectors."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s" if verbose else "warning: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    ctx.obj = AppContext(verbose=verbose)
+
+
+def _floats(text: str | None) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three comma-separated numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise click.BadParameter(f"expected three comma-separated numbers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def embedding_options(command):
+    """The options that pick a model and run it; shared by every command that embeds images."""
+    options = [
+        click.option("-m", "--model", required=True,
+                     help="resnet50, timm:NAME, model.pt or pkg.mod:factory."),
+        click.option("-w", "--weights", default="DEFAULT", show_default=True,
+                     help="DEFAULT, a torchvision enum name, none (random init) or a file."),
+        click.option("--layer", help="A graph node to embed at instead of the pre-logits."),
+        click.option("--cache", "cache_dir", envvar="HEADSTART_CACHE", default=".headstart",
+                     help=_CACHE_HELP),
+        click.option("-b", "--batch-size", type=click.IntRange(min=1),
+                     help="[default: 32 CPU, 128 CUDA]"),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda or cuda:N."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                     default="auto", show_default=True),
+        click.option("-j", "--workers", type=click.IntRange(min=0), help="Decoding processes."),
+        click.option("--resize", type=click.IntRange(min=1), help="Shorter side before the crop."),
+        click.option("--crop", type=click.IntRange(min=1), help="Centre crop (model input) size."),
+        click.option("--mean", help="Normalisation mean: three comma-separated values."),
+        click.option("--std", help="Normalisation std: three comma-separated values."),
+        click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"])),
+        click.option("--compile/--no-compile", default=None,
+                     help="torch.compile the model [default: on CPU for 1000+ images]."),
+        click.option("--store-dtype", type=click.Choice(["float16", "float32"]),
+                     default="float16", show_default=True,
+                     help="On-disk precision (float16 falls back to float32 on overflow)."),
+        click.option("--shard-size", "shard_rows", type=click.IntRange(min=1), default=4096,
+                     show_default=True, help="Rows per shard file."),
+        click.option("--flush-seconds", type=click.FloatRange(min=0), default=30.0,
+                     show_default=True, help="Publish buffered rows at least this often."),
+        click.option("--fallback-random", is_flag=True,
+                     help="If pretrained weights cannot be had, say so and use random init."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _extract_options(params: dict, **extra):
+    """Split :func:`embedding_options` values into ``ExtractOptions`` and the cache directory."""
+    from headstart.extract import ExtractOptions, PreprocessOverrides
+
+    preprocess = PreprocessOverrides(
+        params.pop("resize"),
+        params.pop("crop"),
+        _floats(params.pop("mean")),
+        _floats(params.pop("std")),
+        params.pop("interpolation"),
+    )
+    cache_dir = params.pop("cache_dir")
+    return ExtractOptions(preprocess=preprocess, **params, **extra), cache_dir
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@embedding_options
+@click.option("--retry-failed", is_flag=True, help="Try files the failure ledger lists again.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def extract(sources: tuple[str, ...], retry_failed: bool, quiet: bool, **params) -> None:
+    """Embed the images of SOURCES (folders, .txt/.csv manifests, files) into the cache."""
+    from headstart.extract import extract as run_extract
+
+    options, cache_dir = _extract_options(params, retry_failed=retry_failed)
+    # A polite kill (SIGTERM from a scheduler) gets the same clean stop as Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    summary = run_extract(sources, options, cache_dir, progress=not quiet)
+    fp = summary.fingerprint
+    click.echo(f"fingerprint {fp.id}  {fp.describe()}  (cache {cache_dir})")
+    rate = f" · {summary.images_per_second:.1f} img/s" if summary.embedded else ""
+    click.echo(
+        f"listed {summary.listed} · embedded {summary.embedded} · from cache {summary.from_cache}"
+        f" · failed {summary.failed + summary.skipped_failed}{rate} · {summary.seconds:.1f} s"
+    )
+    failed = summary.failed + summary.skipped_failed
+    if failed:
+        for failure in summary.failure_examples:
+            click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)
+        earlier = (
+            f" ({summary.skipped_failed} in earlier runs; --retry-failed tries them again)"
+            if summary.skipped_failed
+            else ""
+        )
+        click.echo(
+            f"{failed} files could not be used{earlier}; "
+            f"list them with: headstart info {cache_dir} --failures",
+            err=True,
+        )
+        click.get_current_context().exit(EXIT_SOME_FAILED)
+
+
+@main.command()
+@click.argument("cache_dir", required=False, envvar="HEADSTART_CACHE", default=".headstart")
+@click.option("--failures", "show_failures", is_flag=True, help="List every failed file.")
+def info(cache_dir: str, show_failures: bool) -> None:
+    """Show the fingerprints, counts, widths and sizes in CACHE_DIR, and its failures."""
+    from headstart.cache import EmbeddingCache
+    from headstart.cache.report import describe_cache
+
+    report = describe_cache(cache_dir)
+    click.echo(
+        f"cache {report.root}: {report.files_indexed} files indexed, {report.failures} failed"
+    )
+    for fp in report.fingerprints:
+        dtypes = "/".join(fp.dtypes) or "-"
+        click.echo(f"{fp.fingerprint.id}  {fp.fingerprint.describe()}")
+        click.echo(
+            f"    {fp.embeddings} embeddings x {fp.dim or '-'}  {dtypes}  {fp.shards} shards  "
+            f"{_size(fp.bytes)}"
+        )
+    if report.failure_reasons and not show_failures:
+        click.echo("failures by reason:")
+        for reason, count in report.failure_reasons:
+            click.echo(f"    {count:6d}  {reason}")
+    if show_failures:
+        with EmbeddingCache(cache_dir).catalog() as catalog:
+            for failure in catalog.iter_failures():
+                click.echo(f"{failure.path}\t{failure.reason}")
+
+
+@main.command()
+@click.argument("cache_dir", required=False, envvar="HEADSTART_CACHE", default=".headstart")
+@click.option("--fingerprint", help="Fingerprint id or unique prefix [default: the only one].")
+@click.option("-o", "--out", required=True, help="Output path (.npy + .csv, or .parquet).")
+@click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), help="[default: by suffix]")
+def export(cache_dir: str, fingerprint: str | None, out: str, fmt: str | None) -> None:
+    """Write a fingerprint's embeddings with paths and labels to .npy + .csv or Parquet."""
+    from headstart.cache import EmbeddingCache
+    from headstart.cache.export import export_embeddings
+
+    fmt = fmt or ("parquet" if out.endswith(".parquet") else "npy")
+    result = export_embeddings(EmbeddingCache(cache_dir).open(fingerprint), out, fmt)
+    click.echo(f"wrote {result.rows} rows x {result.dim} to {', '.join(map(str, result.files))}")
+
+
+@main.command()
+@click.argument("pattern", required=False)
+@click.option("--source", type=click.Choice(["torchvision", "timm"]), help="Only this family.")
+def models(pattern: str | None, source: str | None) -> None:
+    """List model names (optionally matching a glob PATTERN such as 'resnet*')."""
+    import fnmatch
+
+    from headstart.extract import list_backbones
+
+    for name in list_backbones(source):
+        short = name.split(":", 1)[1] if name.startswith("torchvision:") else name
+        if pattern is None or fnmatch.fnmatch(short, pattern) or fnmatch.fnmatch(name, pattern):
+            click.echo(short)
+
+
+@main.command()
+@click.argument("model")
+def layers(model: str) -> None:
+    """List the graph nodes of MODEL that --layer accepts."""
+    from headstart.extract import get_backbone
+    from headstart.extract.features import layer_names
+
+    for name in layer_names(get_backbone(model, "none")):
+        click.echo(name)
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num_bytes < 1024 or unit == "GB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} TB"  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

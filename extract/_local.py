@@ -1,0 +1,127 @@
+"""The user's own models: TorchScript files and Python factories returning an ``nn.Module``.
+
+Their output is taken as the embedding (pooled when it is a feature map). Their weights come
+with them, or from ``--weights FILE``; their preprocessing comes from explicit options, or the
+documented default, and is recorded in the fingerprint either way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import warnings
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from headstart.cache.keys import file_key
+from headstart.errors import HeadstartError
+from headstart.extract.backbones import Backbone, BackboneWeights, register_source, seeded
+from headstart.extract.checkpoints import file_weights, is_weights_file
+
+__all__ = ["PythonFactorySource", "TorchScriptSource"]
+
+
+def _weights(spec: str, identity: str, origin: str) -> BackboneWeights:
+    if is_weights_file(spec):
+        return file_weights(spec, None)
+    if spec.upper() in ("DEFAULT", "NONE"):
+        return BackboneWeights(identity=identity, origin=origin, preprocess=None)
+    raise HeadstartError(f"--weights for a local model takes DEFAULT, none or a file, not {spec!r}")
+
+
+@register_source("torchscript")
+class TorchScriptSource:
+    """A TorchScript file made with ``torch.jit.script``/``trace`` and ``torch.jit.save``."""
+
+    def names(self) -> list[str]:
+        return []
+
+    def resolve(self, name: str, weights: str) -> Backbone:
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise HeadstartError(f"TorchScript file not found: {name!r}")
+        digest = f"sha256:{file_key(str(path))}"
+        return Backbone(
+            name=f"torchscript:{path}",
+            weights=_weights(weights, "embedded", str(path)),
+            build=partial(_load_torchscript, path),
+            head_rule="as-is",
+            family="torchscript",
+            code_identity=digest,
+        )
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        with warnings.catch_warnings():
+            # torch announces TorchScript's deprecation on every load; the user chose the format.
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HeadstartError(f"{path} is not a TorchScript model: {first}") from None
+
+
+@register_source("python")
+class PythonFactorySource:
+    """``package.module:factory`` or ``path/to/file.py:factory``; ``factory()`` -> ``nn.Module``."""
+
+    def names(self) -> list[str]:
+        return []
+
+    def resolve(self, name: str, weights: str) -> Backbone:
+        module_name, _, factory_name = name.rpartition(":")
+        module = _import(module_name)
+        factory = getattr(module, factory_name, None)
+        if not callable(factory):
+            raise HeadstartError(f"{module_name} has no callable {factory_name!r}")
+        source = inspect.getsourcefile(module)
+        if module_name.endswith(".py"):
+            module_name = str(Path(module_name).expanduser().resolve())
+        canonical = f"python:{module_name}:{factory_name}"
+        return Backbone(
+            name=canonical,
+            weights=_weights(weights, "factory-defined", canonical),
+            build=seeded(partial(_call_factory, factory, name)),
+            head_rule="as-is",
+            family="python",
+            # A changed factory file gives new vectors: its hash goes into the fingerprint.
+            code_identity=f"sha256:{file_key(source)}"
+            if source and os.path.isfile(source)
+            else None,
+        )
+
+
+def _import(module_name: str) -> ModuleType:
+    if module_name.endswith(".py"):
+        path = Path(module_name).expanduser().resolve()
+        if not path.is_file():
+            raise HeadstartError(f"model file not found: {module_name!r}")
+        unique = f"headstart_user_model_{file_key(str(path))[:12]}"
+        if unique in sys.modules:
+            return sys.modules[unique]
+        spec = importlib.util.spec_from_file_location(unique, path)
+        if spec is None or spec.loader is None:
+            raise HeadstartError(f"cannot import {module_name!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[unique] = module  # DataLoader workers and pickling find it by name
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HeadstartError(f"cannot import {module_name!r}: {exc}") from None
+
+
+def _call_factory(factory, spec: str) -> nn.Module:
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise HeadstartError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

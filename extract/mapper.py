@@ -1,0 +1,145 @@
+"""The mapper: uint8 image batches in, float32 embeddings out, on one device.
+
+Everything that makes a frozen forward pass fast lives here: inference mode, channels-last
+memory, autocast at the chosen precision, optional ``torch.compile`` with weight freezing (CPU
+convolutions then use prepacked oneDNN kernels), pinned host memory with non-blocking copies
+on CUDA, and one batch in flight so the GPU works while the host collects the last result.
+On CUDA out-of-memory the batch is split in halves and retried, and the smaller size is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from headstart.errors import HeadstartError
+from headstart.extract.device import autocast_dtype
+from headstart.extract.preprocess import Preprocess, normalize
+
+__all__ = ["Embedder", "PendingEmbedding"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PendingEmbedding:
+    """Vectors still being computed or copied; :meth:`result` waits for them."""
+
+    host: torch.Tensor
+    ready: torch.cuda.Event | None = None
+
+    def result(self) -> np.ndarray:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.host.numpy()
+
+
+class Embedder:
+    """Runs a feature model on one device.
+
+    Example:
+        >>> embedder = Embedder(model, preprocess, torch.device("cpu"), "fp32")  # doctest: +SKIP
+        >>> vectors = embedder(uint8_batch)  # (N, dim) float32 NumPy array
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Preprocess,
+        device: torch.device,
+        precision: str,
+        *,
+        compile: bool = False,
+    ) -> None:
+        self.device = device
+        self.preprocess = preprocess
+        self.precision = precision
+        self.max_batch: int | None = None
+        self._autocast = autocast_dtype(precision)
+        self._model = model.eval().requires_grad_(False).to(device)
+        self._model = self._model.to(memory_format=torch.channels_last)
+        self._compiled: nn.Module | None = None
+        self._static_batch: int | None = None
+        if compile:
+            # Freezing folds BatchNorm into convolutions and prepacks weights: the large CPU win.
+            self._compiled = torch.compile(self._model, dynamic=False, options={"freezing": True})
+        if device.type == "cuda":
+            # Fixed input shapes: let cuDNN pick the fastest convolution algorithms once.
+            torch.backends.cudnn.benchmark = True
+
+    def __call__(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.submit(pixels).result()
+
+    def submit(self, pixels: torch.Tensor) -> PendingEmbedding:
+        """Start embedding a (N, 3, H, W) uint8 batch; on CUDA this returns before it is done."""
+        total = len(pixels)
+        while True:
+            step = min(self.max_batch or total, total) or 1
+            try:
+                parts = [self._forward(pixels[i : i + step]) for i in range(0, total, step)]
+                break
+            except torch.cuda.OutOfMemoryError:
+                if step == 1:
+                    raise HeadstartError(
+                        "out of GPU memory for a single image; use a smaller model or --device cpu"
+                    ) from None
+                self.max_batch = step // 2
+                log.warning("out of GPU memory at batch %d; retrying at %d", step, self.max_batch)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        vectors = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if self.device.type != "cuda":
+            return PendingEmbedding(vectors)
+        host = vectors.to("cpu", non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return PendingEmbedding(host, ready)
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        count = len(pixels)
+        if self._compiled is not None:
+            # A compiled graph is specialised to one batch size; pad rather than recompile.
+            if self._static_batch is None or count > self._static_batch:
+                self._static_batch = count
+            if count < self._static_batch:
+                padding = pixels.new_zeros((self._static_batch - count, *pixels.shape[1:]))
+                pixels = torch.cat([pixels, padding])
+        images = pixels.to(self.device, non_blocking=True)
+        images = normalize(images, self.preprocess).contiguous(memory_format=torch.channels_last)
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type,
+                dtype=self._autocast or torch.float32,
+                enabled=bool(self._autocast),
+            ),
+        ):
+            out = self._run_model(images)
+        return out[:count].float()
+
+    def _run_model(self, images: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None:
+            try:
+                return self._compiled(images)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # no C++ compiler, unsupported op: eager still works
+                log.warning("torch.compile failed (%s); continuing without it", _first_line(exc))
+                self._compiled = None
+        try:
+            return self._model(images)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:
+            raise HeadstartError(
+                f"the model failed on a batch of shape {tuple(images.shape)}: {_first_line(exc)}"
+            ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

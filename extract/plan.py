@@ -1,0 +1,96 @@
+"""Planning: decide, from ``stat`` alone, which listed images still need a forward pass.
+
+An image whose (size, mtime_ns) matches the stat index has a known content key; if that key is
+already in the fingerprint's store, nothing more is read. Everything else goes on the work list:
+new or changed files, and files embedded only under other fingerprints. Files that failed before
+and have not changed are skipped unless a retry is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+
+from headstart.cache.catalog import FailureRecord, FileCatalog, FileRecord
+from headstart.cache.keys import KeySet
+from headstart.extract.sources import ImageItem
+from headstart.extract.worklist import WorkList
+
+__all__ = ["PlanCounts", "plan_work"]
+
+_CHUNK = 2048
+
+
+@dataclass
+class PlanCounts:
+    listed: int = 0
+    cached: int = 0
+    known_failures: int = 0
+    new_failures: int = 0
+    pending: int = 0
+
+
+def plan_work(
+    items: Iterable[ImageItem],
+    catalog: FileCatalog,
+    cached: KeySet,
+    work: WorkList,
+    *,
+    retry_failed: bool = False,
+) -> PlanCounts:
+    """Append what must be embedded to ``work``; record files that cannot even be stat'ed."""
+    counts = PlanCounts()
+    for chunk in _chunks(items, _CHUNK):
+        counts.listed += len(chunk)
+        paths = [item.path for item in chunk]
+        known = catalog.lookup(paths)
+        failed = catalog.lookup_failures(paths)
+        relabelled: list[FileRecord] = []
+        unreadable: list[FailureRecord] = []
+        candidates: list[tuple[ImageItem, FileRecord]] = []
+        for item in chunk:
+            try:
+                st = os.stat(item.path)
+            except OSError as exc:
+                st = None
+                stat_error = f"cannot read file: {exc.strerror or exc}"
+            signature = (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
+            failure = failed.get(item.path)
+            if failure is not None and failure.matches(*signature) and not retry_failed:
+                counts.known_failures += 1
+                continue
+            if st is None:
+                unreadable.append(FailureRecord(item.path, -1, -1, stat_error, item.label))
+                continue
+            entry = known.get(item.path)
+            if entry is not None and (entry.size, entry.mtime_ns) == signature:
+                candidates.append((item, entry))
+            else:
+                work.append(item)
+                counts.pending += 1
+        if candidates:
+            in_store = cached.contains(np.array([e.key for _, e in candidates], dtype="S64"))
+            for (item, entry), hit in zip(candidates, in_store, strict=True):
+                if not hit:
+                    work.append(item)
+                    counts.pending += 1
+                    continue
+                counts.cached += 1
+                if entry.label != item.label:
+                    relabelled.append(
+                        FileRecord(entry.path, entry.size, entry.mtime_ns, entry.key, item.label)
+                    )
+        counts.new_failures += len(unreadable)
+        if relabelled or unreadable:
+            catalog.record(relabelled, unreadable)
+    return counts
+
+
+def _chunks(items: Iterable[ImageItem], size: int) -> Iterator[list[ImageItem]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk

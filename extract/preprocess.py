@@ -1,0 +1,186 @@
+"""Preprocessing: one record per weights, resolved in one documented place.
+
+Resolution order (:func:`resolve_preprocess`): options the user gave explicitly, then the config
+that comes with the weights (torchvision's ``weights.transforms()``, timm's data config), then
+:data:`DEFAULT_PREPROCESS`. The result is written into the fingerprint, so vectors made with
+different preprocessing never mix.
+
+Decoding workers run :func:`to_uint8_tensor` (resize and crop on the PIL image, as
+``ImageClassification`` does); the process that owns the model runs :func:`normalize`, so only
+uint8 pixels cross process boundaries and the host-to-GPU copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from headstart.errors import HeadstartError
+
+__all__ = [
+    "DEFAULT_PREPROCESS",
+    "Preprocess",
+    "PreprocessOverrides",
+    "normalize",
+    "preprocess_from_timm",
+    "preprocess_from_torchvision",
+    "resolve_preprocess",
+    "to_uint8_tensor",
+]
+
+_INTERPOLATIONS = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to ``resize_size``, centre-crop ``crop_size``, normalise."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATIONS:
+            raise HeadstartError(
+                f"unknown interpolation {self.interpolation!r}; "
+                f"use one of {sorted(_INTERPOLATIONS)}"
+            )
+        if self.crop_size < 1 or self.resize_size < self.crop_size:
+            raise HeadstartError(
+                f"resize {self.resize_size} must be at least the crop {self.crop_size}, "
+                "and both positive"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise HeadstartError("mean and std need three values each, std all positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        return cls(
+            resize_size=int(data["resize_size"]),
+            crop_size=int(data["crop_size"]),
+            mean=_triple(data["mean"]),
+            std=_triple(data["std"]),
+            interpolation=str(data["interpolation"]),
+        )
+
+
+# For backbones whose weights carry no config (TorchScript files, user factories, random init of
+# a model without published weights): the ImageNet evaluation recipe most backbones were made with.
+DEFAULT_PREPROCESS = Preprocess(
+    resize_size=256,
+    crop_size=224,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    interpolation="bilinear",
+)
+
+
+@dataclass(frozen=True)
+class PreprocessOverrides:
+    """What the user set explicitly; ``None`` leaves the field to the weights or the default."""
+
+    resize_size: int | None = None
+    crop_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None
+
+
+def resolve_preprocess(
+    overrides: PreprocessOverrides, weights_config: Preprocess | None
+) -> Preprocess:
+    """Explicit options, then the weights' config, then :data:`DEFAULT_PREPROCESS`.
+
+    A crop given without a resize keeps the base config's resize-to-crop ratio.
+
+    Example:
+        >>> resolve_preprocess(PreprocessOverrides(crop_size=112), None).resize_size
+        128
+    """
+    base = weights_config or DEFAULT_PREPROCESS
+    crop = overrides.crop_size or base.crop_size
+    if overrides.resize_size is not None:
+        resize = overrides.resize_size
+    elif overrides.crop_size is not None:
+        resize = math.floor(crop * base.resize_size / base.crop_size)
+    else:
+        resize = base.resize_size
+    return Preprocess(
+        resize_size=resize,
+        crop_size=crop,
+        mean=overrides.mean or base.mean,
+        std=overrides.std or base.std,
+        interpolation=overrides.interpolation or base.interpolation,
+    )
+
+
+def preprocess_from_torchvision(transforms: Any) -> Preprocess:
+    """Read torchvision's ``ImageClassification`` preset (``weights.transforms()``)."""
+    interpolation = transforms.interpolation
+    name = next((k for k, v in _INTERPOLATIONS.items() if v == interpolation), None)
+    if name is None:
+        raise HeadstartError(f"unsupported interpolation in weights preset: {interpolation}")
+    return Preprocess(
+        resize_size=int(transforms.resize_size[0]),
+        crop_size=int(transforms.crop_size[0]),
+        mean=_triple(transforms.mean),
+        std=_triple(transforms.std),
+        interpolation=name,
+    )
+
+
+def preprocess_from_timm(data_config: dict[str, Any]) -> Preprocess:
+    """Read timm's ``resolve_data_config`` output (crop = input size, resize = crop / crop_pct)."""
+    crop = int(data_config["input_size"][-1])
+    crop_pct = float(data_config.get("crop_pct") or 1.0)
+    interpolation = str(data_config.get("interpolation") or "bilinear")
+    if interpolation not in _INTERPOLATIONS:
+        interpolation = "bicubic"  # timm's "random" etc. are training-time choices
+    return Preprocess(
+        resize_size=math.floor(crop / crop_pct),
+        crop_size=crop,
+        mean=_triple(data_config["mean"]),
+        std=_triple(data_config["std"]),
+        interpolation=interpolation,
+    )
+
+
+def to_uint8_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
+    """Resize and crop an RGB PIL image the way ``ImageClassification`` does; (3, H, W) uint8."""
+    image = F.resize(
+        image,
+        [preprocess.resize_size],
+        interpolation=_INTERPOLATIONS[preprocess.interpolation],
+        antialias=True,
+    )
+    image = F.center_crop(image, [preprocess.crop_size])
+    return F.pil_to_tensor(image)
+
+
+def normalize(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] and normalised with the weights' mean/std."""
+    scaled = F.convert_image_dtype(pixels, torch.float)
+    return F.normalize(scaled, mean=list(preprocess.mean), std=list(preprocess.std))
+
+
+def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) != 3:
+        raise HeadstartError(f"expected three values (one per RGB channel), got {list(values)}")
+    return (float(values[0]), float(values[1]), float(values[2]))

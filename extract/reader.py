@@ -1,0 +1,100 @@
+"""The reader: files in, typed batches of uint8 pixels out, in DataLoader worker processes.
+
+Each file is read once: the same bytes are hashed (the cache key) and decoded. A file that
+cannot be read or decoded becomes a :class:`FailureRecord` in the batch instead of an error,
+so one bad image in a million costs that image only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from headstart.cache.catalog import FailureRecord, FileRecord
+from headstart.cache.keys import content_key
+from headstart.extract.decode import DecodeError, decode_image
+from headstart.extract.preprocess import Preprocess, to_uint8_tensor
+from headstart.extract.worklist import WorkList
+
+__all__ = ["DecodedBatch", "ImageFileDataset", "make_loader"]
+
+
+@dataclass
+class DecodedItem:
+    """One work item after reading: a file record and pixels, or a failure."""
+
+    file: FileRecord | None = None
+    pixels: torch.Tensor | None = None
+    failure: FailureRecord | None = None
+
+
+@dataclass
+class DecodedBatch:
+    """``pixels[i]`` belongs to ``files[i]``; ``failures`` are the items that did not decode."""
+
+    pixels: torch.Tensor
+    files: list[FileRecord] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)
+
+    def pin_memory(self) -> DecodedBatch:
+        # DataLoader's pin-memory thread calls this on custom batch types.
+        return DecodedBatch(self.pixels.pin_memory(), self.files, self.failures)
+
+
+class ImageFileDataset(Dataset):
+    """Reads, hashes, decodes and resizes item ``i`` of a :class:`WorkList`."""
+
+    def __init__(self, work: WorkList, preprocess: Preprocess) -> None:
+        self.work = work
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.work)
+
+    def __getitem__(self, index: int) -> DecodedItem:
+        item = self.work[index]
+        try:
+            with open(item.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read()
+        except OSError as exc:
+            reason = f"cannot read file: {exc.strerror or exc}"
+            return DecodedItem(failure=FailureRecord(item.path, -1, -1, reason, item.label))
+        record = FileRecord(item.path, st.st_size, st.st_mtime_ns, content_key(data), item.label)
+        try:
+            image = decode_image(data, min_side=self.preprocess.resize_size)
+            pixels = to_uint8_tensor(image, self.preprocess)
+        except DecodeError as exc:
+            failure = FailureRecord(item.path, st.st_size, st.st_mtime_ns, str(exc), item.label)
+            return DecodedItem(failure=failure)
+        return DecodedItem(file=record, pixels=pixels)
+
+
+def collate(items: list[DecodedItem]) -> DecodedBatch:
+    good = [item for item in items if item.pixels is not None]
+    failures = [item.failure for item in items if item.failure is not None]
+    pixels = (
+        torch.stack([item.pixels for item in good])
+        if good
+        else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+    )
+    return DecodedBatch(pixels, [item.file for item in good], failures)
+
+
+def make_loader(
+    dataset: ImageFileDataset, *, batch_size: int, workers: int, pin_memory: bool
+) -> DataLoader:
+    """Batches in order, decoded by ``workers`` processes (0: in this process)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )

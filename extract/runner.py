@@ -1,0 +1,242 @@
+"""The runner: sources -> plan -> reader -> mapper -> writer, with the catalog kept up to date.
+
+Whatever happens, rows already computed are published before :func:`extract` returns or raises
+(Ctrl-C included), and the catalog is committed batch by batch, so a rerun embeds only what is
+missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from headstart.cache.catalog import FailureRecord
+from headstart.cache.fingerprint import Fingerprint
+from headstart.cache.keys import KEY_DTYPE, KeySet
+from headstart.cache.store import EmbeddingCache
+from headstart.cache.writer import ShardWriter
+from headstart.extract.backbones import Backbone, WeightsUnavailable, get_backbone
+from headstart.extract.device import resolve_device, resolve_precision
+from headstart.extract.features import POOLING, build_feature_model
+from headstart.extract.mapper import Embedder, PendingEmbedding
+from headstart.extract.plan import plan_work
+from headstart.extract.preprocess import Preprocess, PreprocessOverrides, resolve_preprocess
+from headstart.extract.reader import ImageFileDataset, make_loader
+from headstart.extract.sources import iter_images
+from headstart.extract.worklist import WorkList
+
+__all__ = ["ExtractOptions", "ExtractSummary", "Recipe", "extract", "resolve_recipe"]
+
+log = logging.getLogger(__name__)
+
+RECIPE_FORMAT = 1
+_FAILURE_EXAMPLES = 10
+# torch.compile costs tens of seconds once per process; below this many images it cannot pay off.
+_COMPILE_MIN_IMAGES = 1000
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """What to embed with and how; the fields that change vectors go into the fingerprint."""
+
+    model: str
+    weights: str = "DEFAULT"
+    layer: str | None = None
+    preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    compile: bool | None = None
+    store_dtype: str = "float16"
+    shard_rows: int = 4096
+    flush_seconds: float = 30.0
+    retry_failed: bool = False
+    fallback_random: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A resolved set of options: the backbone, preprocessing, device, precision, fingerprint."""
+
+    backbone: Backbone
+    preprocess: Preprocess
+    device: torch.device
+    precision: str
+    layer: str | None
+    fingerprint: Fingerprint
+    fallback_reason: str | None = None
+
+
+@dataclass
+class ExtractSummary:
+    """Counts of one run. ``failed`` are files that failed in this run."""
+
+    fingerprint: Fingerprint
+    cache_dir: Path
+    listed: int = 0
+    embedded: int = 0
+    from_cache: int = 0
+    failed: int = 0
+    skipped_failed: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    failure_examples: list[FailureRecord] = field(default_factory=list)
+    fallback_reason: str | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+
+def resolve_recipe(options: ExtractOptions) -> Recipe:
+    """Resolve model, weights, preprocessing, device and precision into a fingerprint.
+
+    Loads no model weights; with ``fallback_random`` it checks the pretrained weights can be
+    had and, when not, switches to random initialisation (and a fingerprint saying so).
+    """
+    backbone = get_backbone(options.model, options.weights)
+    fallback_reason = None
+    if options.fallback_random and backbone.weights.ensure_available is not None:
+        try:
+            backbone.weights.ensure_available()
+        except WeightsUnavailable as exc:
+            fallback_reason = str(exc)
+            backbone = get_backbone(options.model, "none")
+    device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    preprocess = resolve_preprocess(options.preprocess, backbone.weights.preprocess)
+    recipe = {
+        "format": RECIPE_FORMAT,
+        "model": backbone.name,
+        "model_code": backbone.code_identity,
+        "weights": backbone.weights.identity,
+        "layer": options.layer,
+        "pooling": POOLING,
+        "preprocess": preprocess.to_dict(),
+        "precision": precision,
+    }
+    weights_spec = "none" if fallback_reason else options.weights
+    source = {"model": options.model, "weights": weights_spec, "origin": backbone.weights.origin}
+    fingerprint = Fingerprint(recipe, source)
+    return Recipe(
+        backbone, preprocess, device, precision, options.layer, fingerprint, fallback_reason
+    )
+
+
+def extract(
+    sources: Sequence[str],
+    options: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+) -> ExtractSummary:
+    """Embed every image of ``sources`` that the cache does not hold yet.
+
+    Example:
+        >>> options = ExtractOptions(model="resnet18")
+        >>> s = extract(["photos/"], options, ".headstart")  # doctest: +SKIP
+        >>> s.embedded, s.from_cache, s.failed
+        (120, 0, 1)
+    """
+    started = time.perf_counter()
+    recipe = resolve_recipe(options)
+    if recipe.fallback_reason:
+        log.warning("%s; continuing with random initialisation", recipe.fallback_reason)
+    cache = EmbeddingCache(cache_dir)
+    store = cache.open(recipe.fingerprint)  # may not exist yet: created once a model runs
+    summary = ExtractSummary(recipe.fingerprint, cache.root, fallback_reason=recipe.fallback_reason)
+    seen = store.key_set()
+    with cache.catalog() as catalog, tempfile.TemporaryDirectory(prefix="headstart-") as tmp:
+        work = WorkList(Path(tmp))
+        try:
+            counts = plan_work(
+                iter_images(sources), catalog, seen, work, retry_failed=options.retry_failed
+            )
+        finally:
+            work.seal()
+        summary.listed, summary.from_cache = counts.listed, counts.cached
+        summary.failed, summary.skipped_failed = counts.new_failures, counts.known_failures
+        if len(work):
+            embed_started = time.perf_counter()
+            _embed(work, recipe, options, store, catalog, seen, summary, progress)
+            summary.embed_seconds = time.perf_counter() - embed_started
+        work.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _embed(work, recipe, options, store, catalog, seen: KeySet, summary, progress: bool) -> None:
+    features = build_feature_model(recipe.backbone, recipe.layer)
+    store.cache.create(recipe.fingerprint)
+    on_cuda = recipe.device.type == "cuda"
+    use_compile = options.compile
+    if use_compile is None:
+        use_compile = not on_cuda and len(work) >= _COMPILE_MIN_IMAGES
+    embedder = Embedder(
+        features.module, recipe.preprocess, recipe.device, recipe.precision, compile=use_compile
+    )
+    batch_size = options.batch_size or (128 if on_cuda else 32)
+    workers = options.workers if options.workers is not None else _default_workers(on_cuda)
+    loader = make_loader(
+        ImageFileDataset(work, recipe.preprocess),
+        batch_size=batch_size,
+        workers=workers,
+        pin_memory=on_cuda,
+    )
+    in_flight: tuple[PendingEmbedding, np.ndarray] | None = None
+    bar = tqdm(
+        total=len(work), unit="img", disable=not progress, dynamic_ncols=True, smoothing=0.05
+    )
+    writer = ShardWriter(
+        store,
+        shard_rows=options.shard_rows,
+        max_age_s=options.flush_seconds,
+        dtype=options.store_dtype,
+    )
+    try:
+        for batch in loader:
+            catalog.record(batch.files, batch.failures)
+            summary.failed += len(batch.failures)
+            room = _FAILURE_EXAMPLES - len(summary.failure_examples)
+            summary.failure_examples.extend(batch.failures[: max(room, 0)])
+            keys = np.array([f.key for f in batch.files], dtype=KEY_DTYPE)
+            fresh = _unseen(keys, seen)
+            summary.from_cache += int((~fresh).sum())
+            if fresh.any():
+                seen.add(keys[fresh])
+                pending = embedder.submit(batch.pixels[torch.from_numpy(fresh)])
+                if in_flight is not None:
+                    writer.add(in_flight[1], in_flight[0].result())
+                in_flight = (pending, keys[fresh])
+                summary.embedded += int(fresh.sum())
+            bar.update(len(batch.files) + len(batch.failures))
+    finally:
+        bar.close()
+        if in_flight is not None:
+            writer.add(in_flight[1], in_flight[0].result())
+        writer.close()
+
+
+def _unseen(keys: np.ndarray, seen: KeySet) -> np.ndarray:
+    """Keys neither stored nor embedded earlier in this run, first occurrence only."""
+    fresh = ~seen.contains(keys)
+    _, first = np.unique(keys, return_index=True)
+    in_batch_first = np.zeros(len(keys), dtype=bool)
+    in_batch_first[first] = True
+    return fresh & in_batch_first
+
+
+def _default_workers(on_cuda: bool) -> int:
+    cores = os.cpu_count() or 1
+    # On CPU the model wants the cores; decoding needs a fraction of them.
+    return min(16, cores) if on_cuda else max(1, min(4, cores // 2))

@@ -1,0 +1,99 @@
+"""Test helpers: small real image files made on the fly, and a fast model configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TESTS = Path(__file__).parent
+TINY_MODELS = TESTS / "tiny_models.py"
+
+# A real torchvision model at a small input size: the genuine code path, fast on two cores.
+FAST_ARGS = ["--model", "resnet18", "--weights", "none", "--resize", "40", "--crop", "32"]
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG") -> Path:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def make_folder(root: Path, classes: dict[str, int], start_seed: int = 0) -> list[Path]:
+    """``classes`` maps class name -> number of images; returns the paths, sorted."""
+    paths = []
+    seed = start_seed
+    for name, count in classes.items():
+        for i in range(count):
+            paths.append(write_image(root / name / f"{name}_{i:03d}.jpg", seed))
+            seed += 1
+    return sorted(paths)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_bomb_png(path: Path, side: int = 100_000) -> Path:
+    """A tiny PNG whose header claims side x side pixels (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    body = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body + _png_chunk(b"IEND", b""))
+    return path
+
+
+def make_odd_images(root: Path) -> dict[str, tuple[Path, bool]]:
+    """Awkward and broken files: name -> (path, whether it should embed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, tuple[Path, bool]] = {}
+
+    good = write_image(root / "good.jpg", 0, size=(64, 48))
+    out["good"] = (good, True)
+
+    truncated = root / "truncated.jpg"
+    data = write_image(root / "whole.jpg", 1, size=(256, 256)).read_bytes()
+    (root / "whole.jpg").unlink()
+    truncated.write_bytes(data[: len(data) // 2])
+    out["truncated"] = (truncated, False)
+
+    empty = root / "empty.jpg"
+    empty.write_bytes(b"")
+    out["zero-byte"] = (empty, False)
+
+    text = root / "text.jpg"
+    text.write_text("this is not a JPEG\n" * 20)
+    out["text-as-jpg"] = (text, False)
+
+    sixteen = root / "sixteen.png"
+    ramp = (np.arange(48 * 40, dtype=np.uint32).reshape(40, 48) * 34).astype(np.uint16)
+    Image.fromarray(ramp).save(sixteen)
+    out["16-bit-png"] = (sixteen, True)
+
+    cmyk = root / "cmyk.jpg"
+    Image.new("CMYK", (48, 40), (0, 128, 255, 20)).save(cmyk)
+    out["cmyk-jpeg"] = (cmyk, True)
+
+    palette = root / "palette.png"
+    pal = Image.new("P", (48, 40), 1)
+    pal.putpalette([255, 0, 0, 0, 255, 0] + [0, 0, 0] * 254)
+    pal.info["transparency"] = 1
+    pal.save(palette, transparency=1)
+    out["palette-alpha-png"] = (palette, True)
+
+    rotated = root / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (60, 30), (200, 10, 10)).save(rotated, exif=exif.tobytes())
+    out["exif-rotated"] = (rotated, True)
+
+    out["decompression-bomb"] = (write_bomb_png(root / "bomb.png"), False)
+    return out

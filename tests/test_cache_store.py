@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from headstart.cache import EmbeddingCache, Fingerprint, KeySet, ShardWriter, content_key
+from headstart.cache.shards import publish_shard, read_shard_info, shard_paths
+from headstart.errors import HeadstartError
+
+FP = Fingerprint({"model": "test", "precision": "fp32"})
+
+
+def keys_for(*names: str) -> np.ndarray:
+    return np.array([content_key(n.encode()) for n in names], dtype="S64")
+
+
+def test_shard_is_self_describing_and_published_atomically(tmp_path: Path) -> None:
+    vectors = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    path = publish_shard(tmp_path, FP.id, keys_for("a", "b", "c"), vectors)
+
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+    info = read_shard_info(path)
+    assert (info.fingerprint, info.count, info.dim, info.dtype) == (FP.id, 3, 4, "float16")
+    with h5py.File(path) as f:
+        assert {"headstart_version", "h5py_version", "created_unix"} <= set(f.attrs)
+        np.testing.assert_allclose(f["embeddings"][()], vectors, rtol=1e-3, atol=1e-3)
+
+
+def test_float16_overflow_falls_back_to_float32(tmp_path: Path) -> None:
+    vectors = np.array([[1.0, 1e6]], dtype=np.float32)
+    path = publish_shard(tmp_path, FP.id, keys_for("a"), vectors)
+    assert read_shard_info(path).dtype == "float32"
+    with h5py.File(path) as f:
+        assert f["embeddings"][0, 1] == 1e6
+
+
+def test_store_reads_back_by_key_in_any_order(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    store = cache.create(FP)
+    vectors = np.arange(20, dtype=np.float32).reshape(5, 4)
+    keys = keys_for("a", "b", "c", "d", "e")
+    with ShardWriter(store, shard_rows=2, dtype="float32") as writer:
+        writer.add(keys, vectors)
+
+    store = cache.open(FP.id[:6])
+    assert len(store) == 5 and len(store.shards) == 3
+    np.testing.assert_array_equal(store.get(keys[[4, 0, 2, 2]]), vectors[[4, 0, 2, 2]])
+    chunks = list(store.iter_chunks())
+    assert sum(len(c.keys) for c in chunks) == 5
+    with pytest.raises(HeadstartError, match="1 of 2 keys are not in"):
+        store.get(keys_for("a", "zzz"))
+
+
+def test_duplicate_keys_read_from_the_oldest_shard(tmp_path: Path) -> None:
+    store = EmbeddingCache(tmp_path).create(FP)
+    first = publish_shard(store.shards_directory, FP.id, keys_for("a"), np.ones((1, 2), np.float32))
+    publish_shard(store.shards_directory, FP.id, keys_for("a", "b"), np.zeros((2, 2), np.float32))
+    store.refresh()
+    assert shard_paths(store.shards_directory)[0] == first
+    assert len(store) == 2
+    np.testing.assert_array_equal(store.get(keys_for("a")), [[1.0, 1.0]])
+    assert sum(len(c.keys) for c in store.iter_chunks()) == 2
+
+
+def test_writer_publishes_by_age_and_on_close(tmp_path: Path) -> None:
+    store = EmbeddingCache(tmp_path).create(FP)
+    writer = ShardWriter(store, shard_rows=100, max_age_s=0.0)
+    writer.add(keys_for("a"), np.ones((1, 2), np.float32))
+    assert writer.published_shards == 1  # too old at once
+    writer = ShardWriter(store, shard_rows=100, max_age_s=3600)
+    writer.add(keys_for("b"), np.ones((1, 2), np.float32))
+    assert writer.published_shards == 0
+    writer.close()
+    assert writer.published_shards == 1
+    store.refresh()
+    assert len(store) == 2
+
+
+def test_fingerprint_json_is_written_once_and_found_by_prefix(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    cache.create(FP)
+    other = Fingerprint({"model": "other"})
+    cache.create(other)
+    assert {fp.id for fp in cache.fingerprints()} == {FP.id, other.id}
+    assert cache.find(FP.id[:5]) == FP
+    with pytest.raises(HeadstartError, match="several fingerprints"):
+        cache.find()
+    with pytest.raises(HeadstartError, match="no fingerprint"):
+        cache.find("zzzz")
+
+
+def test_keyset_membership_survives_merges() -> None:
+    keys = keys_for(*[str(i) for i in range(10)])
+    found = KeySet(keys[:5])
+    found._MERGE_AT = 2  # force the merge path
+    found.add(keys[5:8])
+    mask = found.contains(keys)
+    assert mask.tolist() == [True] * 8 + [False] * 2
+    assert len(found) == 8 and keys[9].decode() not in found

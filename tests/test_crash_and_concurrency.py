@@ -1,0 +1,120 @@
+"""Real processes: a SIGKILL mid-run, and two runs sharing one cache."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from helpers import TINY_MODELS, make_folder
+
+from headstart.cache import EmbeddingCache
+from headstart.cache.shards import read_shard_keys
+
+COMMON = [
+    "--weights",
+    "none",
+    "--resize",
+    "40",
+    "--crop",
+    "32",
+    "--store-dtype",
+    "float32",
+    "--workers",
+    "1",
+    "-q",
+]
+
+
+def headstart(*args: object) -> subprocess.Popen:
+    command = [sys.executable, "-m", "headstart", "extract", *map(str, args)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err
+    return out
+
+
+def embeddings_by_key(cache: Path) -> dict[bytes, np.ndarray]:
+    out = {}
+    for chunk in EmbeddingCache(cache).open().iter_chunks():
+        out.update(zip(chunk.keys.tolist(), chunk.embeddings, strict=True))
+    return out
+
+
+def test_sigkill_leaves_a_readable_cache_and_the_rerun_completes_it(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    make_folder(images, {"a": 30, "b": 30})
+    killed_cache, reference_cache = tmp_path / "killed", tmp_path / "reference"
+    slow = f"{TINY_MODELS}:slow_features"
+
+    process = headstart(
+        images,
+        "--model",
+        slow,
+        *COMMON,
+        "--batch-size",
+        "4",
+        "--shard-size",
+        "8",
+        "--cache",
+        killed_cache,
+    )
+    deadline = time.monotonic() + 120
+    while len(list(killed_cache.glob("*/shards/*.h5"))) < 2:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no shard was published"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    shards = sorted(killed_cache.glob("*/shards/*.h5"))
+    partial = sum(len(read_shard_keys(p)) for p in shards)  # every published shard opens
+    assert 16 <= partial < 60
+
+    rerun = finish(headstart(images, "--model", slow, *COMMON, "--cache", killed_cache))
+    assert f"from cache {partial}" in rerun
+    # The same weights, uninterrupted (tiny_features is slow_features without the sleep).
+    finish(
+        headstart(
+            images, "--model", f"{TINY_MODELS}:tiny_features", *COMMON, "--cache", reference_cache
+        )
+    )
+    resumed, reference = embeddings_by_key(killed_cache), embeddings_by_key(reference_cache)
+    assert resumed.keys() == reference.keys() and len(resumed) == 60
+    for key, vector in reference.items():
+        np.testing.assert_allclose(resumed[key], vector, rtol=1e-5, atol=1e-6)
+
+
+def test_two_runs_at_once_share_a_cache(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    make_folder(images, {"a": 20, "b": 20})
+    cache = tmp_path / "cache"
+    model = f"{TINY_MODELS}:slow_features"
+    runs = [
+        headstart(
+            images,
+            "--model",
+            model,
+            *COMMON,
+            "--batch-size",
+            "4",
+            "--shard-size",
+            "4",
+            "--cache",
+            cache,
+        )
+        for _ in range(2)
+    ]
+    for process in runs:
+        finish(process)
+
+    store = EmbeddingCache(cache).open()
+    assert len(store) == 40
+    assert not list(cache.glob("*/shards/.tmp-*"))
+    rerun = finish(headstart(images, "--model", model, *COMMON, "--cache", cache))
+    assert "embedded 0 · from cache 40" in rerun

@@ -1,0 +1,53 @@
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torchvision.models import resnet18
+
+from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
+
+BASE = ExtractOptions(model="resnet18", weights="none", device="cpu", precision="fp32")
+
+
+def fingerprint_id(options: ExtractOptions) -> str:
+    return resolve_recipe(options).fingerprint.id
+
+
+def test_same_options_same_fingerprint() -> None:
+    assert fingerprint_id(BASE) == fingerprint_id(replace(BASE, batch_size=7, workers=0))
+
+
+def test_each_thing_that_changes_vectors_changes_the_fingerprint(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.pth", tmp_path / "b.pth"
+    torch.save(resnet18(num_classes=3).state_dict(), first)
+    torch.save(resnet18(num_classes=3).state_dict(), second)
+    variants = {
+        "base": BASE,
+        "model": replace(BASE, model="resnet34"),
+        "weights file": replace(BASE, weights=str(first)),
+        "other weights file": replace(BASE, weights=str(second)),
+        "layer": replace(BASE, layer="layer3"),
+        "precision": replace(BASE, precision="bf16"),
+        "preprocessing": replace(BASE, preprocess=PreprocessOverrides(crop_size=160)),
+    }
+    ids = {name: fingerprint_id(options) for name, options in variants.items()}
+    assert len(set(ids.values())) == len(ids), ids
+
+
+def test_weights_identity_is_the_file_content_not_its_path(tmp_path: Path) -> None:
+    original = tmp_path / "w.pth"
+    torch.save(resnet18().state_dict(), original)
+    moved = tmp_path / "elsewhere" / "renamed.pth"
+    moved.parent.mkdir()
+    shutil.copy(original, moved)
+    assert fingerprint_id(replace(BASE, weights=str(original))) == fingerprint_id(
+        replace(BASE, weights=str(moved))
+    )
+
+
+def test_recipe_is_readable() -> None:
+    recipe = resolve_recipe(BASE).fingerprint.recipe
+    assert recipe["model"] == "torchvision:resnet18"
+    assert recipe["weights"].startswith("random-init")
+    assert recipe["preprocess"]["crop_size"] == 224 and recipe["precision"] == "fp32"

@@ -1,0 +1,42 @@
+"""Small models for tests, loadable as ``tests/tiny_models.py:FACTORY`` model specs."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """Conv features then a Linear classifier: 8-wide pre-logits, 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def tiny_features() -> nn.Module:
+    """An embedding model: its output (a feature map) is pooled to 8 values."""
+    return TinyNet().features
+
+
+class Slow(nn.Module):
+    """Sleeps per batch so a test can kill the process mid-run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = tiny_features()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.15)
+        return self.body(x)
+
+
+def slow_features() -> nn.Module:
+    return Slow()
