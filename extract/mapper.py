@@ -25,6 +25,20 @@ __all__ = ["Embedder", "PendingEmbedding"]
 log = logging.getLogger(__name__)
 
 
+class _FromPixels(nn.Module):
+    """uint8 pixels -> normalised channels-last floats -> the feature model, as one module, so
+    a compiled graph fuses the normalisation into its first kernels."""
+
+    def __init__(self, model: nn.Module, preprocess: Preprocess) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocess = preprocess
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        images = normalize(pixels, self.preprocess)
+        return self.model(images.contiguous(memory_format=torch.channels_last))
+
+
 @dataclass
 class PendingEmbedding:
     """Vectors still being computed or copied; :meth:`result` waits for them."""
@@ -60,8 +74,8 @@ class Embedder:
         self.precision = precision
         self.max_batch: int | None = None
         self._autocast = autocast_dtype(precision)
-        self._model = model.eval().requires_grad_(False).to(device)
-        self._model = self._model.to(memory_format=torch.channels_last)
+        model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self._model = _FromPixels(model, preprocess).to(device)
         self._compiled: nn.Module | None = None
         self._static_batch: int | None = None
         if compile:
@@ -109,7 +123,6 @@ class Embedder:
                 padding = pixels.new_zeros((self._static_batch - count, *pixels.shape[1:]))
                 pixels = torch.cat([pixels, padding])
         images = pixels.to(self.device, non_blocking=True)
-        images = normalize(images, self.preprocess).contiguous(memory_format=torch.channels_last)
         with (
             torch.inference_mode(),
             torch.autocast(

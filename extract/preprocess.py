@@ -6,8 +6,8 @@ that comes with the weights (torchvision's ``weights.transforms()``, timm's data
 different preprocessing never mix.
 
 Decoding workers run :func:`to_uint8_tensor` (resize and crop on the PIL image, as
-``ImageClassification`` does); the process that owns the model runs :func:`normalize`, so only
-uint8 pixels cross process boundaries and the host-to-GPU copy.
+``ImageClassification`` does); the model's process runs :func:`normalize` (inside the compiled
+graph when there is one), so only uint8 pixels cross process boundaries and the host-to-GPU copy.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from headstart.cache.catalog import FailureRecord
+from headstart.cache.catalog import FailureRecord, FileCatalog
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE, KeySet
-from headstart.cache.store import EmbeddingCache
+from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.cache.writer import ShardWriter
 from headstart.extract.backbones import Backbone, WeightsUnavailable, get_backbone
 from headstart.extract.device import resolve_device, resolve_precision
@@ -90,12 +90,22 @@ class ExtractSummary:
     skipped_failed: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    startup_images: int = 0
     failure_examples: list[FailureRecord] = field(default_factory=list)
     fallback_reason: str | None = None
 
     @property
     def images_per_second(self) -> float:
+        """Embedded images over the whole embedding phase (model loading and compiling included)."""
         return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """The rate after the first batch, once the model is built, compiled and warm."""
+        seconds = self.embed_seconds - self.startup_seconds
+        images = self.embedded - self.startup_images
+        return images / seconds if seconds > 0 and images > 0 else self.images_per_second
 
 
 def resolve_recipe(options: ExtractOptions) -> Recipe:
@@ -175,7 +185,17 @@ def extract(
     return summary
 
 
-def _embed(work, recipe, options, store, catalog, seen: KeySet, summary, progress: bool) -> None:
+def _embed(
+    work: WorkList,
+    recipe: Recipe,
+    options: ExtractOptions,
+    store: FingerprintStore,
+    catalog: FileCatalog,
+    seen: KeySet,
+    summary: ExtractSummary,
+    progress: bool,
+) -> None:
+    started = time.perf_counter()
     features = build_feature_model(recipe.backbone, recipe.layer)
     store.cache.create(recipe.fingerprint)
     on_cuda = recipe.device.type == "cuda"
@@ -219,6 +239,9 @@ def _embed(work, recipe, options, store, catalog, seen: KeySet, summary, progres
                     writer.add(in_flight[1], in_flight[0].result())
                 in_flight = (pending, keys[fresh])
                 summary.embedded += int(fresh.sum())
+                if not summary.startup_images:
+                    summary.startup_seconds = time.perf_counter() - started
+                    summary.startup_images = summary.embedded
             bar.update(len(batch.files) + len(batch.failures))
     finally:
         bar.close()

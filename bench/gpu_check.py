@@ -1,0 +1,163 @@
+"""The CUDA path, checked on a machine with a GPU (it installs nothing; it needs torch,
+torchvision, numpy, pillow, h5py, click and tqdm, which GPU images carry).
+
+1. Correctness: embeddings made on the GPU at ``auto`` precision (bf16 or fp16 autocast) against
+   CPU fp32 embeddings of the same images: per-image cosine similarity (target >= 0.99).
+2. Speed: ``extract()`` end to end on the GPU against the model alone on pre-decoded batches on
+   the same GPU (target >= 70% of model-only for resnet50). To give the pipeline a run long
+   enough to time, each image is also written in ``--copies`` variants with different bytes.
+
+    python bench/gpu_check.py --data shared/data/imagenette-mini [--copies 8] [--cpu-images 256]
+
+Without a GPU it stops, unless ``--smoke`` runs the same steps on the CPU at a tiny size (to check
+the script itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+
+def _import_headstart() -> None:
+    """Import the checkout as ``headstart`` even when it is not installed (a bare GPU machine)."""
+    try:
+        import headstart  # noqa: F401
+    except ImportError:
+        shim = Path(tempfile.mkdtemp(prefix="headstart-shim-"))
+        (shim / "headstart").symlink_to(Path(__file__).resolve().parents[1])
+        sys.path.insert(0, str(shim))
+
+
+_import_headstart()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from headstart.cache import EmbeddingCache  # noqa: E402
+from headstart.extract import ExtractOptions, extract, get_backbone  # noqa: E402
+from headstart.extract.decode import decode_image  # noqa: E402
+from headstart.extract.features import build_feature_model  # noqa: E402
+from headstart.extract.mapper import Embedder  # noqa: E402
+from headstart.extract.preprocess import Preprocess, to_uint8_tensor  # noqa: E402
+
+
+def write_variants(job: tuple[str, str, int]) -> None:
+    source, out_dir, copies = job
+    image = Image.open(source).convert("RGB")
+    stem = Path(source).stem
+    for copy in range(copies):
+        # A different JPEG quality per copy: new bytes (so a new content key), same picture.
+        image.save(Path(out_dir) / f"{stem}-{copy}.jpg", quality=95 - copy)
+
+
+def make_collection(data: Path, out: Path, copies: int) -> list[Path]:
+    sources = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    jobs = []
+    for path in sources:
+        folder = out / path.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        jobs.append((str(path), str(folder), copies))
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(write_variants, jobs, chunksize=32))
+    return sorted(out.rglob("*.jpg"))
+
+
+def model_only_rate(model_name: str, paths: list[Path], preprocess: Preprocess, device, precision,
+                    batch: int, rounds: int) -> float:  # fmt: skip
+    pixels = torch.stack(
+        [to_uint8_tensor(decode_image(p.read_bytes(), preprocess.resize_size), preprocess)
+         for p in paths[:batch]]
+    )  # fmt: skip
+    if device.type == "cuda":
+        pixels = pixels.pin_memory()
+    model = build_feature_model(get_backbone(model_name, "none")).module
+    embedder = Embedder(model, preprocess, device, precision)
+    for _ in range(3):
+        embedder(pixels)  # warm-up: cuDNN autotuning, allocator
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(rounds):
+        embedder(pixels)
+    return rounds * len(pixels) / (time.perf_counter() - started)
+
+
+def check(model_name: str, collection: Path, paths: list[Path], args, work: Path) -> bool:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch = args.batch_size or (256 if device.type == "cuda" else 16)
+    gpu_options = ExtractOptions(model=model_name, weights="none", device=device.type,
+                                 batch_size=batch, workers=args.workers)  # fmt: skip
+    started = time.perf_counter()
+    summary = extract([str(collection)], gpu_options, work / f"gpu-{model_name}")
+    end_to_end = len(paths) / (time.perf_counter() - started)
+    precision = summary.fingerprint.recipe["precision"]
+    preprocess = Preprocess.from_dict(summary.fingerprint.recipe["preprocess"])
+    only = model_only_rate(model_name, paths, preprocess, device, precision, batch, args.rounds)
+
+    sample = paths[: args.cpu_images]
+    manifest = work / f"sample-{model_name}.txt"
+    manifest.write_text("".join(f"{p}\n" for p in sample))
+    cpu_options = ExtractOptions(model=model_name, weights="none", device="cpu", precision="fp32",
+                                 store_dtype="float32", compile=False)  # fmt: skip
+    cpu = extract([str(manifest)], cpu_options, work / f"cpu-{model_name}")
+    names = [str(p) for p in sample]
+    on_gpu = EmbeddingCache(work / f"gpu-{model_name}").open(summary.fingerprint).load_files(names)
+    on_cpu = EmbeddingCache(work / f"cpu-{model_name}").open(cpu.fingerprint).load_files(names)
+    cosine = (on_gpu * on_cpu).sum(1) / (
+        np.linalg.norm(on_gpu, axis=1) * np.linalg.norm(on_cpu, axis=1)
+    )
+    share = summary.steady_images_per_second / only
+    print(f"\n{model_name} on {device} ({precision}, batch {batch}), {len(paths)} images")
+    print(
+        f"  end to end     {end_to_end:9.1f} img/s  "
+        f"({summary.steady_images_per_second:.1f} steady state)"
+    )
+    print(f"  model only     {only:9.1f} img/s  -> steady state is {share:.0%} (target >= 70%)")
+    print(f"  cosine vs CPU fp32 over {len(sample)} images: min {cosine.min():.5f} "
+          f"mean {cosine.mean():.5f} (target >= 0.99)")  # fmt: skip
+    return bool(cosine.min() >= 0.99) and (share >= 0.70 or model_name != "resnet50")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--models", default="resnet50,resnet18")
+    parser.add_argument("--copies", type=int, default=8)
+    parser.add_argument("--cpu-images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="Tiny run on the CPU.")
+    args = parser.parse_args()
+    if not torch.cuda.is_available() and not args.smoke:
+        sys.exit("no CUDA device: run this on a GPU machine (or pass --smoke to test the script)")
+    if args.smoke:
+        args.copies, args.cpu_images, args.rounds = 1, 8, 1
+    print(f"torch {torch.__version__}, "
+          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
+          f"{os.cpu_count()} CPU cores")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="headstart-gpu-") as tmp:
+        work = Path(tmp)
+        data = args.data
+        if args.smoke:
+            data = work / "subset"
+            for path in sorted(args.data.rglob("*.JPEG"))[:24]:
+                (data / path.parent.name).mkdir(parents=True, exist_ok=True)
+                (data / path.parent.name / path.name).symlink_to(path)
+        started = time.perf_counter()
+        paths = make_collection(data, work / "collection", args.copies)
+        print(f"wrote {len(paths)} images in {time.perf_counter() - started:.1f} s")
+        results = [check(m, work / "collection", paths, args, work) for m in args.models.split(",")]
+    print("\nPASS" if all(results) else "\nFAIL")
+    sys.exit(0 if all(results) else 1)
+
+
+if __name__ == "__main__":
+    main()
