@@ -10,7 +10,6 @@ DEMO_CACHE := demo/out/cache
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	# Pinned here (not in pyproject) so other machines can bring their own CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass
 
 import click
 
@@ -23,14 +22,6 @@ __all__ = ["EXIT_INTERRUPTED", "EXIT_SOME_FAILED", "main"]
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
 _CACHE_HELP = "Cache directory [env HEADSTART_CACHE; default ./.headstart]."
-
-
-@dataclass
-class AppContext:
-    verbose: bool
-
-
-pass_app = click.make_pass_decorator(AppContext)
 
 
 class _Group(click.Group):
@@ -54,19 +45,18 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="headstart")
 @click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
-@click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(verbose: bool) -> None:
     """Transfer learning from the command line: embed images once, reuse the vectors."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s: %(message)s" if verbose else "warning: %(message)s",
+        format="%(levelname)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
-    ctx.obj = AppContext(verbose=verbose)
 
 
-def _floats(text: str | None) -> tuple[float, float, float] | None:
+def _triple(ctx: click.Context, param: click.Parameter, text: str | None):
+    """Option callback: "0.5,0.5,0.5" -> (0.5, 0.5, 0.5)."""
     if text is None:
         return None
     try:
@@ -97,8 +87,10 @@ def embedding_options(command):
         click.option("-j", "--workers", type=click.IntRange(min=0), help="Decoding processes."),
         click.option("--resize", type=click.IntRange(min=1), help="Shorter side before the crop."),
         click.option("--crop", type=click.IntRange(min=1), help="Centre crop (model input) size."),
-        click.option("--mean", help="Normalisation mean: three comma-separated values."),
-        click.option("--std", help="Normalisation std: three comma-separated values."),
+        click.option("--mean", callback=_triple,
+                     help="Normalisation mean: three comma-separated values."),
+        click.option("--std", callback=_triple,
+                     help="Normalisation std: three comma-separated values."),
         click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"])),
         click.option("--compile/--no-compile", default=None,
                      help="torch.compile the model [default: on CPU for 1000+ images]."),
@@ -124,8 +116,8 @@ def _extract_options(params: dict, **extra):
     preprocess = PreprocessOverrides(
         params.pop("resize"),
         params.pop("crop"),
-        _floats(params.pop("mean")),
-        _floats(params.pop("std")),
+        params.pop("mean"),
+        params.pop("std"),
         params.pop("interpolation"),
     )
     cache_dir = params.pop("cache_dir")
@@ -143,8 +135,11 @@ def extract(sources: tuple[str, ...], retry_failed: bool, quiet: bool, **params)
 
     options, cache_dir = _extract_options(params, retry_failed=retry_failed)
     # A polite kill (SIGTERM from a scheduler) gets the same clean stop as Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    summary = run_extract(sources, options, cache_dir, progress=not quiet)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        summary = run_extract(sources, options, cache_dir, progress=not quiet)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     fp = summary.fingerprint
     click.echo(f"fingerprint {fp.id}  {fp.describe()}  (cache {cache_dir})")
     rate = f" · {summary.images_per_second:.1f} img/s" if summary.embedded else ""
@@ -239,12 +234,12 @@ def layers(model: str) -> None:
         click.echo(name)
 
 
-def _size(num_bytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if num_bytes < 1024 or unit == "GB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+def _size(num_bytes: float) -> str:
+    units = ["B", "KB", "MB", "GB", "TB"]
+    while num_bytes >= 1024 and len(units) > 1:
         num_bytes /= 1024
-    return f"{num_bytes:.1f} TB"  # pragma: no cover
+        units.pop(0)
+    return f"{num_bytes:.1f} {units[0]}"
 
 
 if __name__ == "__main__":  # pragma: no cover

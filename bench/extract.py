@@ -97,7 +97,7 @@ def model_only(model_name: str, paths: list[Path], compiled: bool, fingerprint) 
         seeded_model(model_name), preprocess, torch.device("cpu"), "fp32", compile=compiled
     )
     embedder(pixels)  # warm-up (and compile)
-    rounds = 4
+    rounds = 8
     started = time.perf_counter()
     for _ in range(rounds):
         embedder(pixels)

@@ -13,7 +13,6 @@ SQLite does the locking, so two extract runs can share a cache.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -167,9 +166,3 @@ class FileCatalog:
         for start in range(0, len(values), _IN_CHUNK):
             part = values[start : start + _IN_CHUNK]
             yield from self._db.execute(query.format(",".join("?" * len(part))), part)
-
-
-def stat_signature(path: str) -> tuple[int, int]:
-    """(size, mtime_ns) of a file, the part of its stat that says whether it changed."""
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns

@@ -254,6 +254,6 @@ def test_fallback_to_random_weights_is_announced(
 
     result = run(*common, "--fallback-random")
     assert result.exit_code == 0
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
     assert len(warnings) == 1 and "random initialisation" in warnings[0]
     assert "random-init" in EmbeddingCache(cache_dir).open().fingerprint.recipe["weights"]
