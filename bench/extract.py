@@ -122,8 +122,18 @@ def peak_rss_mb(folder: Path, model_name: str, count: int, workdir: Path) -> flo
         "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
         "print('RSS', own, kids)\n"
     )
-    args = ["extract", str(manifest), "--model", model_name, "--weights", "none", "--no-compile",
-            "--cache", str(cache), "-q"]  # fmt: skip
+    args = [
+        "extract",
+        str(manifest),
+        "--model",
+        model_name,
+        "--weights",
+        "none",
+        "--no-compile",
+        "--cache",
+        str(cache),
+        "-q",
+    ]
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
     line = next(line for line in out.stdout.splitlines() if line.startswith("RSS"))
     own, kids = (int(v) for v in line.split()[1:])
@@ -146,8 +156,10 @@ def main() -> None:
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(path)
         paths = image_paths(folder, None)
-        print(f"{len(paths)} images from {args.data}; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, {os.cpu_count()} cores")  # fmt: skip
+        print(
+            f"{len(paths)} images from {args.data}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
+        )
         for model_name in args.models.split(","):
             report(model_name, folder, paths, work)
         print("\npeak memory of a headstart process (resnet18, no compile):")
@@ -163,10 +175,27 @@ def report(model_name: str, folder: Path, paths: list[Path], work: Path) -> None
     hit_seconds, hit = headstart_run(model_name, folder, cache)
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "headstart", "extract", str(folder), "--model", model_name,
-         "--weights", "none", "--resize", "256", "--crop", "224", "--cache", str(cache), "-q"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "headstart",
+            "extract",
+            str(folder),
+            "--model",
+            model_name,
+            "--weights",
+            "none",
+            "--resize",
+            "256",
+            "--crop",
+            "224",
+            "--cache",
+            str(cache),
+            "-q",
+        ],
+        check=True,
+        capture_output=True,
+    )
     hit_process_seconds = time.perf_counter() - started
     compiled = n >= 1000
     only_rate = model_only(model_name, paths, compiled, summary.fingerprint)
@@ -192,11 +221,15 @@ def report(model_name: str, folder: Path, paths: list[Path], work: Path) -> None
         f"  model only         {only_rate:7.1f} img/s   headstart end to end = "
         f"{ours_rate / only_rate:.0%}, steady state = {steady / only_rate:.0%} (target >= 85%)"
     )
-    print(f"  cosine vs tutorial min {similarity.min():.5f}  mean {similarity.mean():.5f}"
-          "  (target >= 0.999)")  # fmt: skip
-    print(f"  cache-hit rerun    {hit_seconds:7.2f} s in process = "
-          f"{hit_seconds / ours_seconds:.1%} of the first run; {hit_process_seconds:.1f} s as a "
-          f"new process = {hit_process_seconds / ours_seconds:.1%} (target < 5%)")  # fmt: skip
+    print(
+        f"  cosine vs tutorial min {similarity.min():.5f}  mean {similarity.mean():.5f}"
+        "  (target >= 0.999)"
+    )
+    print(
+        f"  cache-hit rerun    {hit_seconds:7.2f} s in process = "
+        f"{hit_seconds / ours_seconds:.1%} of the first run; {hit_process_seconds:.1f} s as a "
+        f"new process = {hit_process_seconds / ours_seconds:.1%} (target < 5%)"
+    )
     assert hit.embedded == 0 and hit.from_cache == n
 
 

@@ -69,12 +69,21 @@ def make_collection(data: Path, out: Path, copies: int) -> list[Path]:
     return sorted(out.rglob("*.jpg"))
 
 
-def model_only_rate(model_name: str, paths: list[Path], preprocess: Preprocess, device, precision,
-                    batch: int, rounds: int) -> float:  # fmt: skip
+def model_only_rate(
+    model_name: str,
+    paths: list[Path],
+    preprocess: Preprocess,
+    device,
+    precision,
+    batch: int,
+    rounds: int,
+) -> float:
     pixels = torch.stack(
-        [to_uint8_tensor(decode_image(p.read_bytes(), preprocess.resize_size), preprocess)
-         for p in paths[:batch]]
-    )  # fmt: skip
+        [
+            to_uint8_tensor(decode_image(p.read_bytes(), preprocess.resize_size), preprocess)
+            for p in paths[:batch]
+        ]
+    )
     if device.type == "cuda":
         pixels = pixels.pin_memory()
     model = build_feature_model(get_backbone(model_name, "none")).module
@@ -92,8 +101,9 @@ def model_only_rate(model_name: str, paths: list[Path], preprocess: Preprocess, 
 def check(model_name: str, collection: Path, paths: list[Path], args, work: Path) -> bool:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = args.batch_size or (256 if device.type == "cuda" else 16)
-    gpu_options = ExtractOptions(model=model_name, weights="none", device=device.type,
-                                 batch_size=batch, workers=args.workers)  # fmt: skip
+    gpu_options = ExtractOptions(
+        model=model_name, weights="none", device=device.type, batch_size=batch, workers=args.workers
+    )
     started = time.perf_counter()
     summary = extract([str(collection)], gpu_options, work / f"gpu-{model_name}")
     end_to_end = len(paths) / (time.perf_counter() - started)
@@ -104,8 +114,14 @@ def check(model_name: str, collection: Path, paths: list[Path], args, work: Path
     sample = paths[: args.cpu_images]
     manifest = work / f"sample-{model_name}.txt"
     manifest.write_text("".join(f"{p}\n" for p in sample))
-    cpu_options = ExtractOptions(model=model_name, weights="none", device="cpu", precision="fp32",
-                                 store_dtype="float32", compile=False)  # fmt: skip
+    cpu_options = ExtractOptions(
+        model=model_name,
+        weights="none",
+        device="cpu",
+        precision="fp32",
+        store_dtype="float32",
+        compile=False,
+    )
     cpu = extract([str(manifest)], cpu_options, work / f"cpu-{model_name}")
     names = [str(p) for p in sample]
     on_gpu = EmbeddingCache(work / f"gpu-{model_name}").open(summary.fingerprint).load_files(names)
@@ -120,8 +136,10 @@ def check(model_name: str, collection: Path, paths: list[Path], args, work: Path
         f"({summary.steady_images_per_second:.1f} steady state)"
     )
     print(f"  model only     {only:9.1f} img/s  -> steady state is {share:.0%} (target >= 70%)")
-    print(f"  cosine vs CPU fp32 over {len(sample)} images: min {cosine.min():.5f} "
-          f"mean {cosine.mean():.5f} (target >= 0.99)")  # fmt: skip
+    print(
+        f"  cosine vs CPU fp32 over {len(sample)} images: min {cosine.min():.5f} "
+        f"mean {cosine.mean():.5f} (target >= 0.99)"
+    )
     return bool(cosine.min() >= 0.99) and (share >= 0.70 or model_name != "resnet50")
 
 
@@ -140,9 +158,11 @@ def main() -> None:
         sys.exit("no CUDA device: run this on a GPU machine (or pass --smoke to test the script)")
     if args.smoke:
         args.copies, args.cpu_images, args.rounds = 1, 8, 1
-    print(f"torch {torch.__version__}, "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
-          f"{os.cpu_count()} CPU cores")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
+        f"{os.cpu_count()} CPU cores"
+    )
     with tempfile.TemporaryDirectory(prefix="headstart-gpu-") as tmp:
         work = Path(tmp)
         data = args.data

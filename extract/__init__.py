@@ -20,7 +20,14 @@ from headstart.extract.backbones import (
     list_backbones,
 )
 from headstart.extract.preprocess import Preprocess, PreprocessOverrides
-from headstart.extract.runner import ExtractOptions, ExtractSummary, Recipe, extract, resolve_recipe
+from headstart.extract.runner import (
+    ExtractOptions,
+    ExtractSummary,
+    Recipe,
+    extract,
+    options_for_fingerprint,
+    resolve_recipe,
+)
 from headstart.extract.sources import ImageItem, iter_images
 
 __all__ = [
@@ -37,5 +44,6 @@ __all__ = [
     "get_backbone",
     "iter_images",
     "list_backbones",
+    "options_for_fingerprint",
     "resolve_recipe",
 ]

@@ -7,6 +7,7 @@ missing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -24,6 +25,7 @@ from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE, KeySet
 from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.cache.writer import ShardWriter
+from headstart.errors import HeadstartError
 from headstart.extract.backbones import Backbone, WeightsUnavailable, get_backbone
 from headstart.extract.device import resolve_device, resolve_precision
 from headstart.extract.features import POOLING, build_feature_model
@@ -34,7 +36,14 @@ from headstart.extract.reader import ImageFileDataset, make_loader
 from headstart.extract.sources import iter_images
 from headstart.extract.worklist import WorkList
 
-__all__ = ["ExtractOptions", "ExtractSummary", "Recipe", "extract", "resolve_recipe"]
+__all__ = [
+    "ExtractOptions",
+    "ExtractSummary",
+    "Recipe",
+    "extract",
+    "options_for_fingerprint",
+    "resolve_recipe",
+]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +150,31 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
     return Recipe(
         backbone, preprocess, device, precision, options.layer, fingerprint, fallback_reason
     )
+
+
+def options_for_fingerprint(fingerprint: Fingerprint, **runtime: object) -> ExtractOptions:
+    """Options that embed images exactly as ``fingerprint`` says (``runtime`` sets device,
+    batch size and the like); refuses when that can no longer be done, e.g. a moved file."""
+    recipe, source = fingerprint.recipe, fingerprint.source
+    if "model" not in source:
+        raise HeadstartError(f"fingerprint {fingerprint.id} does not say how to rebuild its model")
+    preprocess = Preprocess.from_dict(recipe["preprocess"])
+    options = ExtractOptions(
+        model=source["model"],
+        weights=source.get("weights", "DEFAULT"),
+        layer=recipe.get("layer"),
+        preprocess=PreprocessOverrides(**dataclasses.asdict(preprocess)),
+        precision=recipe["precision"],
+        **runtime,
+    )
+    rebuilt = resolve_recipe(options).fingerprint
+    if rebuilt.id != fingerprint.id:
+        changed = sorted(k for k in recipe if rebuilt.recipe.get(k) != recipe.get(k))
+        raise HeadstartError(
+            f"cannot reproduce embeddings {fingerprint.id} ({fingerprint.describe()}): "
+            f"{', '.join(changed) or 'recipe'} differ now (a weights file changed or moved?)"
+        )
+    return options
 
 
 def extract(

@@ -97,3 +97,18 @@ def make_odd_images(root: Path) -> dict[str, tuple[Path, bool]]:
 
     out["decompression-bomb"] = (write_bomb_png(root / "bomb.png"), False)
     return out
+
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (40, 50, 210)}
+
+
+def make_colour_folder(root: Path, per_class: int, start_seed: int = 0) -> Path:
+    """Class folders of noisy images dominated by one colour each: easy to tell apart."""
+    for c, (name, colour) in enumerate(COLOURS.items()):
+        for i in range(per_class):
+            rng = np.random.default_rng(start_seed + 1000 * c + i)
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, size=(40, 48, 3)), 0, 255)
+            path = root / name / f"{name}_{i:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.astype(np.uint8)).save(path)
+    return root

@@ -1,0 +1,1 @@
+"""Heads on cached embeddings: train, sweep, evaluate, predict, and nearest-neighbour search."""

@@ -1,0 +1,124 @@
+"""Labelled embeddings from image sources, through the cache, and the validation split.
+
+The sources are extracted first (a no-op for what the cache holds), then read back: every
+image's content key comes from the stat index, its vector from the fingerprint's shards.
+Files that could not be embedded are left out and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from headstart.cache.fingerprint import Fingerprint
+from headstart.cache.store import EmbeddingCache
+from headstart.errors import HeadstartError
+from headstart.extract import ExtractOptions, ExtractSummary, extract, iter_images
+
+__all__ = ["Embedded", "class_counts", "embed_sources", "read_embedded", "stratified_split"]
+
+
+@dataclass
+class Embedded:
+    """Vectors of a source's images, in source order, with their paths and labels."""
+
+    X: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    keys: np.ndarray
+    fingerprint: Fingerprint
+    missing: int = 0
+    summary: ExtractSummary | None = None
+
+    def require_labels(self, what: str) -> np.ndarray:
+        unlabelled = sum(label is None for label in self.labels)
+        if unlabelled:
+            raise HeadstartError(
+                f"{what} needs labels, but {unlabelled} images have none; use class folders "
+                "(root/CLASS/image.jpg) or a manifest of path,label lines"
+            )
+        return self.labels.astype(str)
+
+    def subset(self, rows: np.ndarray) -> Embedded:
+        paths = [self.paths[i] for i in rows]
+        return Embedded(self.X[rows], self.labels[rows], paths, self.keys[rows], self.fingerprint)
+
+
+def embed_sources(
+    sources: Sequence[str],
+    options: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+) -> Embedded:
+    """Extract what is missing, then read every usable image's vector from the cache."""
+    summary = extract(sources, options, cache_dir, progress=progress)
+    embedded = read_embedded(sources, EmbeddingCache(cache_dir), summary.fingerprint)
+    embedded.summary = summary
+    return embedded
+
+
+def read_embedded(
+    sources: Sequence[str], cache: EmbeddingCache, fingerprint: Fingerprint
+) -> Embedded:
+    """The cached vectors of the sources' images (no model involved): stat index, then shards."""
+    store = cache.open(fingerprint)
+    items = list(iter_images(sources))
+    with cache.catalog() as catalog:
+        known = catalog.lookup([item.path for item in items])
+    keys, paths, labels = [], [], []
+    for item in items:
+        entry = known.get(item.path)
+        if entry is None:
+            continue
+        try:
+            st = os.stat(item.path)
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+            keys.append(entry.key)
+            paths.append(item.path)
+            labels.append(item.label)
+    keys_array = np.asarray(keys, dtype="S64")
+    rows = np.flatnonzero(store.contains(keys_array))
+    if not len(rows):
+        raise HeadstartError(f"none of the images in {', '.join(sources)} could be embedded")
+    return Embedded(
+        X=store.get(keys_array[rows]),
+        labels=np.array([labels[i] for i in rows], dtype=object),
+        paths=[paths[i] for i in rows],
+        keys=keys_array[rows],
+        fingerprint=fingerprint,
+        missing=len(items) - len(rows),
+    )
+
+
+def class_counts(labels: np.ndarray) -> dict[str, int]:
+    return dict(sorted(Counter(labels.tolist()).items()))
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, validation), each class split in proportion, reproducibly."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise HeadstartError(f"--val-split must be between 0 and 1, got {fraction}")
+    rare = [name for name, count in class_counts(labels).items() if count < 2]
+    if rare:
+        raise HeadstartError(
+            f"classes with fewer than 2 images cannot be split for validation: {', '.join(rare)}"
+        )
+    rows = np.arange(len(labels))
+    n_val = max(round(fraction * len(rows)), len(class_counts(labels)))
+    if len(rows) - n_val < len(class_counts(labels)):
+        raise HeadstartError(
+            f"{len(rows)} images are too few to hold out a validation image of every class"
+        )
+    train, val = train_test_split(rows, test_size=n_val, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)

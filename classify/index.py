@@ -1,0 +1,311 @@
+"""Nearest-neighbour indexes over embeddings (FAISS), saved beside their items.
+
+Vectors are L2-normalised and compared by inner product (cosine similarity). ``auto`` follows
+the FAISS guidelines by size: exact (flat) search below 100k vectors, an inverted file (IVF) with
+about 4 sqrt(n) lists above, and product quantisation inside the IVF when the vectors would not
+fit a ``max_memory`` budget. Approximate indexes are tuned on a sample of queries (``nprobe`` or
+``efSearch`` raised until recall@10 against exact search reaches the target), and that recall
+is recorded.
+
+An index directory holds ``index.faiss``, ``items.csv`` (row, path, label, key) and
+``index.json`` (kind, parameters, recall, fingerprint, and the SHA-256 of ``index.faiss``, checked
+before FAISS parses the file).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.cache.fingerprint import Fingerprint
+from headstart.cache.keys import file_key
+from headstart.classify.neighbors import exact_search, l2_normalize
+from headstart.errors import HeadstartError
+
+__all__ = [
+    "INDEX_FORMAT",
+    "IndexSpec",
+    "LoadedIndex",
+    "build_index",
+    "choose_spec",
+    "load_index",
+    "parse_size",
+    "save_index",
+]
+
+INDEX_FORMAT = "headstart-index/1"
+KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+FLAT_BELOW = 100_000
+_RECALL_QUERIES = 500
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What kind of index, and its parameters (``nprobe``/``ef_search`` are set by tuning)."""
+
+    kind: str
+    nlist: int = 0
+    nprobe: int = 1
+    pq_m: int = 0
+    hnsw_m: int = 32
+    ef_search: int = 16
+
+    def describe(self) -> str:
+        if self.kind == "flat":
+            return "flat (exact)"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m}, efSearch {self.ef_search}"
+        pq = f", PQ{self.pq_m}" if self.kind == "ivfpq" else ""
+        return f"IVF{self.nlist}{pq}, nprobe {self.nprobe}"
+
+
+@dataclass
+class LoadedIndex:
+    """A saved index, ready to search (on the GPU when FAISS sees one), and its items."""
+
+    index: Any
+    cpu_index: Any
+    spec: IndexSpec
+    fingerprint: Fingerprint
+    paths: list[str]
+    labels: list[str | None]
+    keys: list[str]
+    document: dict[str, Any]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, rows) of the ``k`` nearest items of each query."""
+        queries = l2_normalize(queries)
+        if queries.shape[1] != self.index.d:
+            raise HeadstartError(
+                f"queries have {queries.shape[1]} dimensions, the index {self.index.d}"
+            )
+        return self.index.search(queries, min(k, self.index.ntotal))
+
+    def near_duplicates(self, threshold: float, k: int = 10) -> list[tuple[int, int, float]]:
+        """Pairs (i, j, similarity), i < j, of items at least ``threshold`` similar."""
+        import faiss
+
+        if self.spec.kind in ("ivf", "ivfpq"):
+            faiss.extract_index_ivf(self.cpu_index).make_direct_map()
+        vectors = self.cpu_index.reconstruct_n(0, self.cpu_index.ntotal)
+        pairs = []
+        for start in range(0, len(vectors), 4096):
+            block = vectors[start : start + 4096]
+            similarities, rows = self.index.search(block, min(k + 1, self.index.ntotal))
+            for offset, (sims, neighbours) in enumerate(zip(similarities, rows, strict=True)):
+                i = start + offset
+                pairs.extend(
+                    (i, int(j), float(sim))
+                    for sim, j in zip(sims, neighbours, strict=True)
+                    if j > i and sim >= threshold
+                )
+        return sorted(pairs, key=lambda pair: -pair[2])
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '1500000' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise HeadstartError(f"cannot read a memory size from {text!r}; write e.g. 512M or 2G")
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def choose_spec(n: int, d: int, kind: str = "auto", max_memory: int | None = None) -> IndexSpec:
+    """The index for ``n`` vectors of ``d`` dimensions, following the FAISS guidelines."""
+    if kind not in KINDS:
+        raise HeadstartError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
+    nlist = int(2 ** round(math.log2(max(4 * math.sqrt(n), 16))))
+    nlist = max(1, min(nlist, 65536, n // 39 or 1))  # FAISS wants >= 39 training points a list
+    full_size = n * d * 4
+    if kind == "auto":
+        if max_memory is not None and full_size > max_memory:
+            kind = "ivfpq"
+        else:
+            kind = "flat" if n < FLAT_BELOW else "ivf"
+    if kind == "flat":
+        return IndexSpec("flat")
+    if kind == "hnsw":
+        return IndexSpec("hnsw")
+    if kind == "ivf":
+        return IndexSpec("ivf", nlist=nlist)
+    budget = max_memory if max_memory is not None else full_size // 8
+    fitting = [m for m in (64, 48, 32, 24, 16, 12, 8, 4) if d % m == 0 and n * m <= budget]
+    if not fitting:
+        raise HeadstartError(f"{n} vectors do not fit in {budget} bytes even at 4 bytes each")
+    return IndexSpec("ivfpq", nlist=nlist, pq_m=fitting[0])
+
+
+def build_index(
+    X: np.ndarray, spec: IndexSpec, *, target_recall: float = 0.95, seed: int = 0
+) -> tuple[Any, IndexSpec, float]:
+    """Build, fill and tune an index over ``X``; returns (index, tuned spec, recall@10)."""
+    import faiss
+
+    X = l2_normalize(X)
+    n, d = X.shape
+    if spec.kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif spec.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    else:
+        quantizer = faiss.IndexFlatIP(d)
+        if spec.kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, d, spec.nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFPQ(
+                quantizer, d, spec.nlist, spec.pq_m, 8, faiss.METRIC_INNER_PRODUCT
+            )
+        rng = np.random.default_rng(seed)
+        sample = X[rng.choice(n, size=min(n, 39 * spec.nlist), replace=False)]
+        index.cp.seed = seed
+        index.train(sample)  # FAISS's Python wrapper keeps the quantizer alive
+    index.add(X)
+    spec, recall = _tune(index, X, spec, target_recall, seed)
+    return index, spec, recall
+
+
+def _tune(
+    index, X: np.ndarray, spec: IndexSpec, target: float, seed: int
+) -> tuple[IndexSpec, float]:
+    if spec.kind == "flat":
+        return spec, 1.0
+    rng = np.random.default_rng(seed + 1)
+    rows = rng.choice(len(X), size=min(len(X), _RECALL_QUERIES), replace=False)
+    queries = X[rows]
+    k = min(10, len(X) - 1)
+    # The queries are indexed items: leave each one's own row out of both lists, so recall
+    # counts real neighbours only.
+    truth = _without(exact_search(X, queries, k + 1)[1], rows, k)
+    values = [2**i for i in range(17)]
+    for value in values:
+        if spec.kind == "hnsw":
+            spec = replace(spec, ef_search=max(value, 16))
+        else:
+            spec = replace(spec, nprobe=min(value, spec.nlist))
+        _apply(index, spec)
+        recall = _recall(_without(index.search(queries, k + 1)[1], rows, k), truth)
+        if recall >= target or (spec.kind != "hnsw" and spec.nprobe >= spec.nlist) or value >= 4096:
+            return spec, recall
+    return spec, recall
+
+
+def _apply(index, spec: IndexSpec) -> None:
+    import faiss
+
+    if spec.kind in ("ivf", "ivfpq"):
+        faiss.extract_index_ivf(index).nprobe = spec.nprobe
+    elif spec.kind == "hnsw":
+        index.hnsw.efSearch = spec.ef_search
+
+
+def _without(found: np.ndarray, own_rows: np.ndarray, k: int) -> np.ndarray:
+    return np.array(
+        [
+            [r for r in row if r != own][:k]
+            for row, own in zip(found.tolist(), own_rows, strict=True)
+        ]
+    )
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist(), strict=True))
+    return hits / truth.size
+
+
+def _on_gpu(index, spec: IndexSpec):
+    import faiss
+
+    if faiss.get_num_gpus() > 0 and spec.kind in ("flat", "ivf"):
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def save_index(
+    directory: str | os.PathLike[str],
+    index,
+    spec: IndexSpec,
+    recall: float,
+    *,
+    fingerprint: Fingerprint,
+    paths: list[str],
+    labels: list[str | None],
+    keys: list[str],
+) -> Path:
+    """Write the index, its items and ``index.json`` (last, so it marks completeness)."""
+    import faiss
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = directory / f".index.faiss.{os.getpid()}"
+    faiss.write_index(index, str(temporary))
+    os.replace(temporary, directory / "index.faiss")
+    with open(directory / "items.csv", "w", newline="", encoding="utf-8") as f:
+        table = csv.writer(f)
+        table.writerow(["row", "path", "label", "key"])
+        table.writerows(
+            [i, p, lab or "", k]
+            for i, (p, lab, k) in enumerate(zip(paths, labels, keys, strict=True))
+        )
+    document = {
+        "format": INDEX_FORMAT,
+        "spec": asdict(spec),
+        "count": int(index.ntotal),
+        "dim": int(index.d),
+        "metric": "cosine",
+        "recall_at_10": recall,
+        "fingerprint": {
+            "id": fingerprint.id,
+            "recipe": dict(fingerprint.recipe),
+            "source": dict(fingerprint.source),
+        },
+        "index_sha256": file_key(str(directory / "index.faiss")),
+        "items_sha256": file_key(str(directory / "items.csv")),
+        "created_unix": time.time(),
+    }
+    (directory / "index.json").write_text(json.dumps(document, indent=2) + "\n")
+    return directory
+
+
+def load_index(directory: str | os.PathLike[str]) -> LoadedIndex:
+    """Load a saved index after checking its files are the ones ``index.json`` describes."""
+    import faiss
+
+    directory = Path(directory)
+    try:
+        document = json.loads((directory / "index.json").read_text())
+    except FileNotFoundError:
+        raise HeadstartError(f"{directory} is not a saved index (no index.json)") from None
+    if document.get("format") != INDEX_FORMAT:
+        raise HeadstartError(f"{directory} holds no {INDEX_FORMAT} index")
+    for name, digest in (("index.faiss", "index_sha256"), ("items.csv", "items_sha256")):
+        path = directory / name
+        if not path.is_file() or file_key(str(path)) != document.get(digest):
+            raise HeadstartError(f"{path} does not match index.json (altered or damaged)")
+    spec = IndexSpec(**document["spec"])
+    index = faiss.read_index(str(directory / "index.faiss"))
+    _apply(index, spec)
+    with open(directory / "items.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) != index.ntotal:
+        raise HeadstartError(f"{directory}: {len(rows)} items for {index.ntotal} vectors")
+    recorded = Fingerprint(document["fingerprint"]["recipe"], document["fingerprint"]["source"])
+    return LoadedIndex(
+        index=_on_gpu(index, spec),
+        cpu_index=index,
+        spec=spec,
+        fingerprint=recorded,
+        paths=[r["path"] for r in rows],
+        labels=[r["label"] or None for r in rows],
+        keys=[r["key"] for r in rows],
+        document=document,
+    )

@@ -1,0 +1,310 @@
+"""The jobs behind ``headstart train``, ``evaluate``, ``predict``, ``index build`` and ``knn``.
+
+Each takes image sources, gets their embeddings through the cache (embedding only what is
+missing) and hands arrays to the heads, metrics and indexes; the command line only prints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from headstart.cache.keys import KEY_DTYPE
+from headstart.cache.store import EmbeddingCache
+from headstart.classify.data import Embedded, class_counts, embed_sources, stratified_split
+from headstart.classify.heads import Head, get_head
+from headstart.classify.index import (
+    IndexSpec,
+    LoadedIndex,
+    build_index,
+    choose_spec,
+    load_index,
+    save_index,
+)
+from headstart.classify.metrics import Metrics, per_class_report, score
+from headstart.classify.persist import LoadedHead, load_head, save_head
+from headstart.classify.sweep import LeaderboardRow, refit, sweep
+from headstart.errors import HeadstartError
+from headstart.extract import ExtractOptions, options_for_fingerprint
+
+__all__ = [
+    "TrainOptions",
+    "TrainResult",
+    "build_index_from_sources",
+    "evaluate_head",
+    "predict_with_head",
+    "query_index",
+    "train_head",
+]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Which heads, how validated, and whether to sweep their hyper-parameters."""
+
+    heads: tuple[str, ...] = ("logreg",)
+    params: dict[str, dict] = field(default_factory=dict)
+    val_sources: tuple[str, ...] = ()
+    val_split: float = 0.2
+    sweep: bool = False
+    seed: int = 0
+    plot: bool = False
+
+
+@dataclass
+class TrainResult:
+    head: Head
+    chosen: LeaderboardRow
+    rows: list[LeaderboardRow]
+    class_counts: dict[str, int]
+    n_train: int
+    n_val: int
+    refit: bool
+    missing: int
+    head_dir: Path | None = None
+    plots: list[Path] = field(default_factory=list)
+
+
+def train_head(
+    sources: Sequence[str],
+    embed: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    options: TrainOptions,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = False,
+) -> TrainResult:
+    """Fit (or sweep) heads on the sources' embeddings, choose on validation, save the best."""
+    for name in options.heads:
+        get_head(name)  # unknown names fail before any embedding
+    data = embed_sources(sources, embed, cache_dir, progress=progress)
+    labels = data.require_labels("training")
+    counts = class_counts(labels)
+    rare = [name for name, count in counts.items() if count < 2]
+    if rare:
+        raise HeadstartError(f"classes need at least 2 images each; too few: {', '.join(rare)}")
+    if options.val_sources:
+        val = embed_sources(options.val_sources, embed, cache_dir, progress=progress)
+        train = data
+        val_labels = val.require_labels("validation")
+    else:
+        train_rows, val_rows = stratified_split(labels, options.val_split, options.seed)
+        train, val = data.subset(train_rows), data.subset(val_rows)
+        val_labels = labels[val_rows]
+    train_labels = train.labels.astype(str)
+    if options.sweep:
+        rows = sweep(
+            options.heads, train.X, train_labels, val.X, val_labels, base_params=options.params
+        )
+    else:
+        rows = [
+            _single(name, options.params.get(name, {}), train.X, train_labels, val.X, val_labels)
+            for name in options.heads
+        ]
+    chosen = max(rows, key=lambda r: (r.metrics.accuracy, r.metrics.balanced_accuracy))
+    head = chosen.estimator
+    if options.sweep:
+        head = refit(
+            chosen, np.concatenate([train.X, val.X]), np.concatenate([train_labels, val_labels])
+        )
+    result = TrainResult(
+        head, chosen, rows, counts, len(train.X), len(val.X), options.sweep, data.missing
+    )
+    if out is not None:
+        notes = {
+            "validation": list(options.val_sources) or f"stratified split {options.val_split}",
+            "refit_on_train_and_validation": options.sweep,
+            "class_counts": counts,
+            "leaderboard": [_row_record(r) for r in rows],
+        }
+        result.head_dir = save_head(
+            head, out, fingerprint=data.fingerprint, metrics=chosen.metrics.as_dict(), notes=notes
+        )
+        if options.plot:
+            result.plots = _plots(chosen.estimator, train, val, val_labels, Path(out))
+    return result
+
+
+def _single(name: str, params: dict, X, y, X_val, y_val) -> LeaderboardRow:
+    estimator = get_head(name)(**params)
+    started = time.perf_counter()
+    estimator.fit(X, y)
+    seconds = time.perf_counter() - started
+    metrics = score(
+        y_val,
+        estimator.predict_proba(X_val),
+        estimator.classes_,
+        probabilistic=estimator.probabilistic,
+    )
+    param, value = next(iter(params.items())) if params else (None, None)
+    return LeaderboardRow(name, param, value, metrics, seconds, estimator)
+
+
+def _row_record(row: LeaderboardRow) -> dict:
+    value = row.value.item() if isinstance(row.value, np.generic) else row.value
+    return {
+        "head": row.head_name,
+        "param": row.param,
+        "value": value,
+        "note": row.note,
+        "fit_seconds": row.fit_seconds,
+        **row.metrics.as_dict(),
+    }
+
+
+def _plots(head: Head, train: Embedded, val: Embedded, val_labels, out: Path) -> list[Path]:
+    from headstart.classify.plots import plot_confusion, plot_embedding_map
+
+    confusion = plot_confusion(
+        val_labels, head.predict(val.X), head.classes_, out / "confusion.png"
+    )
+    both = np.concatenate([train.X, val.X])
+    names = np.concatenate([train.labels, val.labels]).astype(str)
+    return [confusion, plot_embedding_map(both, names, out / "embedding_map.png")]
+
+
+@dataclass
+class Evaluation:
+    metrics: Metrics
+    report: str
+    missing: int
+    unknown: dict[str, int]
+
+
+def _embed_for(loaded_fingerprint, sources, cache_dir, runtime: dict, progress: bool) -> Embedded:
+    options = options_for_fingerprint(loaded_fingerprint, **runtime)
+    return embed_sources(sources, options, cache_dir, progress=progress)
+
+
+def evaluate_head(
+    head_dir: str | os.PathLike[str],
+    sources: Sequence[str],
+    cache_dir: str | os.PathLike[str],
+    *,
+    runtime: dict | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Metrics and a per-class report of a saved head on labelled sources."""
+    loaded = load_head(head_dir)
+    data = _embed_for(loaded.fingerprint, sources, cache_dir, runtime or {}, progress)
+    labels = data.require_labels("evaluate")
+    head = loaded.head
+    proba = head.predict_proba(data.X)
+    known = set(np.asarray(head.classes_).astype(str))
+    unknown = {k: v for k, v in class_counts(labels).items() if k not in known}
+    metrics = score(labels, proba, head.classes_, probabilistic=head.probabilistic)
+    predicted = np.asarray(head.classes_)[proba.argmax(axis=1)]
+    return Evaluation(metrics, per_class_report(labels, predicted), data.missing, unknown)
+
+
+@dataclass
+class Predictions:
+    paths: list[str]
+    proba: np.ndarray
+    classes: np.ndarray
+    missing: int
+    failures: list
+
+
+def predict_with_head(
+    head_dir: str | os.PathLike[str],
+    sources: Sequence[str],
+    cache_dir: str | os.PathLike[str],
+    *,
+    runtime: dict | None = None,
+    progress: bool = False,
+) -> Predictions:
+    loaded: LoadedHead = load_head(head_dir)
+    data = _embed_for(loaded.fingerprint, sources, cache_dir, runtime or {}, progress)
+    failures = data.summary.failure_examples if data.summary else []
+    proba = loaded.head.predict_proba(data.X)
+    return Predictions(data.paths, proba, np.asarray(loaded.head.classes_), data.missing, failures)
+
+
+@dataclass
+class BuiltIndex:
+    directory: Path
+    spec: IndexSpec
+    recall: float
+    count: int
+    seconds: float
+    missing: int
+
+
+def build_index_from_sources(
+    sources: Sequence[str],
+    embed: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    kind: str = "auto",
+    max_memory: int | None = None,
+    target_recall: float = 0.95,
+    progress: bool = False,
+) -> BuiltIndex:
+    data = embed_sources(sources, embed, cache_dir, progress=progress)
+    started = time.perf_counter()
+    spec = choose_spec(len(data.X), data.X.shape[1], kind, max_memory)
+    index, spec, recall = build_index(data.X, spec, target_recall=target_recall)
+    keys = [k.decode() for k in data.keys.tolist()]
+    save_index(
+        out,
+        index,
+        spec,
+        recall,
+        fingerprint=data.fingerprint,
+        paths=data.paths,
+        labels=list(data.labels),
+        keys=keys,
+    )
+    return BuiltIndex(
+        Path(out), spec, recall, len(data.X), time.perf_counter() - started, data.missing
+    )
+
+
+@dataclass
+class Neighbour:
+    query: str
+    rank: int
+    similarity: float
+    path: str
+    label: str | None
+
+
+def query_index(
+    index_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str],
+    *,
+    sources: Sequence[str] = (),
+    keys: Sequence[str] = (),
+    k: int = 10,
+    runtime: dict | None = None,
+    progress: bool = False,
+) -> tuple[LoadedIndex, list[Neighbour]]:
+    """Neighbours of query images (embedded like the index) and of cached content keys."""
+    loaded = load_index(index_dir)
+    names: list[str] = []
+    blocks = []
+    if sources:
+        data = _embed_for(loaded.fingerprint, sources, cache_dir, runtime or {}, progress)
+        names.extend(data.paths)
+        blocks.append(data.X)
+    if keys:
+        store = EmbeddingCache(cache_dir).open(loaded.fingerprint)
+        blocks.append(store.get(np.asarray(keys, dtype=KEY_DTYPE)))
+        names.extend(f"key:{key}" for key in keys)
+    if not blocks:
+        raise HeadstartError("give query images or --key values")
+    similarities, rows = loaded.search(np.concatenate(blocks), k)
+    found = [
+        Neighbour(name, rank + 1, float(sim), loaded.paths[row], loaded.labels[row])
+        for name, sims, hits in zip(names, similarities, rows, strict=True)
+        for rank, (sim, row) in enumerate(zip(sims, hits, strict=True))
+        if row >= 0
+    ]
+    return loaded, found

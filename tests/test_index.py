@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headstart.cache import Fingerprint
+from headstart.classify.index import (
+    IndexSpec,
+    build_index,
+    choose_spec,
+    load_index,
+    parse_size,
+    save_index,
+)
+from headstart.classify.neighbors import exact_search, l2_normalize
+from headstart.errors import HeadstartError
+
+FINGERPRINT = Fingerprint({"model": "test"}, {"model": "resnet18", "weights": "none"})
+
+
+def clustered(n: int, d: int = 32, clusters: int = 50, noise_seed: int = 0) -> np.ndarray:
+    centres = np.random.default_rng(0).normal(size=(clusters, d))
+    rng = np.random.default_rng(noise_seed + 1)
+    return (centres[rng.integers(0, clusters, n)] + rng.normal(size=(n, d)) * 0.4).astype(
+        np.float32
+    )
+
+
+def test_flat_search_returns_exactly_the_brute_force_neighbours() -> None:
+    database = l2_normalize(np.random.default_rng(0).normal(size=(2000, 64)))
+    queries = l2_normalize(np.random.default_rng(1).normal(size=(50, 64)))
+    similarities, rows = exact_search(database, queries, 10)
+    scores = queries @ database.T
+    expected = np.argsort(-scores, axis=1)[:, :10]
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(similarities, np.take_along_axis(scores, expected, 1), rtol=1e-5)
+
+
+def test_approximate_index_reaches_its_printed_recall() -> None:
+    X = clustered(30_000)
+    index, spec, recall = build_index(X, IndexSpec("ivf", nlist=256), target_recall=0.9)
+    assert spec.nprobe < spec.nlist and recall >= 0.9
+    queries = l2_normalize(clustered(300, noise_seed=5))  # fresh queries, same distribution
+    truth = exact_search(l2_normalize(X), queries, 10)[1]
+    found = index.search(queries, 10)[1]
+    measured = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+    assert measured >= recall - 0.03
+
+
+@pytest.mark.parametrize(
+    ("n", "budget", "kind"),
+    [(50_000, None, "flat"), (200_000, None, "ivf"), (1_000_000, 100 * 2**20, "ivfpq")],
+)
+def test_auto_follows_the_faiss_guidelines(n: int, budget: int | None, kind: str) -> None:
+    spec = choose_spec(n, 512, "auto", budget)
+    assert spec.kind == kind
+    if kind != "flat":
+        assert spec.nlist == 2 ** round(np.log2(4 * np.sqrt(n)))
+    if kind == "ivfpq":
+        assert n * spec.pq_m <= budget
+
+
+def test_memory_sizes_parse() -> None:
+    assert parse_size("2G") == 2 * 2**30 and parse_size("512M") == 512 * 2**20
+    with pytest.raises(HeadstartError, match="memory size"):
+        parse_size("lots")
+
+
+def test_saved_index_round_trips_and_refuses_tampering(tmp_path: Path) -> None:
+    X = clustered(500)
+    X[7] = X[3]  # an exact duplicate
+    index, spec, recall = build_index(X, choose_spec(len(X), X.shape[1]))
+    paths = [f"/img/{i}.jpg" for i in range(len(X))]
+    save_index(tmp_path, index, spec, recall, fingerprint=FINGERPRINT, paths=paths,
+               labels=["a"] * len(X), keys=[f"{i:064x}" for i in range(len(X))])  # fmt: skip
+
+    loaded = load_index(tmp_path)
+    _, rows = loaded.search(X[:3], 1)
+    assert rows[:, 0].tolist() == [0, 1, 2] and loaded.paths[2] == "/img/2.jpg"
+    assert (3, 7) in {(i, j) for i, j, _ in loaded.near_duplicates(0.9999)}
+
+    data = (tmp_path / "index.faiss").read_bytes()
+    (tmp_path / "index.faiss").write_bytes(data[:100] + b"\0" * 8 + data[108:])
+    with pytest.raises(HeadstartError, match="altered or damaged"):
+        load_index(tmp_path)
