@@ -19,13 +19,21 @@ $(DEMO)/.done: demo/make_images.py | $(STAMP)
 	$(BIN)/python demo/make_images.py $(DEMO)
 	touch $@
 
+MODEL := --model resnet18 --weights DEFAULT --fallback-random --cache $(DEMO_CACHE)
+
 demo: $(STAMP) $(DEMO)/.done
 	@echo "== first run: every image is embedded"
-	$(BIN)/headstart extract $(DEMO) --model resnet18 --weights DEFAULT --fallback-random --cache $(DEMO_CACHE)
+	$(BIN)/headstart extract $(DEMO) $(MODEL)
 	@echo "== second run: everything comes from the cache"
-	$(BIN)/headstart extract $(DEMO) --model resnet18 --weights DEFAULT --fallback-random --cache $(DEMO_CACHE)
+	$(BIN)/headstart extract $(DEMO) $(MODEL)
 	$(BIN)/headstart info $(DEMO_CACHE)
 	$(BIN)/headstart export $(DEMO_CACHE) --out demo/out/embeddings.npy
+	@echo "== heads on the cached vectors: a sweep, the best saved"
+	$(BIN)/headstart train $(DEMO) $(MODEL) --head logreg --head knn --head ncm --sweep --plot -o demo/out/head -q
+	$(BIN)/headstart predict demo/out/head $(DEMO)/circles/circles_00.jpg $(DEMO)/stripes/stripes_00.jpg --cache $(DEMO_CACHE) --top-k 2 -q
+	@echo "== nearest neighbours"
+	$(BIN)/headstart index build $(DEMO) $(MODEL) -o demo/out/index -q
+	$(BIN)/headstart knn demo/out/index $(DEMO)/squares/squares_00.jpg -k 3 --cache $(DEMO_CACHE) -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,6 +44,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/linear_probe.py
+	$(BIN)/python bench/knn.py
+	$(BIN)/python bench/cache_read.py
 
 clean:
 	rm -rf $(VENV) demo/images demo/out .pytest_cache .ruff_cache

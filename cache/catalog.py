@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = ["FailureRecord", "FileCatalog", "FileRecord"]
 
@@ -44,8 +44,7 @@ CREATE TABLE IF NOT EXISTS failures (
 _IN_CHUNK = 900
 
 
-@dataclass(frozen=True)
-class FileRecord:
+class FileRecord(NamedTuple):
     """A file that was read: where, its stat signature, its content key and its label."""
 
     path: str
@@ -55,8 +54,7 @@ class FileRecord:
     label: str | None = None
 
 
-@dataclass(frozen=True)
-class FailureRecord:
+class FailureRecord(NamedTuple):
     """A file that could not be used, and why. ``size``/``mtime_ns`` are -1 when stat failed."""
 
     path: str
@@ -100,13 +98,14 @@ class FileCatalog:
         rows = self._select_in(
             "SELECT path, size, mtime_ns, key, label FROM files WHERE path IN ({})", paths
         )
-        return {row[0]: FileRecord(*row) for row in rows}
+        # NamedTuples straight from SQLite rows: this runs once per image on every read.
+        return {row[0]: FileRecord._make(row) for row in rows}
 
     def lookup_failures(self, paths: Sequence[str]) -> dict[str, FailureRecord]:
         rows = self._select_in(
             "SELECT path, size, mtime_ns, reason, label FROM failures WHERE path IN ({})", paths
         )
-        return {row[0]: FailureRecord(*row) for row in rows}
+        return {row[0]: FailureRecord._make(row) for row in rows}
 
     def record(
         self, files: Sequence[FileRecord] = (), failures: Sequence[FailureRecord] = ()
@@ -162,7 +161,9 @@ class FileCatalog:
             yield [FileRecord(*row) for row in rows]
             last = rows[-1][0]
 
-    def _select_in(self, query: str, values: Sequence[str]) -> Iterable[tuple]:
+    def _select_in(self, query: str, values: Sequence[str]) -> list[tuple]:
+        rows: list[tuple] = []
         for start in range(0, len(values), _IN_CHUNK):
             part = values[start : start + _IN_CHUNK]
-            yield from self._db.execute(query.format(",".join("?" * len(part))), part)
+            rows.extend(self._db.execute(query.format(",".join("?" * len(part))), part).fetchall())
+        return rows

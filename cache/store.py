@@ -28,7 +28,14 @@ from headstart import __version__
 from headstart.cache.catalog import FileCatalog
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE, KeySet, file_key
-from headstart.cache.shards import read_shard_info, read_shard_keys, read_shard_rows, shard_paths
+from headstart.cache.shards import (
+    as_float32,
+    copy_rows,
+    read_shard_info,
+    read_shard_keys,
+    read_shard_rows,
+    shard_paths,
+)
 from headstart.errors import HeadstartError
 
 __all__ = ["EmbeddingCache", "EmbeddingChunk", "FingerprintStore"]
@@ -170,7 +177,8 @@ class FingerprintStore:
     def get(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """Embeddings of ``keys`` in the given order, float32 (n, dim)."""
         keys = np.asarray(keys, KEY_DTYPE)
-        found = self.contains(keys)
+        pos = np.searchsorted(self._keys, keys).clip(max=max(len(self._keys) - 1, 0))
+        found = self._keys[pos] == keys if len(self._keys) else np.zeros(len(keys), dtype=bool)
         if not found.all():
             missing = keys[~found][0].decode()
             raise HeadstartError(
@@ -178,15 +186,16 @@ class FingerprintStore:
                 f"{self.fingerprint.id} (first: {missing}); run `headstart extract` on them first"
             )
         out = np.empty((len(keys), self.dim or 0), dtype=np.float32)
-        pos = np.searchsorted(self._keys, keys)
         shard_of, row_of = self._shard_of[pos], self._row_of[pos]
-        for shard in np.unique(shard_of):
-            where = np.flatnonzero(shard_of == shard)
-            order = np.argsort(row_of[where], kind="stable")
-            rows = row_of[where][order]
-            unique_rows, inverse = np.unique(rows, return_inverse=True)
-            block = read_shard_rows(self._shards[shard], unique_rows)
-            out[where[order]] = block[inverse]
+        by_shard = np.argsort(shard_of, kind="stable")
+        starts = np.flatnonzero(np.diff(shard_of[by_shard], prepend=-1))
+        for where in np.split(by_shard, starts[1:]) if len(keys) else []:
+            path, rows = self._shards[shard_of[where[0]]], row_of[where]
+            first, last = int(where[0]), int(where[-1])
+            if last - first + 1 == len(where):  # keys in shard order: copy straight into place
+                copy_rows(out[first : last + 1], read_shard_rows(path, rows))
+            else:
+                out[where] = as_float32(read_shard_rows(path, rows))
         return out
 
     def iter_chunks(self) -> Iterator[EmbeddingChunk]:
@@ -195,7 +204,7 @@ class FingerprintStore:
             rows = np.sort(self._row_of[self._shard_of == shard_id])
             if len(rows):
                 keys = read_shard_keys(path)[rows]
-                yield EmbeddingChunk(keys=keys, embeddings=read_shard_rows(path, rows))
+                yield EmbeddingChunk(keys=keys, embeddings=as_float32(read_shard_rows(path, rows)))
 
     def resolve_keys(self, paths: Sequence[str]) -> list[str]:
         """Content keys of files: from the stat index when unchanged, else by hashing them."""

@@ -98,3 +98,14 @@ def test_keyset_membership_survives_merges() -> None:
     mask = found.contains(keys)
     assert mask.tolist() == [True] * 8 + [False] * 2
     assert len(found) == 8 and keys[9].decode() not in found
+
+
+def test_sparse_reads_from_a_large_shard_keep_the_order_asked_for(tmp_path: Path) -> None:
+    store = EmbeddingCache(tmp_path).create(FP)
+    keys = keys_for(*[str(i) for i in range(100)])
+    vectors = np.arange(300, dtype=np.float32).reshape(100, 3)
+    with ShardWriter(store, shard_rows=1000, dtype="float32") as writer:
+        writer.add(keys, vectors)
+    store.refresh()
+    wanted = [97, 3, 3, 50]  # few rows (the HDF5 selection path), repeated, out of order
+    np.testing.assert_array_equal(store.get(keys[wanted]), vectors[wanted])
