@@ -20,7 +20,7 @@ from headstart.classify.linear import LogisticRegressionHead, logistic_path, ref
 from headstart.classify.metrics import Metrics, score
 from headstart.classify.neighbors import KNNHead, knn_votes
 
-__all__ = ["GRIDS", "LeaderboardRow", "refit", "sweep"]
+__all__ = ["GRIDS", "LeaderboardRow", "fit_and_score", "refit", "sweep"]
 
 # Head -> (hyper-parameter, values tried by --sweep); None: nothing to tune.
 GRIDS: dict[str, tuple[str, tuple] | None] = {
@@ -71,7 +71,7 @@ def sweep(
                 extra = {grid[0]: value} if grid else {}
                 estimator = get_head(name)(**(params | extra))
                 rows.append(
-                    _fit_and_score(
+                    fit_and_score(
                         name, grid[0] if grid else None, value, estimator, X, y, X_val, y_val
                     )
                 )
@@ -85,7 +85,10 @@ def refit(row: LeaderboardRow, X: np.ndarray, y: np.ndarray) -> Head:
     return clone(row.estimator).fit(X, y)
 
 
-def _fit_and_score(name, param, value, estimator: Head, X, y, X_val, y_val) -> LeaderboardRow:
+def fit_and_score(
+    name: str, param: str | None, value: object, estimator: Head, X, y, X_val, y_val
+) -> LeaderboardRow:
+    """Fit one head on the training split and score it on validation."""
     started = time.perf_counter()
     estimator.fit(X, y)
     seconds = time.perf_counter() - started

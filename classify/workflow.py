@@ -28,7 +28,7 @@ from headstart.classify.index import (
 )
 from headstart.classify.metrics import Metrics, per_class_report, score
 from headstart.classify.persist import LoadedHead, load_head, save_head
-from headstart.classify.sweep import LeaderboardRow, refit, sweep
+from headstart.classify.sweep import LeaderboardRow, fit_and_score, refit, sweep
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, options_for_fingerprint
 
@@ -131,18 +131,8 @@ def train_head(
 
 
 def _single(name: str, params: dict, X, y, X_val, y_val) -> LeaderboardRow:
-    estimator = get_head(name)(**params)
-    started = time.perf_counter()
-    estimator.fit(X, y)
-    seconds = time.perf_counter() - started
-    metrics = score(
-        y_val,
-        estimator.predict_proba(X_val),
-        estimator.classes_,
-        probabilistic=estimator.probabilistic,
-    )
     param, value = next(iter(params.items())) if params else (None, None)
-    return LeaderboardRow(name, param, value, metrics, seconds, estimator)
+    return fit_and_score(name, param, value, get_head(name)(**params), X, y, X_val, y_val)
 
 
 def _row_record(row: LeaderboardRow) -> dict:

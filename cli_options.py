@@ -1,0 +1,147 @@
+"""Options shared by the commands that embed images: the model, the cache, the device."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = [
+    "CACHE_HELP",
+    "EXIT_INTERRUPTED",
+    "EXIT_SOME_FAILED",
+    "embedding_options",
+    "extract_options",
+    "runtime",
+    "runtime_options",
+]
+
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+CACHE_HELP = "Cache directory [env HEADSTART_CACHE; default ./.headstart]."
+
+
+def _triple(ctx: click.Context, param: click.Parameter, text: str | None):
+    """Option callback: "0.5,0.5,0.5" -> (0.5, 0.5, 0.5)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three comma-separated numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise click.BadParameter(f"expected three comma-separated numbers, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def embedding_options(command):
+    """The options that pick a model and run it; shared by every command that embeds images."""
+    options = [
+        click.option(
+            "-m", "--model", required=True, help="resnet50, timm:NAME, model.pt or pkg.mod:factory."
+        ),
+        click.option(
+            "-w",
+            "--weights",
+            default="DEFAULT",
+            show_default=True,
+            help="DEFAULT, a torchvision enum name, none (random init) or a file.",
+        ),
+        click.option("--layer", help="A graph node to embed at instead of the pre-logits."),
+        click.option(
+            "--cache", "cache_dir", envvar="HEADSTART_CACHE", default=".headstart", help=CACHE_HELP
+        ),
+        click.option(
+            "-b", "--batch-size", type=click.IntRange(min=1), help="[default: 32 CPU, 128 CUDA]"
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+            default="auto",
+            show_default=True,
+        ),
+        click.option("-j", "--workers", type=click.IntRange(min=0), help="Decoding processes."),
+        click.option("--resize", type=click.IntRange(min=1), help="Shorter side before the crop."),
+        click.option("--crop", type=click.IntRange(min=1), help="Centre crop (model input) size."),
+        click.option(
+            "--mean", callback=_triple, help="Normalisation mean: three comma-separated values."
+        ),
+        click.option(
+            "--std", callback=_triple, help="Normalisation std: three comma-separated values."
+        ),
+        click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"])),
+        click.option(
+            "--compile/--no-compile",
+            default=None,
+            help="torch.compile the model [default: on CPU for 1000+ images].",
+        ),
+        click.option(
+            "--store-dtype",
+            type=click.Choice(["float16", "float32"]),
+            default="float16",
+            show_default=True,
+            help="On-disk precision (float16 falls back to float32 on overflow).",
+        ),
+        click.option(
+            "--shard-size",
+            "shard_rows",
+            type=click.IntRange(min=1),
+            default=4096,
+            show_default=True,
+            help="Rows per shard file.",
+        ),
+        click.option(
+            "--flush-seconds",
+            type=click.FloatRange(min=0),
+            default=30.0,
+            show_default=True,
+            help="Publish buffered rows at least this often.",
+        ),
+        click.option(
+            "--fallback-random",
+            is_flag=True,
+            help="If pretrained weights cannot be had, say so and use random init.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def extract_options(params: dict, **extra):
+    """Split :func:`embedding_options` values into ``ExtractOptions`` and the cache directory."""
+    from headstart.extract import ExtractOptions, PreprocessOverrides
+
+    preprocess = PreprocessOverrides(
+        params.pop("resize"),
+        params.pop("crop"),
+        params.pop("mean"),
+        params.pop("std"),
+        params.pop("interpolation"),
+    )
+    cache_dir = params.pop("cache_dir")
+    return ExtractOptions(preprocess=preprocess, **params, **extra), cache_dir
+
+
+def runtime(device: str, batch_size: int | None, workers: int | None) -> dict:
+    """Options that change how fast images are embedded, never the vectors."""
+    return {"device": device, "batch_size": batch_size, "workers": workers}
+
+
+def runtime_options(command):
+    """Device, batch and decoding options for commands that embed like a saved head or index."""
+    options = [
+        click.option(
+            "--cache", "cache_dir", envvar="HEADSTART_CACHE", default=".headstart", help=CACHE_HELP
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+        ),
+        click.option("-b", "--batch-size", type=click.IntRange(min=1)),
+        click.option("-j", "--workers", type=click.IntRange(min=0), help="Decoding processes."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
