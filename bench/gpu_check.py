@@ -1,6 +1,9 @@
 """The CUDA path, checked on a machine with a GPU (it installs nothing; it needs torch,
 torchvision, numpy, pillow, h5py, click and tqdm, which GPU images carry).
 
+It also checks the heads' GPU paths: the logreg solver on CUDA against the CPU, and FAISS search
+on the GPU against the CPU when the FAISS installed there sees a GPU.
+
 1. Correctness: embeddings made on the GPU at ``auto`` precision (bf16 or fp16 autocast) against
    CPU fp32 embeddings of the same images: per-image cosine similarity (target >= 0.99).
 2. Speed: ``extract()`` end to end on the GPU against the model alone on pre-decoded batches on
@@ -143,6 +146,50 @@ def check(model_name: str, collection: Path, paths: list[Path], args, work: Path
     return bool(cosine.min() >= 0.99) and (share >= 0.70 or model_name != "resnet50")
 
 
+def heads_check(smoke: bool) -> bool:
+    """Heads on the GPU: the logreg solver on CUDA against the same fit on the CPU, and FAISS
+    GPU search against CPU search when the FAISS there sees a GPU."""
+    from headstart.classify.linear import LogisticRegressionHead
+
+    n, d = (2000, 64) if smoke else (50_000, 2048)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X[:, :32] @ rng.normal(size=(32, 10)) + rng.normal(size=(n, 10)) * 4).argmax(axis=1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    timings, heads = {}, {}
+    for where in (device, "cpu"):
+        started = time.perf_counter()
+        heads[where] = LogisticRegressionHead(C=1e-3, device=where).fit(X, y)
+        timings[where] = time.perf_counter() - started
+    agreement = float(np.mean(heads[device].predict(X) == heads["cpu"].predict(X)))
+    print(
+        f"\nlogreg, {n} x {d}, 10 classes: {device} {timings[device]:.2f} s, "
+        f"cpu {timings['cpu']:.2f} s, predictions agree on {agreement:.2%} (target >= 99%)"
+    )
+    ok = agreement >= 0.99
+    try:
+        import faiss
+    except ImportError:
+        print("FAISS GPU search: not checked (no faiss on this machine)")
+        return ok
+    if faiss.get_num_gpus() == 0:
+        print("FAISS GPU search: not checked (this FAISS build sees no GPU)")
+        return ok
+    from headstart.classify.neighbors import exact_search, l2_normalize
+
+    database, queries = l2_normalize(X), l2_normalize(X[:1000])
+    found = {}
+    for gpu in (True, False):
+        started = time.perf_counter()
+        found[gpu] = exact_search(database, queries, 10, gpu=gpu)[1]
+        seconds = time.perf_counter() - started
+        print(f"FAISS flat search on {'GPU' if gpu else 'CPU'}: {seconds:.3f} s")
+    pairs = zip(found[True], found[False], strict=True)
+    same = float(np.mean([set(a) == set(b) for a, b in pairs]))
+    print(f"  same neighbours on GPU and CPU for {same:.1%} of queries (target >= 99%)")
+    return ok and same >= 0.99
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -175,6 +222,7 @@ def main() -> None:
         paths = make_collection(data, work / "collection", args.copies)
         print(f"wrote {len(paths)} images in {time.perf_counter() - started:.1f} s")
         results = [check(m, work / "collection", paths, args, work) for m in args.models.split(",")]
+    results.append(heads_check(args.smoke))
     print("\nPASS" if all(results) else "\nFAIL")
     sys.exit(0 if all(results) else 1)
 
