@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/linear_probe.py
 	$(BIN)/python bench/knn.py
 	$(BIN)/python bench/cache_read.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) demo/images demo/out .pytest_cache .ruff_cache

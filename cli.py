@@ -22,6 +22,7 @@ from headstart.cli_options import (
     extract_options,
 )
 from headstart.errors import HeadstartError
+from headstart.serve.command import serve
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_SOME_FAILED", "main"]
 
@@ -177,6 +178,6 @@ def _size(num_bytes: float) -> str:
     return f"{num_bytes:.1f} {units[0]}"
 
 
-# The heads and neighbours verbs live beside their library; they are verbs of this group.
-for _command in (train, evaluate, predict, index, knn):
+# The heads, neighbours and service verbs live beside their libraries, in this one group.
+for _command in (train, evaluate, predict, index, knn, serve):
     main.add_command(_command)

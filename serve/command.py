@@ -1,0 +1,101 @@
+"""``headstart serve``: the classifier service, run by uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from headstart.errors import HeadstartError
+
+__all__ = ["serve"]
+
+log = logging.getLogger(__name__)
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@click.command()
+@click.option("--head", "head_dir", required=True, help="A head directory from `headstart train`.")
+@click.option("--index", "index_dir", help="An index directory from `headstart index build`.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Most images per backbone batch (1 turns micro-batching off).",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="How long a batch waits for more requests.",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Largest request body.",
+)
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Most images in one request.",
+)
+@click.option(
+    "--api-key-env",
+    metavar="VAR",
+    help="Require 'Authorization: Bearer KEY', KEY read from this variable.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--expose-paths",
+    is_flag=True,
+    help="Include indexed items' file paths in neighbour answers (off: ids only).",
+)
+def serve(
+    head_dir,
+    index_dir,
+    host,
+    port,
+    max_batch,
+    max_wait_ms,
+    max_upload_mb,
+    max_images,
+    api_key_env,
+    device,
+    expose_paths,
+) -> None:
+    """Serve a head (and an index) over HTTP: /v1/classify, /v1/embed, /v1/neighbors."""
+    import uvicorn
+
+    from headstart.serve.app import ServeSettings, create_app
+    from headstart.serve.engine import check_artifacts
+
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise HeadstartError(f"--api-key-env {api_key_env}: that variable is not set or empty")
+    check_artifacts(head_dir, index_dir)  # a mismatched pair never starts
+    if host not in _LOOPBACK and api_key is None:
+        log.warning("serving on %s without an API key: anyone who can reach it can use it", host)
+    settings = ServeSettings(
+        head_dir=head_dir,
+        index_dir=index_dir,
+        device=device,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_upload_mb=max_upload_mb,
+        max_images=max_images,
+        api_key=api_key,
+        expose_paths=expose_paths,
+    )
+    click.echo(f"serving {head_dir} on http://{host}:{port} (API docs at /docs)", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

@@ -1,0 +1,100 @@
+"""What the service computes with: the backbone (rebuilt from the head's fingerprint), the head,
+and optionally a nearest-neighbour index, checked to belong together before anything loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from headstart.cache.fingerprint import Fingerprint
+from headstart.classify.heads import Head
+from headstart.classify.index import LoadedIndex, load_index
+from headstart.classify.neighbors import l2_normalize
+from headstart.classify.persist import load_head
+from headstart.errors import HeadstartError
+from headstart.extract import options_for_fingerprint, resolve_recipe
+from headstart.extract.decode import decode_image
+from headstart.extract.features import build_feature_model
+from headstart.extract.mapper import Embedder
+from headstart.extract.preprocess import Preprocess, to_uint8_tensor
+
+__all__ = ["Engine", "check_artifacts", "load_engine"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engine:
+    """A loaded model, head and index. ``embed`` may be called from one thread at a time."""
+
+    embedder: Embedder
+    preprocess: Preprocess
+    head: Head
+    fingerprint: Fingerprint
+    index: LoadedIndex | None
+    dim: int
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        """Image bytes -> (3, H, W) uint8, exactly as extraction prepares them."""
+        image = decode_image(data, min_side=self.preprocess.resize_size)
+        return to_uint8_tensor(image, self.preprocess)
+
+    def embed(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.embedder(pixels)
+
+    def classify(self, vectors: np.ndarray) -> np.ndarray:
+        return self.head.predict_proba(vectors)
+
+    def neighbours(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.index is None:
+            raise LookupError("no index loaded")
+        return self.index.search(l2_normalize(vectors), k)
+
+
+def check_artifacts(head_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str] | None):
+    """Load the head (and index) and refuse a pair made from different embeddings."""
+    loaded = load_head(head_dir)
+    index = None
+    if index_dir is not None:
+        index = load_index(index_dir)
+        if index.fingerprint.id != loaded.fingerprint.id:
+            raise HeadstartError(
+                f"the index in {index_dir} holds embeddings {index.fingerprint.id} "
+                f"({index.fingerprint.describe()}) but the head in {head_dir} was trained on "
+                f"{loaded.fingerprint.id} ({loaded.fingerprint.describe()}); build both from the "
+                "same model, weights, layer and precision"
+            )
+    return loaded, index
+
+
+def load_engine(
+    head_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str] | None, device: str = "auto"
+) -> Engine:
+    """Build the backbone the head was trained on, and warm it up."""
+    loaded, index = check_artifacts(head_dir, index_dir)
+    options = options_for_fingerprint(loaded.fingerprint, device=device)
+    recipe = resolve_recipe(options)
+    features = build_feature_model(recipe.backbone, recipe.layer)
+    # Request batches vary in size, and compiling per size would stall requests: stay eager.
+    embedder = Embedder(features.module, recipe.preprocess, recipe.device, recipe.precision)
+    crop = recipe.preprocess.crop_size
+    warm = embedder(torch.zeros((2, 3, crop, crop), dtype=torch.uint8))
+    log.info("model %s ready on %s (dim %d)", recipe.backbone.name, recipe.device, warm.shape[1])
+    return Engine(
+        embedder, recipe.preprocess, loaded.head, loaded.fingerprint, index, warm.shape[1]
+    )
+
+
+def public_model_name(fingerprint: Fingerprint) -> str:
+    """The model's name without server paths (for TorchScript files and factory files)."""
+    name = str(fingerprint.recipe.get("model", ""))
+    family, _, rest = name.partition(":")
+    if family in ("torchscript", "python") and rest.startswith("/"):
+        return f"{family}:{Path(rest.split(':')[0]).name}"
+    return name

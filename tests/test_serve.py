@@ -1,0 +1,302 @@
+"""The service, started for real (uvicorn on a free loopback port) and used over HTTP."""
+
+import asyncio
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import FAST_ARGS, make_colour_folder, write_image
+
+from headstart.classify.workflow import predict_with_head, query_index
+from headstart.cli import main
+from headstart.serve import Client, ServiceError
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    make_colour_folder(root / "images", per_class=10)
+    cache = root / "cache"
+    assert (
+        run(
+            "train", root / "images", *FAST_ARGS, "--cache", cache, "-o", root / "head", "-q"
+        ).exit_code
+        == 0
+    )
+    built = run(
+        "index", "build", root / "images", *FAST_ARGS, "--cache", cache, "-o", root / "index", "-q"
+    )
+    assert built.exit_code == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(trained: Path):
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "headstart",
+        "serve",
+        "--head",
+        str(trained / "head"),
+        "--index",
+        str(trained / "index"),
+        "--port",
+        str(port),
+        "--max-batch",
+        "16",
+        "--max-wait-ms",
+        "50",
+        "--max-upload-mb",
+        "1",
+        "--api-key-env",
+        "HS_KEY",
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, "HS_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        assert process.poll() is None, process.communicate()
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def image_paths(trained: Path, per_class: int = 2) -> list[Path]:
+    return [
+        p
+        for name in ("red", "green", "blue")
+        for p in sorted((trained / "images" / name).glob("*.jpg"))[:per_class]
+    ]
+
+
+def test_classify_matches_offline_predict(server: str, trained: Path) -> None:
+    paths = image_paths(trained)
+    files = [("files", (p.name, p.read_bytes())) for p in paths]
+    answer = httpx.post(f"{server}/v1/classify", files=files, params={"top_k": 3}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    offline = predict_with_head(trained / "head", [str(p) for p in paths], trained / "cache")
+    classes = offline.classes.astype(str)
+    for result, row in zip(results, offline.proba, strict=True):
+        served = {t["label"]: t["probability"] for t in result["top"]}
+        assert result["label"] == classes[row.argmax()]
+        for label, probability in served.items():
+            assert probability == pytest.approx(float(row[list(classes).index(label)]), abs=2e-3)
+
+
+def test_embed_with_base64_json_matches_the_cache(server: str, trained: Path) -> None:
+    from headstart.cache import EmbeddingCache
+
+    paths = image_paths(trained, 1)
+    body = {"images": [base64.b64encode(p.read_bytes()).decode() for p in paths]}
+    answer = httpx.post(f"{server}/v1/embed", json=body, headers=AUTH).json()
+    store = EmbeddingCache(trained / "cache").open(answer["fingerprint"])
+    np.testing.assert_allclose(
+        np.array(answer["embeddings"]),
+        store.load_files([str(p) for p in paths]),
+        rtol=1e-2,
+        atol=2e-3,
+    )
+
+
+def test_neighbours_by_image_and_by_vector_match_offline_knn(server: str, trained: Path) -> None:
+    query = image_paths(trained, 1)[0]
+    by_image = httpx.post(
+        f"{server}/v1/neighbors",
+        files=[("file", (query.name, query.read_bytes()))],
+        params={"k": 5},
+        headers=AUTH,
+    ).json()["neighbors"]
+    loaded, offline = query_index(trained / "index", trained / "cache", sources=[str(query)], k=5)
+    assert [n["id"] for n in by_image] == [loaded.paths.index(n.path) for n in offline]
+    assert [n["similarity"] for n in by_image] == pytest.approx(
+        [n.similarity for n in offline], abs=2e-3
+    )
+    assert all("path" not in n for n in by_image)  # no server paths, only the index's ids
+
+    vector = httpx.post(
+        f"{server}/v1/embed", files=[("files", (query.name, query.read_bytes()))], headers=AUTH
+    ).json()["embeddings"][0]
+    by_vector = httpx.post(f"{server}/v1/neighbors", json={"vector": vector, "k": 5}, headers=AUTH)
+    assert [n["id"] for n in by_vector.json()["neighbors"]] == [n["id"] for n in by_image]
+
+
+def test_info_health_and_metrics(server: str, trained: Path) -> None:
+    info = httpx.get(f"{server}/v1/info", headers=AUTH).json()
+    assert info["classes"] == ["blue", "green", "red"] and info["dim"] == 512
+    assert info["index_size"] == 30 and info["model"] == "torchvision:resnet18"
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server}/readyz").json() == {"ready": True}
+    assert httpx.get(f"{server}/openapi.json").json()["paths"].keys() >= {
+        "/v1/classify",
+        "/v1/embed",
+    }
+    text = httpx.get(f"{server}/metrics", headers=AUTH).text
+    assert 'headstart_requests_total{endpoint="/v1/info",status="200"}' in text
+    assert "headstart_batch_size_bucket" in text
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "message"),
+    [
+        (
+            {"files": [("files", ("notes.jpg", b"plain text, not a JPEG"))]},
+            422,
+            "image 0 (notes.jpg)",
+        ),
+        ({}, 400, "empty request"),
+        ({"json": {"pictures": ["abc"]}}, 422, "pictures"),
+        ({"json": {"images": ["***not base64***"]}}, 422, "not valid base64"),
+        (
+            {
+                "content": b"x" * (2 * 2**20),
+                "headers": {"content-type": "application/octet-stream"},
+            },
+            413,
+            "over the 1 MB limit",
+        ),
+        (
+            {"content": b"abc", "headers": {"content-type": "text/plain"}},
+            415,
+            "unsupported content",
+        ),
+    ],
+)
+def test_bad_requests_get_a_status_and_a_reason(
+    server: str, request_kwargs, status: int, message: str
+) -> None:
+    headers = {**AUTH, **request_kwargs.pop("headers", {})}
+    answer = httpx.post(f"{server}/v1/classify", headers=headers, **request_kwargs)
+    assert answer.status_code == status and message in answer.json()["error"]
+    assert httpx.get(f"{server}/healthz").status_code == 200  # still serving
+
+
+def test_wrong_vector_width_and_missing_key_are_refused(server: str) -> None:
+    wrong = httpx.post(f"{server}/v1/neighbors", json={"vector": [0.1] * 7}, headers=AUTH)
+    assert wrong.status_code == 422 and "expects 512" in wrong.json()["error"]
+    assert httpx.get(f"{server}/v1/info").status_code == 401
+    assert (
+        httpx.get(f"{server}/v1/info", headers={"Authorization": "Bearer nope"}).status_code == 401
+    )
+    with pytest.raises(ServiceError) as refused:
+        Client(server).info()
+    assert refused.value.status == 401
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server: str, trained: Path) -> None:
+    paths = image_paths(trained, 10)
+    expected = {p.name: p.parent.name for p in paths}
+
+    async def one(client: httpx.AsyncClient, path: Path) -> tuple[str, str]:
+        answer = await client.post(
+            "/v1/classify", files=[("files", (path.name, path.read_bytes()))]
+        )
+        answer.raise_for_status()
+        return path.name, answer.json()["results"][0]["label"]
+
+    async def burst() -> list[tuple[str, str]]:
+        async with httpx.AsyncClient(base_url=server, headers=AUTH, timeout=120) as client:
+            return await asyncio.gather(*(one(client, paths[i % len(paths)]) for i in range(50)))
+
+    answers = asyncio.run(burst())
+    assert len(answers) == 50
+    assert sum(label == expected[name] for name, label in answers) >= 45
+    text = httpx.get(f"{server}/metrics", headers=AUTH).text
+    batches = float(
+        next(
+            line.split()[-1]
+            for line in text.splitlines()
+            if line.startswith("headstart_batch_size_count")
+        )
+    )
+    singles = float(
+        next(
+            line.split()[-1]
+            for line in text.splitlines()
+            if line.startswith('headstart_batch_size_bucket{le="1.0"}')
+        )
+    )
+    assert batches > singles  # some forward passes carried more than one image
+
+
+def test_python_client(server: str, trained: Path) -> None:
+    paths = image_paths(trained, 1)
+    with Client(server, api_key=KEY) as client:
+        results = client.classify(paths, top_k=2)
+        vectors = client.embed(paths)
+        neighbours = client.neighbors(paths[0], k=3)
+    assert [r["filename"] for r in results] == [p.name for p in paths] and len(
+        results[0]["top"]
+    ) == 2
+    assert vectors.shape == (3, 512) and len(neighbours) == 3
+
+
+def test_mismatched_index_refuses_to_start(trained: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other-index"
+    args = ["--model", "resnet18", "--weights", "none", "--crop", "48"]
+    assert (
+        run(
+            "index",
+            "build",
+            trained / "images",
+            *args,
+            "--cache",
+            trained / "cache",
+            "-o",
+            other,
+            "-q",
+        ).exit_code
+        == 0
+    )
+    result = CliRunner().invoke(
+        main, ["serve", "--head", str(trained / "head"), "--index", str(other)]
+    )
+    assert result.exit_code == 1 and "holds embeddings" in result.output
+
+
+def test_no_index_means_404(trained: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from headstart.serve.app import ServeSettings, create_app
+
+    app = create_app(ServeSettings(head_dir=str(trained / "head"), device="cpu"))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        image = write_image(trained / "query.jpg", 3)
+        answer = client.post("/v1/neighbors", files=[("file", ("q.jpg", image.read_bytes()))])
+    assert answer.status_code == 404 and "no index" in answer.json()["error"]
