@@ -14,6 +14,14 @@ TINY_MODELS = TESTS / "tiny_models.py"
 FAST_ARGS = ["--model", "resnet18", "--weights", "none", "--resize", "40", "--crop", "32"]
 
 
+def published_shards(cache: Path) -> list[Path]:
+    """Shards a reader may open. Not ``glob("*.h5")``: pathlib's glob also matches the hidden
+    ``.tmp-*.h5`` file a writer is still filling."""
+    from headstart.cache.shards import shard_paths
+
+    return [p for d in sorted(cache.glob("*/shards")) for p in shard_paths(d)]
+
+
 def write_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG") -> Path:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)

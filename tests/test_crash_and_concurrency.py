@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from helpers import TINY_MODELS, make_folder
+from helpers import TINY_MODELS, make_folder, published_shards
 
 from headstart.cache import EmbeddingCache
 from headstart.cache.shards import read_shard_keys
@@ -65,14 +65,14 @@ def test_sigkill_leaves_a_readable_cache_and_the_rerun_completes_it(tmp_path: Pa
         killed_cache,
     )
     deadline = time.monotonic() + 120
-    while len(list(killed_cache.glob("*/shards/*.h5"))) < 2:
+    while len(published_shards(killed_cache)) < 2:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "no shard was published"
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
 
-    shards = sorted(killed_cache.glob("*/shards/*.h5"))
+    shards = published_shards(killed_cache)
     partial = sum(len(read_shard_keys(p)) for p in shards)  # every published shard opens
     assert 16 <= partial < 60
 
