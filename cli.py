@@ -64,26 +64,45 @@ def main(verbose: bool) -> None:
 @click.argument("sources", nargs=-1, required=True)
 @embedding_options
 @click.option("--retry-failed", is_flag=True, help="Try files the failure ledger lists again.")
+@click.option(
+    "--part",
+    metavar="I/N",
+    help="Do part I of N (job arrays); torchrun ranks split the work by themselves.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def extract(sources: tuple[str, ...], retry_failed: bool, quiet: bool, **params) -> None:
-    """Embed the images of SOURCES (folders, .txt/.csv manifests, files) into the cache."""
-    from headstart.extract import extract as run_extract
+def extract(
+    sources: tuple[str, ...], retry_failed: bool, part: str | None, quiet: bool, **params
+) -> None:
+    """Embed the images of SOURCES (folders, .txt/.csv manifests, files) into the cache.
 
-    options, cache_dir = extract_options(params, retry_failed=retry_failed)
+    Under torchrun (`torchrun --nproc-per-node N -m headstart extract ...`) every rank embeds
+    its own part on its own GPU (or CPU) and rank 0 prints the job's summary.
+    """
+    from headstart.extract import extract as run_extract
+    from headstart.extract.parts import parse_part
+
+    options, cache_dir = extract_options(
+        params, retry_failed=retry_failed, part=parse_part(part) if part else None
+    )
     # A polite kill (SIGTERM from a scheduler) gets the same clean stop as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = run_extract(sources, options, cache_dir, progress=not quiet)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    failed = summary.failed + summary.skipped_failed
+    if not summary.leader:  # under torchrun, rank 0 speaks for the job
+        if failed:
+            click.get_current_context().exit(EXIT_SOME_FAILED)
+        return
     fp = summary.fingerprint
-    click.echo(f"fingerprint {fp.id}  {fp.describe()}  (cache {cache_dir})")
+    of_parts = f" ({summary.parts} parts)" if summary.parts > 1 else ""
+    click.echo(f"fingerprint {fp.id}  {fp.describe()}  (cache {cache_dir}){of_parts}")
     rate = f" · {summary.images_per_second:.1f} img/s" if summary.embedded else ""
     click.echo(
         f"listed {summary.listed} · embedded {summary.embedded} · from cache {summary.from_cache}"
-        f" · failed {summary.failed + summary.skipped_failed}{rate} · {summary.seconds:.1f} s"
+        f" · failed {failed}{rate} · {summary.seconds:.1f} s"
     )
-    failed = summary.failed + summary.skipped_failed
     if failed:
         for failure in summary.failure_examples:
             click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)
@@ -142,6 +161,57 @@ def export(cache_dir: str, fingerprint: str | None, out: str, fmt: str | None) -
     fmt = fmt or ("parquet" if out.endswith(".parquet") else "npy")
     result = export_embeddings(EmbeddingCache(cache_dir).open(fingerprint), out, fmt)
     click.echo(f"wrote {result.rows} rows x {result.dim} to {', '.join(map(str, result.files))}")
+
+
+@main.group()
+def cache() -> None:
+    """Maintain a cache directory: compact its shards, verify it reads."""
+
+
+@cache.command("compact")
+@click.argument("cache_dir", required=False, envvar="HEADSTART_CACHE", default=".headstart")
+@click.option("--fingerprint", help="Only this fingerprint (id or prefix) [default: all].")
+@click.option(
+    "--shard-size",
+    "shard_rows",
+    type=click.IntRange(min=1),
+    default=65536,
+    show_default=True,
+    help="Rows per merged shard.",
+)
+def cache_compact(cache_dir: str, fingerprint: str | None, shard_rows: int) -> None:
+    """Merge many small shards into large ones and drop duplicate rows (atomically)."""
+    from headstart.cache import EmbeddingCache
+    from headstart.cache.maintenance import compact
+
+    store_cache = EmbeddingCache(cache_dir)
+    targets = [store_cache.find(fingerprint)] if fingerprint else store_cache.fingerprints()
+    for target in targets:
+        result = compact(store_cache, target, shard_rows=shard_rows)
+        click.echo(
+            f"{result.fingerprint}: {result.shards_before} shards -> {result.shards_after}, "
+            f"{result.rows} rows, {result.duplicates_dropped} duplicates dropped"
+        )
+
+
+@cache.command("verify")
+@click.argument("cache_dir", required=False, envvar="HEADSTART_CACHE", default=".headstart")
+def cache_verify(cache_dir: str) -> None:
+    """Check every shard opens and counts match; report missing or corrupt files (read-only)."""
+    from headstart.cache import EmbeddingCache
+    from headstart.cache.maintenance import verify
+
+    report = verify(EmbeddingCache(cache_dir))
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(
+        f"{report.fingerprints} fingerprints, {report.shards} shards, {report.rows} rows checked; "
+        f"{len(report.problems)} problems"
+    )
+    if report.problems:
+        click.get_current_context().exit(1)
 
 
 @main.command()

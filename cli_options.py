@@ -74,7 +74,8 @@ def embedding_options(command):
         click.option(
             "--compile/--no-compile",
             default=None,
-            help="torch.compile the model [default: on CPU for 1000+ images].",
+            help="torch.compile the model [default: on CPU when the measured eager rate says "
+            "the run is long enough to pay for it].",
         ),
         click.option(
             "--store-dtype",

@@ -71,7 +71,7 @@ def main() -> None:
         floor = best_of(lambda: np.load(root / "X.npy"))
         keys = np.array([r.key for r in records], dtype="S64")
         vectors = best_of(lambda: cache.open(fingerprint).get(keys))
-        ours = best_of(lambda: read_embedded([str(images)], cache, fingerprint))
+        ours = best_of(lambda: read_embedded([str(images)], cache, fingerprint).X)
         noop = best_of(lambda: extract([str(images)], options, cache.root))
         embedded = read_embedded([str(images)], cache, fingerprint)
         order = np.argsort([int(Path(p).stem) for p in embedded.paths])

@@ -197,7 +197,7 @@ def report(model_name: str, folder: Path, paths: list[Path], work: Path) -> None
         capture_output=True,
     )
     hit_process_seconds = time.perf_counter() - started
-    compiled = n >= 1000
+    compiled = summary.compiled
     only_rate = model_only(model_name, paths, compiled, summary.fingerprint)
 
     store = EmbeddingCache(cache).open(summary.fingerprint)

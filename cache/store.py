@@ -7,8 +7,8 @@
     <cache>/<fingerprint id>/shards/*.h5  immutable shards of (key, embedding) rows
 
 Reading never needs a lock: a store is a snapshot of the shards published when it was opened.
-The same key in two shards (two runs embedding the same image at once) is read from the
-older shard.
+The same key in two shards (two runs embedding the same image at once, or a compaction under
+way) is read from the newer shard.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from headstart.errors import HeadstartError
 __all__ = ["EmbeddingCache", "EmbeddingChunk", "FingerprintStore"]
 
 _FINGERPRINT_FILE = "fingerprint.json"
+_SNAPSHOT_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -140,14 +141,27 @@ class FingerprintStore:
 
     def refresh(self) -> None:
         """Re-read the list of published shards (and so see what other runs have added)."""
-        self._shards = shard_paths(self.shards_directory)
-        per_shard = [read_shard_keys(path) for path in self._shards]
+        # List until a listing shows nothing new. A compaction publishes its merged shards
+        # before deleting the old ones, so an old shard that vanishes before it is read means
+        # the merged shards holding its rows are already there for the next listing.
+        read: dict[Path, np.ndarray] = {}
+        while new := [p for p in shard_paths(self.shards_directory) if p not in read]:
+            for path in new:
+                try:
+                    read[path] = read_shard_keys(path)
+                except OSError:
+                    if path.exists():
+                        raise
+        # Newest first: np.unique keeps the first occurrence, so the newest copy of a key
+        # wins. Readers then move to a compaction's merged shards as soon as they see them,
+        # and stop touching the shards it is about to delete.
+        self._shards = sorted(read, reverse=True)
+        per_shard = [read[path] for path in self._shards]
         keys = np.concatenate(per_shard) if per_shard else np.empty(0, KEY_DTYPE)
         shard_ids = np.repeat(
             np.arange(len(per_shard), dtype=np.int32), [len(k) for k in per_shard]
         )
         rows = np.concatenate([np.arange(len(k), dtype=np.int32) for k in per_shard] or [[]])
-        # np.unique keeps the first occurrence: the oldest shard wins for duplicated keys.
         self._keys, first = np.unique(keys, return_index=True)
         self._shard_of = shard_ids[first]
         self._row_of = rows[first].astype(np.int32)
@@ -177,6 +191,19 @@ class FingerprintStore:
     def get(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """Embeddings of ``keys`` in the given order, float32 (n, dim)."""
         keys = np.asarray(keys, KEY_DTYPE)
+        for _ in range(_SNAPSHOT_TRIES - 1):
+            try:
+                return self._get(keys)
+            except OSError:
+                if not self._shards_vanished():
+                    raise
+                self.refresh()  # a compaction replaced shards since this view was taken
+        return self._get(keys)
+
+    def _shards_vanished(self) -> bool:
+        return any(not path.exists() for path in self._shards)
+
+    def _get(self, keys: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self._keys, keys).clip(max=max(len(self._keys) - 1, 0))
         found = self._keys[pos] == keys if len(self._keys) else np.zeros(len(keys), dtype=bool)
         if not found.all():
@@ -199,12 +226,27 @@ class FingerprintStore:
         return out
 
     def iter_chunks(self) -> Iterator[EmbeddingChunk]:
-        """Every embedding once, one shard at a time (memory bounded by the largest shard)."""
-        for shard_id, path in enumerate(self._shards):
-            rows = np.sort(self._row_of[self._shard_of == shard_id])
-            if len(rows):
-                keys = read_shard_keys(path)[rows]
-                yield EmbeddingChunk(keys=keys, embeddings=as_float32(read_shard_rows(path, rows)))
+        """Every embedding once, one shard at a time (memory bounded by the largest shard).
+
+        If a compaction replaces shards meanwhile, the view is refreshed and the keys not yet
+        yielded are read from the new shards.
+        """
+        done = KeySet()
+        while True:
+            try:
+                for shard_id, path in enumerate(self._shards):
+                    rows = np.sort(self._row_of[self._shard_of == shard_id])
+                    keys = read_shard_keys(path)[rows] if len(rows) else rows
+                    fresh = ~done.contains(keys) if len(keys) else np.zeros(0, dtype=bool)
+                    if fresh.any():
+                        vectors = as_float32(read_shard_rows(path, rows[fresh]))
+                        done.add(keys[fresh])
+                        yield EmbeddingChunk(keys=keys[fresh], embeddings=vectors)
+                return
+            except OSError:
+                if not self._shards_vanished():
+                    raise
+                self.refresh()
 
     def resolve_keys(self, paths: Sequence[str]) -> list[str]:
         """Content keys of files: from the stat index when unchanged, else by hashing them."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from headstart.cache.fingerprint import Fingerprint
-from headstart.cache.store import EmbeddingCache
+from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, ExtractSummary, extract, iter_images
 
@@ -24,15 +24,23 @@ __all__ = ["Embedded", "class_counts", "embed_sources", "read_embedded", "strati
 
 @dataclass
 class Embedded:
-    """Vectors of a source's images, in source order, with their paths and labels."""
+    """A source's usable images, in source order: paths, labels, content keys, and their
+    vectors, read from the store on first use of ``X`` (an index build streams them instead)."""
 
-    X: np.ndarray
     labels: np.ndarray
     paths: list[str]
     keys: np.ndarray
     fingerprint: Fingerprint
+    store: FingerprintStore
     missing: int = 0
     summary: ExtractSummary | None = None
+    _X: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def X(self) -> np.ndarray:
+        if self._X is None:
+            self._X = self.store.get(self.keys)
+        return self._X
 
     def require_labels(self, what: str) -> np.ndarray:
         unlabelled = sum(label is None for label in self.labels)
@@ -45,7 +53,10 @@ class Embedded:
 
     def subset(self, rows: np.ndarray) -> Embedded:
         paths = [self.paths[i] for i in rows]
-        return Embedded(self.X[rows], self.labels[rows], paths, self.keys[rows], self.fingerprint)
+        X = self._X[rows] if self._X is not None else None
+        return Embedded(
+            self.labels[rows], paths, self.keys[rows], self.fingerprint, self.store, _X=X
+        )
 
 
 def embed_sources(
@@ -65,7 +76,8 @@ def embed_sources(
 def read_embedded(
     sources: Sequence[str], cache: EmbeddingCache, fingerprint: Fingerprint
 ) -> Embedded:
-    """The cached vectors of the sources' images (no model involved): stat index, then shards."""
+    """The sources' usable images and their keys, from the stat index (no model involved);
+    their vectors come from the shards when ``X`` is first used."""
     store = cache.open(fingerprint)
     items = list(iter_images(sources))
     with cache.catalog() as catalog:
@@ -88,11 +100,11 @@ def read_embedded(
     if not len(rows):
         raise HeadstartError(f"none of the images in {', '.join(sources)} could be embedded")
     return Embedded(
-        X=store.get(keys_array[rows]),
         labels=np.array([labels[i] for i in rows], dtype=object),
         paths=[paths[i] for i in rows],
         keys=keys_array[rows],
         fingerprint=fingerprint,
+        store=store,
         missing=len(items) - len(rows),
     )
 

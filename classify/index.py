@@ -20,6 +20,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import file_key
+from headstart.cache.store import FingerprintStore
 from headstart.classify.neighbors import exact_search, l2_normalize
 from headstart.errors import HeadstartError
 
@@ -35,6 +37,7 @@ __all__ = [
     "INDEX_FORMAT",
     "IndexSpec",
     "LoadedIndex",
+    "Vectors",
     "build_index",
     "choose_spec",
     "load_index",
@@ -145,14 +148,47 @@ def choose_spec(n: int, d: int, kind: str = "auto", max_memory: int | None = Non
     return IndexSpec("ivfpq", nlist=nlist, pq_m=fitting[0])
 
 
+class Vectors:
+    """L2-normalised vectors for an index build, a block at a time (FAISS contrib's block
+    iterator idea): from an array in memory, or streamed from a cache store by key."""
+
+    def __init__(
+        self,
+        source: np.ndarray | FingerprintStore,
+        keys: np.ndarray | None = None,
+        block_rows: int = 65536,
+    ) -> None:
+        self._source, self._keys, self.block_rows = source, keys, block_rows
+        if isinstance(source, np.ndarray):
+            self.count, self.dim = source.shape
+        else:
+            self.count, self.dim = len(keys), int(source.dim or 0)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows)
+        if isinstance(self._source, np.ndarray):
+            return l2_normalize(self._source[rows])
+        return l2_normalize(self._source.get(self._keys[rows]))
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.count, self.block_rows):
+            yield start, self.take(np.arange(start, min(start + self.block_rows, self.count)))
+
+
 def build_index(
-    X: np.ndarray, spec: IndexSpec, *, target_recall: float = 0.95, seed: int = 0
+    vectors: np.ndarray | Vectors, spec: IndexSpec, *, target_recall: float = 0.95, seed: int = 0
 ) -> tuple[Any, IndexSpec, float]:
-    """Build, fill and tune an index over ``X``; returns (index, tuned spec, recall@10)."""
+    """Build, fill and tune an index; returns (index, tuned spec, recall@10).
+
+    Vectors are added a block at a time, IVF is trained on a sample, and exact neighbours for
+    tuning are merged block by block, so an IVF-PQ index can cover more vectors than memory
+    holds as float32.
+    """
     import faiss
 
-    X = l2_normalize(X)
-    n, d = X.shape
+    if isinstance(vectors, np.ndarray):
+        vectors = Vectors(vectors)
+    n, d = vectors.count, vectors.dim
     if spec.kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif spec.kind == "hnsw":
@@ -166,28 +202,46 @@ def build_index(
                 quantizer, d, spec.nlist, spec.pq_m, 8, faiss.METRIC_INNER_PRODUCT
             )
         rng = np.random.default_rng(seed)
-        sample = X[rng.choice(n, size=min(n, 39 * spec.nlist), replace=False)]
+        sample = np.sort(rng.choice(n, size=min(n, 39 * spec.nlist), replace=False))
         index.cp.seed = seed
-        index.train(sample)  # FAISS's Python wrapper keeps the quantizer alive
-    index.add(X)
-    spec, recall = _tune(index, X, spec, target_recall, seed)
+        index.train(vectors.take(sample))  # FAISS's Python wrapper keeps the quantizer alive
+    for _, block in vectors.blocks():
+        index.add(block)
+    spec, recall = _tune(index, vectors, spec, target_recall, seed)
     return index, spec, recall
 
 
+def _exact_neighbours(vectors: Vectors, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k rows of ``queries`` over all vectors, merged block by block."""
+    import faiss
+
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start, block in vectors.blocks():
+        similarities, rows = exact_search(block, queries, min(k, len(block)))
+        if rows.shape[1] < k:  # a short last block: pad so the heap sees k columns
+            pad = k - rows.shape[1]
+            similarities = np.pad(similarities, ((0, 0), (0, pad)), constant_values=-np.inf)
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        heap.add_result(similarities, np.where(rows >= 0, rows + start, -1))
+    heap.finalize()
+    return heap.I
+
+
 def _tune(
-    index, X: np.ndarray, spec: IndexSpec, target: float, seed: int
+    index, vectors: Vectors, spec: IndexSpec, target: float, seed: int
 ) -> tuple[IndexSpec, float]:
     if spec.kind == "flat":
         return spec, 1.0
     rng = np.random.default_rng(seed + 1)
-    rows = rng.choice(len(X), size=min(len(X), _RECALL_QUERIES), replace=False)
-    queries = X[rows]
-    k = min(10, len(X) - 1)
+    rows = np.sort(
+        rng.choice(vectors.count, size=min(vectors.count, _RECALL_QUERIES), replace=False)
+    )
+    queries = vectors.take(rows)
+    k = min(10, vectors.count - 1)
     # The queries are indexed items: leave each one's own row out of both lists, so recall
     # counts real neighbours only.
-    truth = _without(exact_search(X, queries, k + 1)[1], rows, k)
-    values = [2**i for i in range(17)]
-    for value in values:
+    truth = _without(_exact_neighbours(vectors, queries, k + 1), rows, k)
+    for value in (2**i for i in range(17)):
         if spec.kind == "hnsw":
             spec = replace(spec, ef_search=max(value, 16))
         else:

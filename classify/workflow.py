@@ -21,6 +21,7 @@ from headstart.classify.heads import Head, get_head
 from headstart.classify.index import (
     IndexSpec,
     LoadedIndex,
+    Vectors,
     build_index,
     choose_spec,
     load_index,
@@ -239,8 +240,9 @@ def build_index_from_sources(
 ) -> BuiltIndex:
     data = embed_sources(sources, embed, cache_dir, progress=progress)
     started = time.perf_counter()
-    spec = choose_spec(len(data.X), data.X.shape[1], kind, max_memory)
-    index, spec, recall = build_index(data.X, spec, target_recall=target_recall)
+    vectors = Vectors(data.store, data.keys)  # streamed from the shards, never all in memory
+    spec = choose_spec(vectors.count, vectors.dim, kind, max_memory)
+    index, spec, recall = build_index(vectors, spec, target_recall=target_recall)
     keys = [k.decode() for k in data.keys.tolist()]
     save_index(
         out,
@@ -252,9 +254,8 @@ def build_index_from_sources(
         labels=list(data.labels),
         keys=keys,
     )
-    return BuiltIndex(
-        Path(out), spec, recall, len(data.X), time.perf_counter() - started, data.missing
-    )
+    elapsed = time.perf_counter() - started
+    return BuiltIndex(Path(out), spec, recall, vectors.count, elapsed, data.missing)
 
 
 @dataclass

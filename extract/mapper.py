@@ -79,11 +79,16 @@ class Embedder:
         self._compiled: nn.Module | None = None
         self._static_batch: int | None = None
         if compile:
-            # Freezing folds BatchNorm into convolutions and prepacks weights: the large CPU win.
-            self._compiled = torch.compile(self._model, dynamic=False, options={"freezing": True})
+            self.compile_now()
         if device.type == "cuda":
             # Fixed input shapes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
+
+    def compile_now(self) -> None:
+        """Use ``torch.compile`` from the next batch on (compiling takes place in that batch)."""
+        if self._compiled is None:
+            # Freezing folds BatchNorm into convolutions and prepacks weights: the large CPU win.
+            self._compiled = torch.compile(self._model, dynamic=False, options={"freezing": True})
 
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
         return self.submit(pixels).result()

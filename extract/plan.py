@@ -17,6 +17,7 @@ import numpy as np
 
 from headstart.cache.catalog import FailureRecord, FileCatalog, FileRecord
 from headstart.cache.keys import KeySet
+from headstart.extract.parts import Partition
 from headstart.extract.sources import ImageItem
 from headstart.extract.worklist import WorkList
 
@@ -41,11 +42,14 @@ def plan_work(
     work: WorkList,
     *,
     retry_failed: bool = False,
+    partition: Partition | None = None,
 ) -> PlanCounts:
-    """Append what must be embedded to ``work``; record files that cannot even be stat'ed."""
+    """Append what must be embedded to ``work``; record files that cannot even be stat'ed.
+
+    With a ``partition``, only the items that part owns are counted and planned.
+    """
     counts = PlanCounts()
     for chunk in _chunks(items, _CHUNK):
-        counts.listed += len(chunk)
         paths = [item.path for item in chunk]
         known = catalog.lookup(paths)
         failed = catalog.lookup_failures(paths)
@@ -59,6 +63,14 @@ def plan_work(
                 st = None
                 stat_error = f"cannot read file: {exc.strerror or exc}"
             signature = (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
+            entry = known.get(item.path)
+            if entry is not None and (entry.size, entry.mtime_ns) != signature:
+                entry = None  # the file changed since its key was recorded
+            if partition is not None and not (
+                partition.owns_key(entry.key) if entry else partition.owns_path(item.path)
+            ):
+                continue
+            counts.listed += 1
             failure = failed.get(item.path)
             if failure is not None and failure.matches(*signature) and not retry_failed:
                 counts.known_failures += 1
@@ -66,8 +78,7 @@ def plan_work(
             if st is None:
                 unreadable.append(FailureRecord(item.path, -1, -1, stat_error, item.label))
                 continue
-            entry = known.get(item.path)
-            if entry is not None and (entry.size, entry.mtime_ns) == signature:
+            if entry is not None:
                 candidates.append((item, entry))
             else:
                 work.append(item)

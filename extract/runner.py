@@ -30,6 +30,7 @@ from headstart.extract.backbones import Backbone, WeightsUnavailable, get_backbo
 from headstart.extract.device import resolve_device, resolve_precision
 from headstart.extract.features import POOLING, build_feature_model
 from headstart.extract.mapper import Embedder, PendingEmbedding
+from headstart.extract.parts import Coordinator, Partition, local_device
 from headstart.extract.plan import plan_work
 from headstart.extract.preprocess import Preprocess, PreprocessOverrides, resolve_preprocess
 from headstart.extract.reader import ImageFileDataset, make_loader
@@ -49,8 +50,12 @@ log = logging.getLogger(__name__)
 
 RECIPE_FORMAT = 1
 _FAILURE_EXAMPLES = 10
-# torch.compile costs tens of seconds once per process; below this many images it cannot pay off.
-_COMPILE_MIN_IMAGES = 1000
+# torch.compile costs 20-40 s once per process and pays off for heavy per-image compute
+# (oneDNN weight prepacking, BatchNorm folding). Decided on the measured eager rate: compile when
+# images take at least this long each and the rest of the run would take at least this long.
+_COMPILE_MIN_SECONDS_PER_IMAGE = 0.010
+_COMPILE_MIN_REMAINING_SECONDS = 120.0
+_COMPILE_PROBE_BATCHES = 3
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class ExtractOptions:
     flush_seconds: float = 30.0
     retry_failed: bool = False
     fallback_random: bool = False
+    part: Partition | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,12 @@ class ExtractSummary:
     embed_seconds: float = 0.0
     startup_seconds: float = 0.0
     startup_images: int = 0
+    compiled: bool = False
+    compile_seconds: float = 0.0
     failure_examples: list[FailureRecord] = field(default_factory=list)
     fallback_reason: str | None = None
+    parts: int = 1
+    leader: bool = True
 
     @property
     def images_per_second(self) -> float:
@@ -111,8 +121,8 @@ class ExtractSummary:
 
     @property
     def steady_images_per_second(self) -> float:
-        """The rate after the first batch, once the model is built, compiled and warm."""
-        seconds = self.embed_seconds - self.startup_seconds
+        """The rate without the first batch (model build, warm-up) and the compiling batch."""
+        seconds = self.embed_seconds - self.startup_seconds - self.compile_seconds
         images = self.embedded - self.startup_images
         return images / seconds if seconds > 0 and images > 0 else self.images_per_second
 
@@ -193,18 +203,48 @@ def extract(
         (120, 0, 1)
     """
     started = time.perf_counter()
+    partition = options.part or Partition.from_environment()
+    coordinator = Coordinator(partition) if partition and options.part is None else None
+    if coordinator is not None:
+        options = dataclasses.replace(options, device=local_device(options.device))
+    try:
+        summary = _extract(sources, options, cache_dir, partition, coordinator, progress)
+        if coordinator is not None:
+            _sum_over_ranks(summary, coordinator)
+    finally:
+        if coordinator is not None:
+            coordinator.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _extract(
+    sources: Sequence[str],
+    options: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    partition: Partition | None,
+    coordinator: Coordinator | None,
+    progress: bool,
+) -> ExtractSummary:
     recipe = resolve_recipe(options)
-    if recipe.fallback_reason:
+    leader = coordinator is None or coordinator.is_leader
+    if recipe.fallback_reason and leader:
         log.warning("%s; continuing with random initialisation", recipe.fallback_reason)
     cache = EmbeddingCache(cache_dir)
     store = cache.open(recipe.fingerprint)  # may not exist yet: created once a model runs
     summary = ExtractSummary(recipe.fingerprint, cache.root, fallback_reason=recipe.fallback_reason)
+    summary.parts, summary.leader = (partition.count if partition else 1), leader
     seen = store.key_set()
     with cache.catalog() as catalog, tempfile.TemporaryDirectory(prefix="headstart-") as tmp:
         work = WorkList(Path(tmp))
         try:
             counts = plan_work(
-                iter_images(sources), catalog, seen, work, retry_failed=options.retry_failed
+                iter_images(sources),
+                catalog,
+                seen,
+                work,
+                retry_failed=options.retry_failed,
+                partition=partition,
             )
         finally:
             work.seal()
@@ -212,11 +252,18 @@ def extract(
         summary.failed, summary.skipped_failed = counts.new_failures, counts.known_failures
         if len(work):
             embed_started = time.perf_counter()
-            _embed(work, recipe, options, store, catalog, seen, summary, progress)
+            _embed(work, recipe, options, store, catalog, seen, summary, progress and leader)
             summary.embed_seconds = time.perf_counter() - embed_started
         work.close()
-    summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _sum_over_ranks(summary: ExtractSummary, coordinator: Coordinator) -> None:
+    """Every rank ends with the job's totals (so every rank exits with the same status)."""
+    fields = ("listed", "embedded", "from_cache", "failed", "skipped_failed")
+    totals = coordinator.total([getattr(summary, name) for name in fields])
+    for name, total in zip(fields, totals, strict=True):
+        setattr(summary, name, total)
 
 
 def _embed(
@@ -233,12 +280,15 @@ def _embed(
     features = build_feature_model(recipe.backbone, recipe.layer)
     store.cache.create(recipe.fingerprint)
     on_cuda = recipe.device.type == "cuda"
-    use_compile = options.compile
-    if use_compile is None:
-        use_compile = not on_cuda and len(work) >= _COMPILE_MIN_IMAGES
     embedder = Embedder(
-        features.module, recipe.preprocess, recipe.device, recipe.precision, compile=use_compile
+        features.module,
+        recipe.preprocess,
+        recipe.device,
+        recipe.precision,
+        compile=bool(options.compile),
     )
+    summary.compiled, compiling = bool(options.compile), False  # explicit: compiled at startup
+    policy = _CompilePolicy(len(work)) if options.compile is None and not on_cuda else None
     batch_size = options.batch_size or (128 if on_cuda else 32)
     workers = options.workers if options.workers is not None else _default_workers(on_cuda)
     loader = make_loader(
@@ -268,7 +318,10 @@ def _embed(
             summary.from_cache += int((~fresh).sum())
             if fresh.any():
                 seen.add(keys[fresh])
+                began = time.perf_counter()
                 pending = embedder.submit(batch.pixels[torch.from_numpy(fresh)])
+                if compiling:
+                    summary.compile_seconds, compiling = time.perf_counter() - began, False
                 if in_flight is not None:
                     writer.add(in_flight[1], in_flight[0].result())
                 in_flight = (pending, keys[fresh])
@@ -276,12 +329,44 @@ def _embed(
                 if not summary.startup_images:
                     summary.startup_seconds = time.perf_counter() - started
                     summary.startup_images = summary.embedded
+                elif (
+                    policy is not None and (verdict := policy.decide(summary.embedded)) is not None
+                ):
+                    if verdict:
+                        embedder.compile_now()  # compiles during the next batch
+                    summary.compiled, compiling, policy = verdict, verdict, None
             bar.update(len(batch.files) + len(batch.failures))
     finally:
         bar.close()
         if in_flight is not None:
             writer.add(in_flight[1], in_flight[0].result())
         writer.close()
+
+
+class _CompilePolicy:
+    """Times the eager pipeline over a few batches after the first, then decides whether
+    compiling would pay off for the rest of the run."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.batches = 0
+        self.began: tuple[float, int] | None = None
+
+    def decide(self, embedded: int) -> bool | None:
+        """None while still measuring; then whether to compile."""
+        now = time.perf_counter()
+        if self.began is None:
+            self.began = (now, embedded)
+            return None
+        self.batches += 1
+        if self.batches < _COMPILE_PROBE_BATCHES:
+            return None
+        per_image = (now - self.began[0]) / max(embedded - self.began[1], 1)
+        remaining = per_image * (self.total - embedded)
+        return (
+            per_image >= _COMPILE_MIN_SECONDS_PER_IMAGE
+            and remaining >= _COMPILE_MIN_REMAINING_SECONDS
+        )
 
 
 def _unseen(keys: np.ndarray, seen: KeySet) -> np.ndarray:

@@ -52,14 +52,14 @@ def test_store_reads_back_by_key_in_any_order(tmp_path: Path) -> None:
         store.get(keys_for("a", "zzz"))
 
 
-def test_duplicate_keys_read_from_the_oldest_shard(tmp_path: Path) -> None:
+def test_duplicate_keys_read_from_the_newest_shard(tmp_path: Path) -> None:
     store = EmbeddingCache(tmp_path).create(FP)
     first = publish_shard(store.shards_directory, FP.id, keys_for("a"), np.ones((1, 2), np.float32))
     publish_shard(store.shards_directory, FP.id, keys_for("a", "b"), np.zeros((2, 2), np.float32))
     store.refresh()
     assert shard_paths(store.shards_directory)[0] == first
     assert len(store) == 2
-    np.testing.assert_array_equal(store.get(keys_for("a")), [[1.0, 1.0]])
+    np.testing.assert_array_equal(store.get(keys_for("a")), [[0.0, 0.0]])
     assert sum(len(c.keys) for c in store.iter_chunks()) == 2
 
 
