@@ -34,6 +34,9 @@ demo: $(STAMP) $(DEMO)/.done
 	@echo "== nearest neighbours"
 	$(BIN)/headstart index build $(DEMO) $(MODEL) -o demo/out/index -q
 	$(BIN)/headstart knn demo/out/index $(DEMO)/squares/squares_00.jpg -k 3 --cache $(DEMO_CACHE) -q
+	@echo "== fine-tuning end to end, starting from a logreg probe on the cache (1 epoch)"
+	rm -rf demo/out/finetune
+	$(BIN)/headstart finetune $(DEMO) $(MODEL) --epochs 1 -o demo/out/finetune -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -48,6 +51,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/knn.py
 	$(BIN)/python bench/cache_read.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/finetune.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) demo/images demo/out .pytest_cache .ruff_cache

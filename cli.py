@@ -22,6 +22,7 @@ from headstart.cli_options import (
     extract_options,
 )
 from headstart.errors import HeadstartError
+from headstart.finetune.commands import finetune
 from headstart.serve.command import serve
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_SOME_FAILED", "main"]
@@ -248,6 +249,6 @@ def _size(num_bytes: float) -> str:
     return f"{num_bytes:.1f} {units[0]}"
 
 
-# The heads, neighbours and service verbs live beside their libraries, in this one group.
-for _command in (train, evaluate, predict, index, knn, serve):
+# The heads, neighbours, fine-tuning and service verbs live beside their libraries.
+for _command in (train, evaluate, predict, index, knn, finetune, serve):
     main.add_command(_command)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_confusion", "plot_embedding_map"]
+__all__ = ["plot_confusion", "plot_embedding_map", "pyplot"]
 
 _MAP_POINTS = 5000
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -29,7 +29,7 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray, 
         np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str), labels=names
     )
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    plt = _pyplot()
+    plt = pyplot()
     size = max(4.0, 0.45 * len(names) + 2)
     figure, axes = plt.subplots(figsize=(size, size))
     axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -63,7 +63,7 @@ def plot_embedding_map(X: np.ndarray, labels: np.ndarray, path: Path, seed: int 
         from sklearn.decomposition import PCA
 
         points, method = PCA(n_components=2, random_state=seed).fit_transform(X), "PCA"
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 6))
     names = sorted({str(label) for label in labels})
     colours = plt.get_cmap("tab20" if len(names) > 10 else "tab10")

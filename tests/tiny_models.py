@@ -40,3 +40,35 @@ class Slow(nn.Module):
 
 def slow_features() -> nn.Module:
     return Slow()
+
+
+def stripes_features() -> nn.Module:
+    """A small CNN with a 4-wide embedding: few enough dimensions that pretraining on colour
+    leaves little room for anything else (the fine-tuning test relies on that)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 4, 1),
+    )
+
+
+class _SlowTraining(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = stripes_features()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            time.sleep(0.1)
+        return self.body(x)
+
+
+def slow_stripes_features() -> nn.Module:
+    """``stripes_features`` that sleeps per training batch, so a test can stop it mid-run.
+    Its state dict has a ``body.`` prefix; tests save checkpoints for each form."""
+    return _SlowTraining()

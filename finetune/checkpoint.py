@@ -1,0 +1,44 @@
+"""Run checkpoints: everything needed to continue a fine-tuning run exactly where it stopped.
+
+A checkpoint holds only tensors and plain containers, is written under a temporary name and
+renamed into place (a crash mid-write leaves the previous one intact), and is read with
+``torch.load(weights_only=True)``, so opening one never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headstart.errors import HeadstartError
+
+__all__ = ["load_state", "save_state"]
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, temporary)
+        with open(temporary, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise HeadstartError(f"no checkpoint at {path}; nothing to resume") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HeadstartError(f"cannot read checkpoint {path}: {first}") from None
+    if not isinstance(state, dict):
+        raise HeadstartError(f"{path} is not a headstart fine-tuning checkpoint")
+    return state

@@ -1,0 +1,208 @@
+"""``headstart finetune``: parses options, runs :func:`headstart.finetune.finetune`, prints."""
+
+from __future__ import annotations
+
+import click
+
+from headstart.cli_options import EXIT_INTERRUPTED, embedding_options, extract_options
+
+__all__ = ["finetune"]
+
+
+@click.command("finetune")
+@click.argument("sources", nargs=-1, required=True)
+@embedding_options
+@click.option("--val", "val_sources", multiple=True, help="Labelled validation source(s).")
+@click.option(
+    "--val-split",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Held-out fraction when no --val is given.",
+)
+@click.option(
+    "--head",
+    "head_dir",
+    help="A saved linear head to start from [default: train logreg on the cache first].",
+)
+@click.option(
+    "--C",
+    "probe_C",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Inverse L2 strength of the stage-1 logreg probe.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-4,
+    show_default=True,
+    help="Backbone learning rate (AdamW).",
+)
+@click.option(
+    "--head-lr-mult",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Classifier learning rate as a multiple of --lr.",
+)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True)
+@click.option(
+    "--warmup",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="Fraction of the steps spent warming the learning rate up.",
+)
+@click.option(
+    "--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True
+)
+@click.option(
+    "--freeze-bn/--train-bn",
+    default=True,
+    show_default=True,
+    help="Keep BatchNorm in inference mode (running statistics fixed).",
+)
+@click.option(
+    "--unfreeze",
+    default="all",
+    show_default=True,
+    help="all, none (classifier only) or last:N backbone blocks.",
+)
+@click.option(
+    "--augment",
+    type=click.Choice(["none", "standard"]),
+    default="standard",
+    show_default=True,
+    help="standard: random resized crop and horizontal flip.",
+)
+@click.option(
+    "--accumulate",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Split each batch into this many passes (gradients add up).",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Stop after this many epochs without a better validation accuracy (0: never).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "-o", "--out", "run_dir", default="finetune-run", show_default=True, help="Run directory."
+)
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def finetune(
+    ctx: click.Context,
+    sources,
+    val_sources,
+    val_split,
+    head_dir,
+    probe_C,
+    epochs,
+    lr,
+    head_lr_mult,
+    weight_decay,
+    warmup,
+    label_smoothing,
+    freeze_bn,
+    unfreeze,
+    augment,
+    accumulate,
+    patience,
+    seed,
+    run_dir,
+    resume,
+    quiet,
+    **params,
+) -> None:
+    """Fine-tune the backbone end to end on labelled SOURCES, starting from a linear probe
+    trained on their cached embeddings (LP-FT)."""
+    from headstart.finetune import (
+        FinetuneOptions,
+        LoopSettings,
+        TrainingInterrupted,
+    )
+    from headstart.finetune import (
+        finetune as run_finetune,
+    )
+
+    batch_size = params.pop("batch_size") or 32
+    workers = params.pop("workers")
+    embed, cache_dir = extract_options(params, batch_size=None, workers=workers)
+    loop = LoopSettings(
+        epochs=epochs,
+        lr=lr,
+        head_lr_mult=head_lr_mult,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        label_smoothing=label_smoothing,
+        batch_size=batch_size,
+        accumulate=accumulate,
+        patience=patience,
+        train_bn=not freeze_bn,
+        precision=embed.precision,
+        workers=2 if workers is None else workers,
+        seed=seed,
+    )
+    options = FinetuneOptions(
+        tuple(val_sources), val_split, head_dir, probe_C, unfreeze, augment, loop
+    )
+
+    def report(record) -> None:
+        if record.epoch == 0:
+            click.echo(
+                f"epoch 0 (linear probe): validation accuracy {record.val_accuracy:.4f}, "
+                f"loss {record.val_loss:.4f}"
+            )
+            return
+        click.echo(
+            f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation accuracy "
+            f"{record.val_accuracy:.4f}, loss {record.val_loss:.4f}, "
+            f"{record.images_per_second:.1f} images/s"
+        )
+
+    try:
+        result = run_finetune(
+            sources,
+            embed,
+            cache_dir,
+            options,
+            run_dir,
+            resume=resume,
+            progress=not quiet,
+            on_epoch=report,
+        )
+    except TrainingInterrupted as stop:
+        click.echo(
+            f"interrupted in epoch {stop.epoch + 1} after step {stop.step}; the state is saved "
+            f"in {run_dir}; continue with the same command and --resume",
+            err=True,
+        )
+        ctx.exit(EXIT_INTERRUPTED)
+    if result.resumed_from is not None:
+        epoch, step = result.resumed_from
+        click.echo(f"resumed after epoch {epoch}, step {step}")
+    trainable = ", ".join(result.trainable_blocks) or "none"
+    click.echo(
+        f"{result.n_train} training and {result.n_val} validation images; "
+        f"trainable blocks: {trainable}"
+    )
+    best = result.best
+    click.echo(
+        f"best: epoch {best.epoch}, validation accuracy {best.val_accuracy:.4f} "
+        f"(linear probe {result.probe_metrics.accuracy:.4f})"
+    )
+    click.echo(
+        f"wrote {result.backbone_path} and {result.head_dir} (embeddings {result.fingerprint.id})"
+    )
+    click.echo(
+        f"use it: headstart extract SOURCE --model {embed.model} --weights {result.backbone_path}"
+    )

@@ -1,0 +1,315 @@
+"""``headstart finetune``: linear probe on the cache, then end-to-end fine-tuning (LP-FT).
+
+Stage 1 trains (or loads) a linear head on the cached embeddings; stage 2 reloads the backbone,
+starts its classifier from that head and trains end to end. The run directory ends up with:
+
+    config.json       what was asked (a --resume must ask the same)
+    probe/            the stage-1 head (frozen embeddings), unless --head was given
+    checkpoint.pt     the latest state (resume point); best.pt: the best network state
+    metrics.jsonl     one line per epoch (epoch 0: the probe before any fine-tuning)
+    learning_curve.png
+    backbone.pt       the fine-tuned backbone's state dict: a local weights file for --weights
+    head/             the fine-tuned classifier as a saved head, for the fine-tuned embeddings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from headstart.cache.fingerprint import Fingerprint
+from headstart.classify.data import Embedded, embed_sources, stratified_split
+from headstart.classify.linear import LogisticRegressionHead
+from headstart.classify.metrics import Metrics, score
+from headstart.classify.persist import load_head, save_head
+from headstart.errors import HeadstartError
+from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
+from headstart.extract.device import resolve_precision
+from headstart.extract.features import build_feature_model
+from headstart.finetune.checkpoint import load_state, save_state
+from headstart.finetune.data import LabelledImages
+from headstart.finetune.loop import BEST, CHECKPOINT, EpochRecord, LoopSettings, Trainer
+from headstart.finetune.network import (
+    ClassifierNetwork,
+    apply_unfreeze,
+    fold_linear_head,
+    parse_unfreeze,
+    training_memory_format,
+)
+
+__all__ = ["FinetuneOptions", "FinetuneResult", "finetune"]
+
+CONFIG, BACKBONE, HEAD, PROBE, CURVE = (
+    "config.json",
+    "backbone.pt",
+    "head",
+    "probe",
+    "learning_curve.png",
+)
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Stage 1 (probe) and stage 2 (fine-tune) settings besides the model and the loop's."""
+
+    val_sources: tuple[str, ...] = ()
+    val_split: float = 0.2
+    head_dir: str | None = None
+    probe_C: float = 1.0
+    unfreeze: str = "all"
+    augment: str = "standard"
+    loop: LoopSettings = field(default_factory=LoopSettings)
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    probe_metrics: Metrics
+    best: EpochRecord
+    history: list[EpochRecord]
+    trainable_blocks: list[str]
+    backbone_path: Path
+    head_dir: Path
+    fingerprint: Fingerprint
+    n_train: int
+    n_val: int
+    resumed_from: tuple[int, int] | None = None
+
+
+def finetune(
+    sources: Sequence[str],
+    embed: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    options: FinetuneOptions,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> FinetuneResult:
+    """Run both stages into ``run_dir`` (see the module docstring for what it holds)."""
+    if embed.layer is not None:
+        raise HeadstartError("fine-tuning trains the pre-logits embedding; drop --layer")
+    unfreeze = parse_unfreeze(options.unfreeze)
+    run_dir = Path(run_dir)
+    config = _config(sources, embed, options)
+    _check_run_dir(run_dir, config, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _write_json(run_dir / CONFIG, config)
+
+    # Stage 1: the linear probe on frozen, cached embeddings.
+    data = embed_sources(sources, embed, cache_dir, progress=progress)
+    train, val = _split(data, sources, embed, cache_dir, options, progress)
+    train_labels, val_labels = train.require_labels("training"), val.require_labels("validation")
+    if options.head_dir is not None:
+        head = load_head(options.head_dir, fingerprint=data.fingerprint.id).head
+    else:
+        head = LogisticRegressionHead(C=options.probe_C).fit(train.X, train_labels)
+    probe_metrics = score(val_labels, head.predict_proba(val.X), head.classes_)
+    if options.head_dir is None and not resume:
+        save_head(
+            head,
+            run_dir / PROBE,
+            fingerprint=data.fingerprint,
+            metrics=probe_metrics.as_dict(),
+            notes={"stage": "linear probe before fine-tuning"},
+        )
+
+    # Stage 2: the backbone, unfrozen, with the probe as its classifier.
+    recipe = resolve_recipe(embed)
+    classes = np.asarray(head.classes_).astype(str)
+    features = build_feature_model(recipe.backbone).module
+    loop = dataclasses.replace(
+        options.loop, precision=resolve_precision(options.loop.precision, recipe.device)
+    )
+    network = ClassifierNetwork(
+        features,
+        fold_linear_head(head),
+        recipe.preprocess,
+        training_memory_format(recipe.device, loop.precision),
+    )
+    trainable = apply_unfreeze(network, unfreeze)
+    train_set = LabelledImages(
+        train.paths,
+        _class_index(train_labels, classes),
+        recipe.preprocess,
+        augment=options.augment,
+        seed=loop.seed,
+    )
+    val_set = LabelledImages(val.paths, _class_index(val_labels, classes), recipe.preprocess)
+    trainer = Trainer(network, train_set, val_set, loop, run_dir, recipe.device, progress=progress)
+    resumed_from = None
+    if resume:
+        trainer.resume()
+        resumed_from = (trainer.state.epoch, trainer.state.step)
+    history = trainer.fit(on_epoch)
+
+    # Outputs from the best state (epoch 0, the probe itself, when nothing beat it).
+    network.load_state_dict(load_state(run_dir / BEST))
+    best = max(history, key=lambda r: (r.val_accuracy, -r.epoch))
+    backbone_path = run_dir / BACKBONE
+    save_state(backbone_path, _backbone_state(network))
+    fingerprint = _finetuned_fingerprint(embed, recipe.preprocess, backbone_path)
+    head_dir = _save_finetuned_head(network, classes, run_dir / HEAD, fingerprint, best)
+    _plot_curve(history, run_dir / CURVE)
+    return FinetuneResult(
+        run_dir,
+        probe_metrics,
+        best,
+        history,
+        trainable,
+        backbone_path,
+        head_dir,
+        fingerprint,
+        len(train_set),
+        len(val_set),
+        resumed_from,
+    )
+
+
+def _config(sources: Sequence[str], embed: ExtractOptions, options: FinetuneOptions) -> dict:
+    """What decides the result; speed-only settings (workers, device batch split) are left out."""
+    loop = dataclasses.asdict(options.loop)
+    loop.pop("workers")
+    loop.pop("accumulate")
+    config = {
+        "sources": [os.path.abspath(s) for s in sources],
+        "model": embed.model,
+        "weights": embed.weights,
+        "preprocess": dataclasses.asdict(embed.preprocess),
+        "precision": embed.precision,
+        "val_sources": [os.path.abspath(s) for s in options.val_sources],
+        "val_split": options.val_split,
+        "head": os.path.abspath(options.head_dir) if options.head_dir else None,
+        "probe_C": options.probe_C,
+        "unfreeze": options.unfreeze,
+        "augment": options.augment,
+        "loop": loop,
+    }
+    return json.loads(json.dumps(config))  # as config.json will read back: tuples as lists
+
+
+def _check_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
+    has_run = (run_dir / CHECKPOINT).is_file()
+    if resume:
+        if not has_run:
+            raise HeadstartError(f"{run_dir} holds no interrupted run to --resume")
+        try:
+            saved = json.loads((run_dir / CONFIG).read_text())
+        except (OSError, json.JSONDecodeError):
+            raise HeadstartError(f"{run_dir / CONFIG} is missing or damaged") from None
+        changed = sorted(k for k in config if saved.get(k) != config[k])
+        if changed:
+            raise HeadstartError(
+                f"--resume needs the options of the interrupted run; these differ: "
+                f"{', '.join(changed)} (see {run_dir / CONFIG})"
+            )
+    elif has_run:
+        raise HeadstartError(
+            f"{run_dir} already holds a fine-tuning run; add --resume to continue it, "
+            "or choose another --out"
+        )
+
+
+def _split(
+    data: Embedded,
+    sources: Sequence[str],
+    embed: ExtractOptions,
+    cache_dir,
+    options: FinetuneOptions,
+    progress: bool,
+) -> tuple[Embedded, Embedded]:
+    if options.val_sources:
+        val = embed_sources(options.val_sources, embed, cache_dir, progress=progress)
+        return data, val
+    labels = data.require_labels("fine-tuning")
+    train_rows, val_rows = stratified_split(labels, options.val_split, options.loop.seed)
+    return data.subset(train_rows), data.subset(val_rows)
+
+
+def _class_index(labels: np.ndarray, classes: np.ndarray) -> list[int]:
+    index = {name: i for i, name in enumerate(classes.tolist())}
+    unknown = sorted(set(labels.tolist()) - set(index))
+    if unknown:
+        raise HeadstartError(
+            f"the head knows classes {classes.tolist()}, not {', '.join(unknown[:5])}"
+        )
+    return [index[label] for label in labels.tolist()]
+
+
+def _backbone_state(network: ClassifierNetwork) -> dict[str, torch.Tensor]:
+    """The backbone's weights under the names the architecture itself uses, so the file loads
+    as ``--weights`` (the classifier layer, cut at extraction, is not in it)."""
+    body = getattr(network.features, "body", network.features)
+    return {name: tensor.detach().cpu().clone() for name, tensor in body.state_dict().items()}
+
+
+def _finetuned_fingerprint(embed: ExtractOptions, preprocess, backbone_path: Path) -> Fingerprint:
+    # The same preprocessing, spelled out: a weights file alone would get the architecture's.
+    overrides = PreprocessOverrides(**dataclasses.asdict(preprocess))
+    options = dataclasses.replace(
+        embed,
+        weights=str(backbone_path.resolve()),
+        preprocess=overrides,
+        fallback_random=False,
+    )
+    return resolve_recipe(options).fingerprint
+
+
+def _save_finetuned_head(
+    network: ClassifierNetwork,
+    classes: np.ndarray,
+    directory: Path,
+    fingerprint: Fingerprint,
+    best: EpochRecord,
+) -> Path:
+    layer = network.classifier
+    arrays = {
+        "mean": np.zeros(layer.in_features, np.float32),
+        "scale": np.ones(layer.in_features, np.float32),
+        "coef": layer.weight.detach().cpu().float().numpy(),
+        "intercept": layer.bias.detach().cpu().float().numpy(),
+    }
+    head = LogisticRegressionHead.from_arrays({}, classes, arrays)
+    return save_head(
+        head,
+        directory,
+        fingerprint=fingerprint,
+        metrics={"accuracy": best.val_accuracy, "log_loss": best.val_loss, "epoch": best.epoch},
+        notes={"stage": "fine-tuned classifier layer", "backbone": BACKBONE},
+    )
+
+
+def _plot_curve(history: list[EpochRecord], path: Path) -> Path:
+    from headstart.classify.plots import pyplot
+
+    plt = pyplot()
+    figure, (losses, accuracy) = plt.subplots(1, 2, figsize=(9, 3.5))
+    epochs = [r.epoch for r in history]
+    trained = [r for r in history if r.train_loss is not None]
+    losses.plot([r.epoch for r in trained], [r.train_loss for r in trained], "o-", label="train")
+    losses.plot(epochs, [r.val_loss for r in history], "o-", label="validation")
+    losses.set(xlabel="epoch", ylabel="loss", title="loss")
+    losses.legend()
+    accuracy.plot(epochs, [r.val_accuracy for r in history], "o-", color="tab:green")
+    accuracy.set(xlabel="epoch (0: linear probe)", ylabel="accuracy", title="validation accuracy")
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
+
+
+def _write_json(path: Path, document: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(temporary, path)
