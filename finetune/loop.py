@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from headstart.classify.metrics import score
 from headstart.errors import HeadstartError
 from headstart.extract.device import autocast_dtype
 from headstart.finetune.checkpoint import load_state, save_state
@@ -58,6 +59,8 @@ class EpochRecord:
     epoch: int
     val_accuracy: float
     val_loss: float
+    val_balanced_accuracy: float | None = None
+    val_macro_f1: float | None = None
     train_loss: float | None = None
     lr: float | None = None
     images_per_second: float | None = None
@@ -333,6 +336,14 @@ class Trainer:
 
     def _evaluate_record(self, epoch: int) -> EpochRecord:
         logits, labels = self.predict(self.val_set)
-        loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
-        accuracy = float((logits.argmax(axis=1) == labels).mean())
-        return EpochRecord(epoch=epoch, val_accuracy=accuracy, val_loss=float(loss))
+        scores = torch.from_numpy(logits)
+        loss = nn.functional.cross_entropy(scores, torch.from_numpy(labels))
+        classes = np.arange(logits.shape[1])
+        metrics = score(labels, scores.softmax(dim=1).numpy(), classes)
+        return EpochRecord(
+            epoch=epoch,
+            val_accuracy=metrics.accuracy,
+            val_loss=float(loss),
+            val_balanced_accuracy=metrics.balanced_accuracy,
+            val_macro_f1=metrics.macro_f1,
+        )

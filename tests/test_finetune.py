@@ -366,3 +366,49 @@ def test_folded_batchnorm_trains_exactly_like_the_unfolded_network() -> None:
         torch.testing.assert_close(parameter.grad, reference[name], rtol=1e-3, atol=1e-4)
     for key, value in statistics.items():
         assert torch.equal(model.state_dict()[key], value)
+
+
+def test_out_of_memory_splits_the_batch_and_keeps_the_step(pretrained, tmp_path: Path) -> None:
+    """A pass over more than 8 images "runs out of memory": the step is redone in smaller
+    passes, and the weights end where one pass over the whole batch takes them."""
+    from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
+    from headstart.extract.features import build_feature_model
+    from headstart.finetune.data import LabelledImages
+    from headstart.finetune.loop import LoopSettings, Trainer
+    from headstart.finetune.network import ClassifierNetwork
+
+    recipe = resolve_recipe(
+        ExtractOptions(
+            MODEL,
+            str(pretrained["weights"]),
+            preprocess=PreprocessOverrides(32, 32, (0, 0, 0), (1, 1, 1)),
+            device="cpu",
+        )
+    )
+    paths = sorted(str(p) for p in pretrained["train"].rglob("*.png"))[:32]
+    images = LabelledImages(paths, [i % 2 for i in range(32)], recipe.preprocess)
+    pixels = torch.stack([images[i].pixels for i in range(32)])
+    labels = torch.tensor(images.labels)
+
+    def trained(limit: int | None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        features = build_feature_model(recipe.backbone).module
+        network = ClassifierNetwork(features, nn.Linear(4, 2), recipe.preprocess)
+        settings = LoopSettings(batch_size=32, lr=1e-2, warmup=0.0)
+        trainer = Trainer(network, images, images, settings, tmp_path, recipe.device)
+        if limit is not None:
+            forward = network.forward
+
+            def limited(batch: torch.Tensor) -> torch.Tensor:
+                if len(batch) > limit:
+                    raise torch.cuda.OutOfMemoryError("simulated")
+                return forward(batch)
+
+            network.forward = limited
+        trainer.train_step(pixels, labels)
+        assert trainer.accumulate == (1 if limit is None else 4)
+        return {k: v.clone() for k, v in network.state_dict().items()}
+
+    whole, split = trained(None), trained(8)
+    for key, value in whole.items():
+        torch.testing.assert_close(split[key], value, rtol=1e-4, atol=1e-5)
