@@ -1,8 +1,10 @@
 """Splitting one extraction over many processes: ``--part I/N`` or torchrun's ranks.
 
-Every item has exactly one owner: the part chosen by its content key when the stat index knows
-the key, else by its path. Keys are what decide, so identical files (which share a key) go to
-the same part once known, and a rerun with any number of parts plans against the same
+Every image has exactly one owner: the part chosen by its content key. A file the stat index
+knows is planned by its key's owner alone; a file not hashed yet is read and hashed by every
+part (cheap next to decoding and the forward pass) and decoded and embedded only by its key's
+owner, which records the key, so later runs skip the reading. Identical files under different
+paths are therefore embedded once, and a rerun with any number of parts plans against the same
 published shards: nothing embedded is embedded again.
 
 Under torchrun, :class:`Coordinator` joins the process group (gloo: only a few integers

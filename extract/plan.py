@@ -46,7 +46,9 @@ def plan_work(
 ) -> PlanCounts:
     """Append what must be embedded to ``work``; record files that cannot even be stat'ed.
 
-    With a ``partition``, only the items that part owns are counted and planned.
+    With a ``partition``, the part plans the known files whose key it owns and every file
+    not hashed yet (see :class:`~headstart.extract.reader.ImageFileDataset`); it counts the
+    files it owns, by key when known, else by path, so the parts' counts add up.
     """
     counts = PlanCounts()
     for chunk in _chunks(items, _CHUNK):
@@ -66,17 +68,20 @@ def plan_work(
             entry = known.get(item.path)
             if entry is not None and (entry.size, entry.mtime_ns) != signature:
                 entry = None  # the file changed since its key was recorded
-            if partition is not None and not (
-                partition.owns_key(entry.key) if entry else partition.owns_path(item.path)
-            ):
+            # A known key decides the owner; a file not hashed yet is read by every part and
+            # decoded only by its key's owner (the reader checks), while its path's owner
+            # counts it and reports it if it cannot be read.
+            if partition is not None and entry is not None and not partition.owns_key(entry.key):
                 continue
-            counts.listed += 1
+            counted = entry is not None or partition is None or partition.owns_path(item.path)
+            counts.listed += int(counted)
             failure = failed.get(item.path)
             if failure is not None and failure.matches(*signature) and not retry_failed:
-                counts.known_failures += 1
+                counts.known_failures += int(counted)
                 continue
             if st is None:
-                unreadable.append(FailureRecord(item.path, -1, -1, stat_error, item.label))
+                if counted:
+                    unreadable.append(FailureRecord(item.path, -1, -1, stat_error, item.label))
                 continue
             if entry is not None:
                 candidates.append((item, entry))

@@ -2,7 +2,8 @@
 
 Each file is read once: the same bytes are hashed (the cache key) and decoded. A file that
 cannot be read or decoded becomes a :class:`FailureRecord` in the batch instead of an error,
-so one bad image in a million costs that image only.
+so one bad image in a million costs that image only. When the work is split into parts, a file
+whose key another part owns is hashed and passed over without decoding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from headstart.cache.catalog import FailureRecord, FileRecord
 from headstart.cache.keys import content_key
 from headstart.extract.decode import DecodeError, decode_image
+from headstart.extract.parts import Partition
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.worklist import WorkList
 
@@ -24,7 +26,8 @@ __all__ = ["DecodedBatch", "ImageFileDataset", "make_loader"]
 
 @dataclass
 class DecodedItem:
-    """One work item after reading: a file record and pixels, or a failure."""
+    """One work item after reading: a file record and pixels, a failure, or neither (the file
+    belongs to another part)."""
 
     file: FileRecord | None = None
     pixels: torch.Tensor | None = None
@@ -33,23 +36,32 @@ class DecodedItem:
 
 @dataclass
 class DecodedBatch:
-    """``pixels[i]`` belongs to ``files[i]``; ``failures`` are the items that did not decode."""
+    """``pixels[i]`` belongs to ``files[i]``; ``failures`` are the items that did not decode;
+    ``others`` counts files left to the part that owns their key."""
 
     pixels: torch.Tensor
     files: list[FileRecord] = field(default_factory=list)
     failures: list[FailureRecord] = field(default_factory=list)
+    others: int = 0
 
     def pin_memory(self) -> DecodedBatch:
         # DataLoader's pin-memory thread calls this on custom batch types.
-        return DecodedBatch(self.pixels.pin_memory(), self.files, self.failures)
+        return DecodedBatch(self.pixels.pin_memory(), self.files, self.failures, self.others)
 
 
 class ImageFileDataset(Dataset):
-    """Reads, hashes, decodes and resizes item ``i`` of a :class:`WorkList`."""
+    """Reads, hashes, decodes and resizes item ``i`` of a :class:`WorkList`.
 
-    def __init__(self, work: WorkList, preprocess: Preprocess) -> None:
+    With a ``partition``, only files whose content key it owns are decoded; a file that cannot
+    be read is reported by the part that owns its path, so exactly one part records it.
+    """
+
+    def __init__(
+        self, work: WorkList, preprocess: Preprocess, partition: Partition | None = None
+    ) -> None:
         self.work = work
         self.preprocess = preprocess
+        self.partition = partition
 
     def __len__(self) -> int:
         return len(self.work)
@@ -61,9 +73,14 @@ class ImageFileDataset(Dataset):
                 st = os.fstat(f.fileno())
                 data = f.read()
         except OSError as exc:
+            if self.partition is not None and not self.partition.owns_path(item.path):
+                return DecodedItem()
             reason = f"cannot read file: {exc.strerror or exc}"
             return DecodedItem(failure=FailureRecord(item.path, -1, -1, reason, item.label))
-        record = FileRecord(item.path, st.st_size, st.st_mtime_ns, content_key(data), item.label)
+        key = content_key(data)
+        if self.partition is not None and not self.partition.owns_key(key):
+            return DecodedItem()
+        record = FileRecord(item.path, st.st_size, st.st_mtime_ns, key, item.label)
         try:
             image = decode_image(data, min_side=self.preprocess.resize_size)
             pixels = to_uint8_tensor(image, self.preprocess)
@@ -81,7 +98,8 @@ def collate(items: list[DecodedItem]) -> DecodedBatch:
         if good
         else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
     )
-    return DecodedBatch(pixels, [item.file for item in good], failures)
+    others = sum(item.file is None and item.failure is None for item in items)
+    return DecodedBatch(pixels, [item.file for item in good], failures, others)
 
 
 def make_loader(

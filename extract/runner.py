@@ -252,7 +252,9 @@ def _extract(
         summary.failed, summary.skipped_failed = counts.new_failures, counts.known_failures
         if len(work):
             embed_started = time.perf_counter()
-            _embed(work, recipe, options, store, catalog, seen, summary, progress and leader)
+            _embed(
+                work, recipe, options, store, catalog, seen, summary, progress and leader, partition
+            )
             summary.embed_seconds = time.perf_counter() - embed_started
         work.close()
     return summary
@@ -275,6 +277,7 @@ def _embed(
     seen: KeySet,
     summary: ExtractSummary,
     progress: bool,
+    partition: Partition | None = None,
 ) -> None:
     started = time.perf_counter()
     features = build_feature_model(recipe.backbone, recipe.layer)
@@ -292,7 +295,7 @@ def _embed(
     batch_size = options.batch_size or (128 if on_cuda else 32)
     workers = options.workers if options.workers is not None else _default_workers(on_cuda)
     loader = make_loader(
-        ImageFileDataset(work, recipe.preprocess),
+        ImageFileDataset(work, recipe.preprocess, partition),
         batch_size=batch_size,
         workers=workers,
         pin_memory=on_cuda,
@@ -335,7 +338,7 @@ def _embed(
                     if verdict:
                         embedder.compile_now()  # compiles during the next batch
                     summary.compiled, compiling, policy = verdict, verdict, None
-            bar.update(len(batch.files) + len(batch.failures))
+            bar.update(len(batch.files) + len(batch.failures) + batch.others)
     finally:
         bar.close()
         if in_flight is not None:

@@ -75,17 +75,22 @@ def reference(images: Path, tmp_path_factory) -> dict[bytes, np.ndarray]:
 
 
 def test_parts_are_disjoint_and_together_complete(images: Path, tmp_path: Path, reference) -> None:
-    listed, keys = 0, []
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    (folder / "a" / "broken.jpg").write_bytes(b"not a JPEG")
+    listed = embedded = failed = 0
+    keys = []
     for i in range(3):
-        summary = extract([str(images)], options(Partition(i, 3)), tmp_path / f"part{i}")
-        listed += summary.listed
+        part = Partition(i, 3)
+        summary = extract([str(folder)], options(part), tmp_path / f"part{i}")
+        listed, embedded = listed + summary.listed, embedded + summary.embedded
+        failed += summary.failed
         keys.append(set(vectors_by_key(tmp_path / f"part{i}")))
-    assert listed == 37  # every file listed by exactly one part
-    # Files new to the stat index are split by path, so the one file with a twin elsewhere
-    # may be embedded by two parts; every other key belongs to exactly one part.
-    twin = content_key((images / "b" / "duplicate.jpg").read_bytes()).encode()
-    overlaps = (keys[0] & keys[1]) | (keys[0] & keys[2]) | (keys[1] & keys[2])
-    assert overlaps <= {twin}
+        assert all(part.owns_key(key.decode()) for key in keys[-1])  # owned by content key
+    assert listed == 38 and failed == 1  # every file counted, the broken one reported, once
+    # The two identical files share a key, so one part embeds them, once.
+    assert embedded == len(reference) == 36
+    assert not (keys[0] & keys[1]) | (keys[0] & keys[2]) | (keys[1] & keys[2])
     assert keys[0] | keys[1] | keys[2] == set(reference)
 
 
