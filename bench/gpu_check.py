@@ -2,7 +2,9 @@
 torchvision, numpy, pillow, h5py, click and tqdm, which GPU images carry).
 
 It also checks the heads' GPU paths: the logreg solver on CUDA against the CPU, and FAISS search
-on the GPU against the CPU when the FAISS installed there sees a GPU.
+on the GPU against the CPU when the FAISS installed there sees a GPU; and fine-tuning on CUDA
+(autocast, channels-last, fused AdamW): the training step against a plain fp32 loop on the same
+GPU, and a batch repeated ten times must lose at least half of its loss.
 
 1. Correctness: embeddings made on the GPU at ``auto`` precision (bf16 or fp16 autocast) against
    CPU fp32 embeddings of the same images: per-image cosine similarity (target >= 0.99).
@@ -190,6 +192,75 @@ def heads_check(smoke: bool) -> bool:
     return ok and same >= 0.99
 
 
+def finetune_check(smoke: bool) -> bool:
+    """The fine-tuning step on the GPU at ``auto`` precision against a plain fp32 loop there."""
+    import torchvision
+    from torch import nn
+
+    from headstart.extract import resolve_recipe
+    from headstart.extract.preprocess import normalize
+    from headstart.finetune.data import LabelledImages
+    from headstart.finetune.loop import LoopSettings, Trainer
+    from headstart.finetune.network import ClassifierNetwork, training_memory_format
+
+    size, batch, steps = (64, 8, 2) if smoke else (224, 64, 15)
+    recipe = resolve_recipe(ExtractOptions("resnet18", "none"))
+    device, precision = recipe.device, recipe.precision
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (batch,), generator=generator)
+
+    def trainer(lr: float, train_bn: bool = False) -> Trainer:
+        torch.manual_seed(0)
+        features = build_feature_model(recipe.backbone).module
+        network = ClassifierNetwork(
+            features,
+            nn.Linear(512, 10),
+            recipe.preprocess,
+            training_memory_format(device, precision),
+        )
+        unused = LabelledImages(["unused"], [0], recipe.preprocess)
+        settings = LoopSettings(
+            batch_size=batch, precision=precision, lr=lr, warmup=0.0, train_bn=train_bn
+        )
+        return Trainer(network, unused, unused, settings, Path(tempfile.mkdtemp()), device)
+
+    # Random weights: BatchNorm must use batch statistics for the loss to fall quickly.
+    fitting = trainer(lr=1e-3, train_bn=True)
+    losses = [fitting.train_step(pixels, labels) for _ in range(10)]
+    learns = losses[-1] < 0.5 * losses[0]
+    print(
+        f"\nfine-tuning on {device} ({precision}): loss on a repeated batch "
+        f"{losses[0]:.3f} -> {losses[-1]:.3f} (target: below half)"
+    )
+    plain = torchvision.models.resnet18(num_classes=10).to(device)
+    optimizer = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
+
+    def plain_step(batch_pixels: torch.Tensor, batch_labels: torch.Tensor) -> float:
+        plain.train()
+        images = normalize(batch_pixels.to(device), recipe.preprocess)
+        loss = nn.functional.cross_entropy(plain(images), batch_labels.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    timed = trainer(lr=1e-4)
+    rates = {}
+    for name, step in (("plain fp32 loop", plain_step), ("headstart", timed.train_step)):
+        for _ in range(2):
+            step(pixels, labels)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step(pixels, labels)  # both return a Python float: the step has finished
+        rates[name] = steps * batch / (time.perf_counter() - started)
+        print(f"  {name:16s} {rates[name]:8.1f} images/s (resnet18, {size} px, batch {batch})")
+    print(f"  ratio headstart / plain: {rates['headstart'] / rates['plain fp32 loop']:.2f}x")
+    return learns
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -223,6 +294,7 @@ def main() -> None:
         print(f"wrote {len(paths)} images in {time.perf_counter() - started:.1f} s")
         results = [check(m, work / "collection", paths, args, work) for m in args.models.split(",")]
     results.append(heads_check(args.smoke))
+    results.append(finetune_check(args.smoke))
     print("\nPASS" if all(results) else "\nFAIL")
     sys.exit(0 if all(results) else 1)
 
