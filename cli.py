@@ -92,9 +92,11 @@ def extract(
     finally:
         signal.signal(signal.SIGTERM, previous)
     failed = summary.failed + summary.skipped_failed
+    # torchrun takes any non-zero status for a crashed rank (and kills the others), so there
+    # the job's failed files are reported but the status stays 0.
+    under_torchrun = options.part is None and summary.parts > 1
+    status = EXIT_SOME_FAILED if failed and not under_torchrun else 0
     if not summary.leader:  # under torchrun, rank 0 speaks for the job
-        if failed:
-            click.get_current_context().exit(EXIT_SOME_FAILED)
         return
     fp = summary.fingerprint
     of_parts = f" ({summary.parts} parts)" if summary.parts > 1 else ""
@@ -117,7 +119,7 @@ def extract(
             f"list them with: headstart info {cache_dir} --failures",
             err=True,
         )
-        click.get_current_context().exit(EXIT_SOME_FAILED)
+        click.get_current_context().exit(status)
 
 
 @main.command()

@@ -141,9 +141,17 @@ def test_torchrun_ranks_match_one_process_and_reruns_embed_nothing(
         np.testing.assert_allclose(stored[key], vector, rtol=1e-5, atol=1e-6)
 
     assert extract([str(images)], options(), cache).embedded == 0
+    # Three ranks, and a broken file: the job finishes with status 0 (torchrun would take any
+    # other status for a crashed rank and kill the rest), and rank 0 reports the file.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "broken.jpg").write_bytes(b"not a JPEG")
     command[command.index("--nproc-per-node") + 1] = "3"
+    command.insert(command.index(str(images)) + 1, str(broken))
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0 and "embedded 0 · from cache 37" in rerun.stdout
+    assert rerun.returncode == 0, rerun.stderr
+    assert "embedded 0 · from cache 37 · failed 1" in rerun.stdout
+    assert "1 files could not be used" in rerun.stderr and "Traceback" not in rerun.stderr
 
 
 def test_a_killed_rank_fails_the_job_and_the_rerun_completes(tmp_path: Path) -> None:
