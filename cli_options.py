@@ -12,6 +12,7 @@ __all__ = [
     "extract_options",
     "runtime",
     "runtime_options",
+    "validation_options",
 ]
 
 EXIT_SOME_FAILED = 3
@@ -142,6 +143,23 @@ def runtime_options(command):
         click.option("-b", "--batch-size", type=click.IntRange(min=1)),
         click.option("-j", "--workers", type=click.IntRange(min=0), help="Decoding processes."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def validation_options(command):
+    """``--val`` sources or a ``--val-split`` fraction: how a labelled source is validated."""
+    options = [
+        click.option("--val", "val_sources", multiple=True, help="Labelled validation source(s)."),
+        click.option(
+            "--val-split",
+            type=click.FloatRange(0, 1, min_open=True, max_open=True),
+            default=0.2,
+            show_default=True,
+            help="Held-out fraction when no --val is given.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE, KeySet
 from headstart.cache.shards import (
     SHARD_FORMAT,
+    fsync_path,
     publish_shard,
     read_shard_info,
     read_shard_keys,
@@ -78,7 +78,7 @@ def compact(
             written += 1
         for path in old:
             path.unlink()
-        _fsync_directory(directory)
+        fsync_path(directory)
     return CompactResult(fingerprint.id, len(old), written, rows, dropped)
 
 
@@ -105,14 +105,6 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass

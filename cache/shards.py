@@ -23,6 +23,7 @@ __all__ = [
     "ShardInfo",
     "as_float32",
     "copy_rows",
+    "fsync_path",
     "publish_shard",
     "read_shard_info",
     "read_shard_keys",
@@ -92,9 +93,9 @@ def publish_shard(
                     "numpy_version": np.__version__,
                 }
             )
-        _fsync_path(temporary)
+        fsync_path(temporary)
         os.replace(temporary, final)
-        _fsync_path(directory)
+        fsync_path(directory)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -163,7 +164,8 @@ def _overflows_float16(embeddings: np.ndarray) -> bool:
     return bool(finite.size) and float(np.abs(finite).max()) > _FLOAT16_MAX
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's data (a rename is durable once its directory is)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

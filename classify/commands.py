@@ -14,6 +14,7 @@ from headstart.cli_options import (
     extract_options,
     runtime,
     runtime_options,
+    validation_options,
 )
 
 __all__ = ["evaluate", "index", "knn", "predict", "train"]
@@ -41,14 +42,7 @@ _HEAD_PARAMS = {
     show_default=True,
     help="logreg, linear-svm, ridge, knn, ncm, mlp, or all; repeatable.",
 )
-@click.option("--val", "val_sources", multiple=True, help="Labelled validation source(s).")
-@click.option(
-    "--val-split",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.2,
-    show_default=True,
-    help="Held-out fraction when no --val is given.",
-)
+@validation_options
 @click.option(
     "--sweep",
     is_flag=True,

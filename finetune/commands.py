@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
-from headstart.cli_options import EXIT_INTERRUPTED, embedding_options, extract_options
+from headstart.cli_options import (
+    EXIT_INTERRUPTED,
+    embedding_options,
+    extract_options,
+    validation_options,
+)
 
 __all__ = ["finetune"]
 
@@ -12,14 +17,7 @@ __all__ = ["finetune"]
 @click.command("finetune")
 @click.argument("sources", nargs=-1, required=True)
 @embedding_options
-@click.option("--val", "val_sources", multiple=True, help="Labelled validation source(s).")
-@click.option(
-    "--val-split",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.2,
-    show_default=True,
-    help="Held-out fraction when no --val is given.",
-)
+@validation_options
 @click.option(
     "--head",
     "head_dir",
