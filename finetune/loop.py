@@ -130,6 +130,7 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
         self.sampler = EpochSampler(len(train_set), settings.seed)
         self.state = _Progress()
+        self.saved_at: tuple[int, int] | None = None  # (epoch, step) of checkpoint.pt
         set_train_mode(network, settings.train_bn)
         self.folded_batchnorm = network.fold_batchnorm()
 
@@ -148,6 +149,7 @@ class Trainer:
                 torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
             self.accumulate = max(self.accumulate, int(saved.get("accumulate", 1)))
             self.state = _Progress(**saved["progress"])
+            self.saved_at = (self.state.epoch, self.state.step)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise HeadstartError(
                 f"{self.run_dir / CHECKPOINT} does not belong to this run ({exc}); "
@@ -167,20 +169,31 @@ class Trainer:
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         save_state(self.run_dir / CHECKPOINT, state)
+        self.saved_at = (self.state.epoch, self.state.step)
 
     # -- the loop --------------------------------------------------------------------------
 
     def fit(self, on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
-        """Train the remaining epochs; return every epoch's record (epoch 0: before training)."""
-        if not self.state.history:
-            self._finish_epoch(self._evaluate_record(0), first=True)
-            if on_epoch:
-                on_epoch(EpochRecord(**self.state.history[-1]))
-        while self.state.epoch < self.settings.epochs and not self._stopped_early():
-            record = self._train_epoch()
-            self._finish_epoch(record)
-            if on_epoch:
-                on_epoch(record)
+        """Train the remaining epochs; return every epoch's record (epoch 0: before training).
+
+        Raises :class:`TrainingInterrupted` on Ctrl-C once a checkpoint exists to resume from.
+        """
+        try:
+            if not self.state.history:
+                self._finish_epoch(self._evaluate_record(0), first=True)
+                if on_epoch:
+                    on_epoch(EpochRecord(**self.state.history[-1]))
+            while self.state.epoch < self.settings.epochs and not self._stopped_early():
+                record = self._train_epoch()
+                self._finish_epoch(record)
+                if on_epoch:
+                    on_epoch(record)
+        except KeyboardInterrupt:
+            # Outside a training step (validation, writing records): checkpoint.pt, written
+            # whole or not at all, already holds a consistent point to resume from.
+            if self.saved_at is None:
+                raise
+            raise TrainingInterrupted(*self.saved_at) from None
         return [EpochRecord(**h) for h in self.state.history]
 
     def _stopped_early(self) -> bool:

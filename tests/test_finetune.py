@@ -274,7 +274,9 @@ def _stop_after_first_epoch(process: subprocess.Popen, run: Path, sig: int) -> N
     process.wait(timeout=60)
 
 
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(pretrained, tmp_path: Path) -> None:
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
+    pretrained, tmp_path: Path, monkeypatch
+) -> None:
     extra = ("--epochs", "3", "--augment", "standard", "--warmup", "0.2")
     reference = tmp_path / "reference"
     invoke(finetune_args(pretrained, reference, *extra, slow=True))
@@ -304,6 +306,27 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(pretrained, tmp_
             {k: v for k, v in r.items() if k not in ("images_per_second", "seconds")}
             for r in history(reference)
         ]
+
+    # Ctrl-C outside a training step (here: the second validation) resumes from the checkpoint
+    # of the last finished epoch.
+    from headstart.finetune.loop import Trainer
+
+    evaluate = Trainer._evaluate_record
+
+    def interrupted_validation(self, epoch: int):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return evaluate(self, epoch)
+
+    run = tmp_path / "during-validation"
+    monkeypatch.setattr(Trainer, "_evaluate_record", interrupted_validation)
+    args = [str(a) for a in finetune_args(pretrained, run, *extra, slow=True)]
+    stopped = CliRunner().invoke(main, args)
+    assert stopped.exit_code == 130 and "interrupted in epoch 2 after step 0" in stopped.output
+    monkeypatch.undo()
+    invoke([*args, "--resume"])
+    resumed = torch.load(run / "backbone.pt", weights_only=True)
+    assert all(torch.equal(resumed[key], tensor) for key, tensor in expected.items())
 
 
 @pytest.mark.parametrize(
