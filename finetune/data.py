@@ -7,6 +7,7 @@ and flips do not depend on worker count or on where a resumed run restarted.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -154,4 +155,11 @@ def make_loader(
         persistent_workers=False,
         drop_last=False,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=_leave_interrupts_to_the_trainer if workers else None,
     )
+
+
+def _leave_interrupts_to_the_trainer(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the trainer finishes its step and shuts the
+    # workers down itself, which a worker dying of the signal first would turn into an error.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -2,16 +2,20 @@
 
 One optimizer step sees ``batch_size`` images, split into ``accumulate`` micro-batches whose
 gradients add up; on CUDA out-of-memory the micro-batch is halved and the step redone, so the
-effective batch (and the learning-rate schedule) never changes. Ctrl-C saves the state after
-the last completed step; ``resume`` continues from it along the same path an uninterrupted run
-takes (same batches, crops and random state).
+effective batch (and the learning-rate schedule) never changes. Ctrl-C (or SIGTERM) lets the
+current step finish, saves the state and stops; ``resume`` continues from it along the same path
+an uninterrupted run takes (same batches, crops and random state). A second Ctrl-C stops at once,
+and the last checkpoint is the resume point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +76,8 @@ class EpochRecord:
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training; the state at ``epoch``/``step`` was saved."""
+    """Ctrl-C or SIGTERM during training; ``checkpoint.pt`` holds the state at ``epoch``
+    (epochs completed) and ``step`` (steps of the next epoch completed)."""
 
     def __init__(self, epoch: int, step: int) -> None:
         super().__init__(f"interrupted in epoch {epoch + 1} after step {step}")
@@ -131,6 +136,7 @@ class Trainer:
         self.sampler = EpochSampler(len(train_set), settings.seed)
         self.state = _Progress()
         self.saved_at: tuple[int, int] | None = None  # (epoch, step) of checkpoint.pt
+        self._stop_requested = False
         set_train_mode(network, settings.train_bn)
         self.folded_batchnorm = network.fold_batchnorm()
 
@@ -179,22 +185,51 @@ class Trainer:
         Raises :class:`TrainingInterrupted` on Ctrl-C once a checkpoint exists to resume from.
         """
         try:
-            if not self.state.history:
-                self._finish_epoch(self._evaluate_record(0), first=True)
-                if on_epoch:
-                    on_epoch(EpochRecord(**self.state.history[-1]))
-            while self.state.epoch < self.settings.epochs and not self._stopped_early():
-                record = self._train_epoch()
-                self._finish_epoch(record)
-                if on_epoch:
-                    on_epoch(record)
+            with self._stop_requests():
+                if not self.state.history:
+                    self._finish_epoch(self._evaluate_record(0), first=True)
+                    if on_epoch:
+                        on_epoch(EpochRecord(**self.state.history[-1]))
+                while self.state.epoch < self.settings.epochs and not self._stopped_early():
+                    self._stop_if_requested()
+                    record = self._train_epoch()
+                    self._finish_epoch(record)
+                    if on_epoch:
+                        on_epoch(record)
         except KeyboardInterrupt:
-            # Outside a training step (validation, writing records): checkpoint.pt, written
-            # whole or not at all, already holds a consistent point to resume from.
+            # Stopped at once (a second Ctrl-C): checkpoint.pt, written whole or not at all,
+            # holds the last consistent point to resume from.
             if self.saved_at is None:
                 raise
             raise TrainingInterrupted(*self.saved_at) from None
         return [EpochRecord(**h) for h in self.state.history]
+
+    @contextlib.contextmanager
+    def _stop_requests(self):
+        """Turn SIGINT/SIGTERM into a request honoured between steps: an interrupt inside an
+        optimizer step would leave weights updated that the step count does not know of."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+
+        def request(signum, frame) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            log.warning("stopping after this step (Ctrl-C again to stop at once)")
+
+        previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _stop_if_requested(self) -> None:
+        if self._stop_requested:
+            if self.saved_at != (self.state.epoch, self.state.step):
+                self._save()
+            raise TrainingInterrupted(self.state.epoch, self.state.step)
 
     def _stopped_early(self) -> bool:
         patience = self.settings.patience
@@ -236,9 +271,7 @@ class Trainer:
                     loss=f"{state.loss_sum / max(state.images, 1):.4f}", img_s=f"{rate:.1f}"
                 )
                 bar.update()
-        except KeyboardInterrupt:
-            self._save()  # the state after the last completed step
-            raise TrainingInterrupted(epoch, state.step) from None
+                self._stop_if_requested()
         finally:
             bar.close()
         seconds = time.perf_counter() - started

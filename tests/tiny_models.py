@@ -57,15 +57,24 @@ def stripes_features() -> nn.Module:
     )
 
 
+def pause_when_training(x: torch.Tensor, training: bool) -> torch.Tensor:
+    if training:
+        time.sleep(0.1)
+    return x
+
+
+# Kept as a call in traced graphs (fine-tuning traces the backbone to fold BatchNorm), so the
+# traced copy sleeps too instead of having run the sleep once while being traced.
+torch.fx.wrap("pause_when_training")
+
+
 class _SlowTraining(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = stripes_features()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            time.sleep(0.1)
-        return self.body(x)
+        return self.body(pause_when_training(x, self.training))
 
 
 def slow_stripes_features() -> nn.Module:
