@@ -107,7 +107,7 @@ def finetune(
 
     # Stage 1: the linear probe on frozen, cached embeddings.
     data = embed_sources(sources, embed, cache_dir, progress=progress)
-    train, val = _split(data, sources, embed, cache_dir, options, progress)
+    train, val = _split(data, embed, cache_dir, options, progress)
     train_labels, val_labels = train.require_labels("training"), val.require_labels("validation")
     if options.head_dir is not None:
         head = load_head(options.head_dir, fingerprint=data.fingerprint.id).head
@@ -221,12 +221,12 @@ def _check_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
 
 def _split(
     data: Embedded,
-    sources: Sequence[str],
     embed: ExtractOptions,
-    cache_dir,
+    cache_dir: str | os.PathLike[str],
     options: FinetuneOptions,
     progress: bool,
 ) -> tuple[Embedded, Embedded]:
+    """(train, validation): the --val sources, or a stratified split of ``data``."""
     if options.val_sources:
         val = embed_sources(options.val_sources, embed, cache_dir, progress=progress)
         return data, val
