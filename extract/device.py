@@ -15,6 +15,7 @@ from headstart.errors import HeadstartError
 
 __all__ = [
     "PRECISIONS",
+    "autocast",
     "autocast_dtype",
     "cpu_has_native_bf16",
     "resolve_device",
@@ -66,3 +67,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

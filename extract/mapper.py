@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
-from headstart.extract.device import autocast_dtype
+from headstart.extract.device import autocast
 from headstart.extract.preprocess import Preprocess, normalize
 
 __all__ = ["Embedder", "PendingEmbedding"]
@@ -73,7 +73,6 @@ class Embedder:
         self.preprocess = preprocess
         self.precision = precision
         self.max_batch: int | None = None
-        self._autocast = autocast_dtype(precision)
         model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self._model = _FromPixels(model, preprocess).to(device)
         self._compiled: nn.Module | None = None
@@ -128,14 +127,7 @@ class Embedder:
                 padding = pixels.new_zeros((self._static_batch - count, *pixels.shape[1:]))
                 pixels = torch.cat([pixels, padding])
         images = pixels.to(self.device, non_blocking=True)
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                self.device.type,
-                dtype=self._autocast or torch.float32,
-                enabled=bool(self._autocast),
-            ),
-        ):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             out = self._run_model(images)
         return out[:count].float()
 

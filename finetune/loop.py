@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from headstart.classify.metrics import score
 from headstart.errors import HeadstartError
-from headstart.extract.device import autocast_dtype
+from headstart.extract.device import autocast
 from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import EpochSampler, LabelledImages, make_loader
 from headstart.finetune.network import ClassifierNetwork, parameter_groups, set_train_mode
@@ -129,7 +129,6 @@ class Trainer:
             fused=device.type == "cuda",
         )
         self.scheduler = warmup_cosine(self.optimizer, total, round(settings.warmup * total))
-        self._autocast = autocast_dtype(settings.precision)
         # fp16 gradients underflow without loss scaling; bf16 has float32's range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
@@ -335,11 +334,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for start in range(0, len(labels), micro):
             chunk = slice(start, start + micro)
-            with torch.autocast(
-                self.device.type,
-                dtype=self._autocast or torch.float32,
-                enabled=self._autocast is not None,
-            ):
+            with autocast(self.device, self.settings.precision):
                 logits = self.network(pixels[chunk])
             # Each micro-batch's mean loss, weighted by its share of the batch.
             loss = self.criterion(logits.float(), labels[chunk]) * (len(logits) / len(labels))
@@ -361,21 +356,15 @@ class Trainer:
         self.network.eval()
         logits, labels = [], []
         try:
-            with (
-                torch.inference_mode(),
-                torch.autocast(
-                    self.device.type,
-                    dtype=self._autocast or torch.float32,
-                    enabled=self._autocast is not None,
-                ),
-            ):
+            with torch.inference_mode(), autocast(self.device, self.settings.precision):
                 for pixels, batch_labels, _ in loader:
                     if len(batch_labels):
                         out = self.network(pixels.to(self.device, non_blocking=True))
                         logits.append(out.float().cpu())
                         labels.append(batch_labels)
         finally:
-            self.network.train(was_training)
+            if was_training:  # back to training mode as the settings define it, not train(True)
+                set_train_mode(self.network, self.settings.train_bn)
         if not logits:
             raise HeadstartError("no validation image could be decoded")
         return torch.cat(logits).numpy(), torch.cat(labels).numpy()
