@@ -1,7 +1,7 @@
 """Labelled image files for fine-tuning: augmented for training, exactly as extracted for
 evaluation.
 
-Augmentation draws from a generator seeded by (seed, epoch, image index), so an epoch's crops
+Augmentation draws from a random state seeded by (seed, epoch, image index), so an epoch's crops
 and flips do not depend on worker count or on where a resumed run restarted.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from headstart.extract.decode import DecodeError, decode_image
@@ -71,36 +71,28 @@ class LabelledImages(Dataset):
         return _Sample(self._augmented(image, index), self.labels[index], True)
 
     def _augmented(self, image: Image.Image, index: int) -> torch.Tensor:
-        mixed = ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + index) % 2**63
-        generator = torch.Generator().manual_seed(mixed)
-        top, left, height, width = _resized_crop_box(image.height, image.width, generator)
-        interpolation = InterpolationMode(self.preprocess.interpolation)
         crop = self.preprocess.crop_size
+        # torchvision draws the box and the flip from the global RNG: fork it, seeded for this
+        # image, so the caller's random state is untouched and the draw is reproducible.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(
+                ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + index) % 2**63
+            )
+            top, left, height, width = RandomResizedCrop.get_params(image, _SCALE, _RATIO)
+            flip = bool(torch.rand(()) < 0.5)
         image = F.resized_crop(
-            image, top, left, height, width, [crop, crop], interpolation, antialias=True
+            image,
+            top,
+            left,
+            height,
+            width,
+            [crop, crop],
+            InterpolationMode(self.preprocess.interpolation),
+            antialias=True,
         )
-        if torch.rand((), generator=generator) < 0.5:
+        if flip:
             image = F.horizontal_flip(image)
         return F.pil_to_tensor(image)
-
-
-def _resized_crop_box(
-    height: int, width: int, generator: torch.Generator
-) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box (area 8-100%, aspect 3/4-4/3), drawn from ``generator``."""
-    area = height * width
-    log_ratio = torch.log(torch.tensor(_RATIO))
-    for _ in range(10):
-        target = area * torch.empty(1).uniform_(*_SCALE, generator=generator).item()
-        aspect = torch.exp(torch.empty(1).uniform_(*log_ratio.tolist(), generator=generator))
-        w = round((target * aspect.item()) ** 0.5)
-        h = round((target / aspect.item()) ** 0.5)
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-            return top, left, h, w
-    side = min(height, width)  # fallback: the centre square, as torchvision does
-    return (height - side) // 2, (width - side) // 2, side, side
 
 
 class EpochSampler(Sampler[int]):
