@@ -80,9 +80,23 @@ class FileCatalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, timeout=120)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._set_up()
+
+    def _set_up(self) -> None:
+        # Switching a new database to WAL can fail with "database is locked" at once, without
+        # waiting out the timeout, when other processes (torchrun ranks) create it at the same
+        # moment; it succeeds once the first of them is done.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def __enter__(self) -> FileCatalog:
         return self

@@ -1,3 +1,4 @@
+import multiprocessing
 from pathlib import Path
 
 from headstart.cache import FailureRecord, FileCatalog, FileRecord
@@ -39,3 +40,26 @@ def test_two_connections_share_the_database(tmp_path: Path) -> None:
 def test_failure_matches_only_the_same_file_version() -> None:
     failure = FailureRecord("/a.jpg", 10, 99, "truncated")
     assert failure.matches(10, 99) and not failure.matches(10, 100)
+
+
+def _open_and_record(path: str, barrier, index: int) -> None:
+    barrier.wait()  # every process creates the catalog at the same moment, as torchrun ranks do
+    with FileCatalog(Path(path)) as catalog:
+        catalog.record([FileRecord(f"/img/{index}.jpg", index, index, f"k{index}")])
+
+
+def test_processes_creating_one_catalog_at_once_all_succeed(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    for trial in range(15):
+        path = tmp_path / f"catalog{trial}.sqlite"
+        barrier = context.Barrier(6)
+        processes = [
+            context.Process(target=_open_and_record, args=(str(path), barrier, i)) for i in range(6)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+        assert [p.exitcode for p in processes] == [0] * 6
+        with FileCatalog(path) as catalog:
+            assert catalog.count_files() == 6
