@@ -77,6 +77,10 @@ class Coordinator:
         self._dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def wait_for_all(self) -> None:
+        """Block until every rank gets here."""
+        self._dist.barrier()
+
     def close(self) -> None:
         if self._dist.is_initialized():
             self._dist.destroy_process_group()

@@ -47,8 +47,8 @@ def plan_work(
     """Append what must be embedded to ``work``; record files that cannot even be stat'ed.
 
     With a ``partition``, the part plans the known files whose key it owns and every file
-    not hashed yet (see :class:`~headstart.extract.reader.ImageFileDataset`); it counts the
-    files it owns, by key when known, else by path, so the parts' counts add up.
+    not hashed yet (see :class:`~headstart.extract.reader.ImageFileDataset`); it lists the
+    paths it owns, so the parts' listed counts add up however their runs overlap.
     """
     counts = PlanCounts()
     for chunk in _chunks(items, _CHUNK):
@@ -68,13 +68,15 @@ def plan_work(
             entry = known.get(item.path)
             if entry is not None and (entry.size, entry.mtime_ns) != signature:
                 entry = None  # the file changed since its key was recorded
-            # A known key decides the owner; a file not hashed yet is read by every part and
-            # decoded only by its key's owner (the reader checks), while its path's owner
-            # counts it and reports it if it cannot be read.
+            # Each path is listed by its path's owner, whatever other parts have recorded
+            # meanwhile, so the parts' counts add up. A known key decides which part plans the
+            # file; a file not hashed yet is read by every part and decoded only by its key's
+            # owner (the reader checks), while its path's owner reports it if it is unreadable.
+            owns_path = partition is None or partition.owns_path(item.path)
+            counts.listed += int(owns_path)
             if partition is not None and entry is not None and not partition.owns_key(entry.key):
                 continue
-            counted = entry is not None or partition is None or partition.owns_path(item.path)
-            counts.listed += int(counted)
+            counted = entry is not None or owns_path
             failure = failed.get(item.path)
             if failure is not None and failure.matches(*signature) and not retry_failed:
                 counts.known_failures += int(counted)

@@ -248,6 +248,10 @@ def _extract(
             )
         finally:
             work.seal()
+        if coordinator is not None:
+            # No rank records a key before all have planned: a rank that planned later would
+            # see another's fresh records and its counts would no longer add up with theirs.
+            coordinator.wait_for_all()
         summary.listed, summary.from_cache = counts.listed, counts.cached
         summary.failed, summary.skipped_failed = counts.new_failures, counts.known_failures
         if len(work):
