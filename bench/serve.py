@@ -6,6 +6,10 @@ and once with ``--max-batch 1`` (each request its own forward pass). A bounded l
 (httpx async: a fixed number of single-image classify requests, then it stops) measures the
 latency of one client (p50, p99) and the throughput at 1, 8 and 32 concurrent clients.
 
+It also times the backbone alone at batch 1 and at batch 32 (the server's own forward path, on
+decoded images): batching cannot gain much more than that ratio where the model's forward pass
+is the bottleneck, as it is on a CPU whose cores batch 1 already keeps busy.
+
     python bench/serve.py [--data DIR]
 """
 
@@ -22,6 +26,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
+
+from headstart.serve.engine import load_engine
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini"
 LEVELS = {1: 48, 8: 96, 32: 192}  # concurrent clients -> requests sent
@@ -88,18 +95,57 @@ async def load(
         return time.perf_counter() - began, latencies
 
 
+def batch_totals(url: str) -> np.ndarray:
+    """(forward passes, images, seconds in forward passes) so far, from the server's metrics."""
+    wanted = (
+        "headstart_batch_size_count",
+        "headstart_batch_size_sum",
+        "headstart_batch_seconds_sum",
+    )
+    values = dict.fromkeys(wanted, 0.0)
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in values:
+            values[name] = float(value)
+    return np.array([values[name] for name in wanted])
+
+
 def measure(head: Path, images: list[bytes], max_batch: int) -> dict:
+    """Per client count: (requests/s, (p50, p99) ms, mean batch size, share of time in forward)."""
     process, url = start(head, max_batch)
     try:
         asyncio.run(load(url, images, 4, 16))  # warm-up
         results = {}
         for clients, requests in LEVELS.items():
+            before = batch_totals(url)
             seconds, latencies = asyncio.run(load(url, images, clients, requests))
-            results[clients] = (requests / seconds, np.percentile(latencies, [50, 99]) * 1000)
+            passes, count, busy = batch_totals(url) - before
+            results[clients] = (
+                requests / seconds,
+                np.percentile(latencies, [50, 99]) * 1000,
+                count / passes,
+                busy / seconds,
+            )
         return results
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def backbone_rates(head: Path, images: list[bytes], seconds: float = 8.0) -> dict[int, float]:
+    """Images/s of the server's forward pass alone, at batch 1 and 32, on decoded images."""
+    engine = load_engine(head, None, device="cpu")
+    decoded = torch.stack([engine.decode(data) for data in images[:32]])
+    rates = {}
+    for size in (1, 32):
+        batch = decoded[:size]
+        engine.embed(batch)
+        count, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            engine.embed(batch)
+            count += size
+        rates[size] = count / (time.perf_counter() - began)
+    return rates
 
 
 def main() -> None:
@@ -136,19 +182,25 @@ def main() -> None:
             capture_output=True,
         )
         images = [p.read_bytes() for p in sorted((args.data / "val").rglob("*.JPEG"))[:64]]
+        alone = backbone_rates(root / "head", images)
         on = measure(root / "head", images, 32)
         off = measure(root / "head", images, 1)
     print("resnet18 on CPU, single-image classify requests over loopback")
-    print(f"{'clients':>8} {'batching on':>22} {'batching off':>22}")
+    print(f"{'clients':>8} {'batching on':>40} {'batching off':>22}")
     for clients in LEVELS:
-        (rate_on, lat_on), (rate_off, lat_off) = on[clients], off[clients]
+        (rate_on, lat_on, size, busy), (rate_off, lat_off, _, busy_off) = on[clients], off[clients]
         print(
             f"{clients:>8} {rate_on:8.1f} req/s p50 {lat_on[0]:6.0f} ms "
-            f"{rate_off:8.1f} req/s p50 {lat_off[0]:6.0f} ms"
+            f"batch {size:4.1f} busy {busy:4.0%} "
+            f"{rate_off:8.1f} req/s p50 {lat_off[0]:6.0f} ms busy {busy_off:4.0%}"
         )
     print(
         f"single client latency: batching on p50 {on[1][1][0]:.0f} ms p99 {on[1][1][1]:.0f} ms; "
         f"off p50 {off[1][1][0]:.0f} ms p99 {off[1][1][1]:.0f} ms"
+    )
+    print(
+        f"backbone alone: batch 1 {alone[1]:.1f} img/s, batch 32 {alone[32]:.1f} img/s "
+        f"({alone[32] / alone[1]:.2f}x from batching the model itself)"
     )
     print(f"throughput at 32 clients: {on[32][0] / off[32][0]:.2f}x with batching (target >= 2x)")
 
