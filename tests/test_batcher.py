@@ -56,8 +56,8 @@ def run(model: SlowModel, body, *, max_batch: int = 32, max_wait: float = 0.005)
 
 
 def test_requests_arriving_during_a_pass_share_the_next_one() -> None:
-    # Requests 20 ms apart, each far beyond max_wait: while a 300 ms pass runs, they gather.
-    model = SlowModel(0.3)
+    # Requests 20 ms apart, each far beyond max_wait: while a 500 ms pass runs, they gather.
+    model = SlowModel(0.5)
     answers = run(model, lambda b: trickle(b, 11, 0.02))
     assert [float(a[0, 0]) for a in answers] == list(range(11))  # each gets its own vector
     assert model.sizes == [1, 10]
@@ -79,7 +79,7 @@ def test_an_idle_server_answers_a_lone_request_within_max_wait() -> None:
 
 
 def test_a_full_batch_leaves_and_the_overflow_starts_the_next() -> None:
-    model = SlowModel(0.2)
+    model = SlowModel(0.3)
 
     async def groups(batcher: MicroBatcher) -> list[np.ndarray]:
         first = asyncio.ensure_future(batcher.submit(images(0)))
