@@ -11,6 +11,7 @@ import os
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,13 @@ from headstart.errors import HeadstartError
 from headstart.extract.backbones import BackboneWeights
 from headstart.extract.preprocess import Preprocess
 
-__all__ = ["apply_checkpoint", "file_weights", "is_weights_file", "load_checkpoint"]
+__all__ = [
+    "apply_checkpoint",
+    "file_weights",
+    "is_weights_file",
+    "load_checkpoint",
+    "load_tensors_file",
+]
 
 # Keys under which training scripts commonly nest the state dict.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "backbone")
@@ -46,6 +53,27 @@ def file_weights(path_text: str, preprocess: Preprocess | None) -> BackboneWeigh
     )
 
 
+def load_tensors_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, with every way the file can be wrong told in one line.
+
+    Files from elsewhere fail inside the unpickler in many ways (IndexError, KeyError, ...), so
+    any failure to read is reported as such rather than as a traceback.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise HeadstartError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            raise HeadstartError(
+                f"{path} holds Python objects besides tensors, and loading them could run code; "
+                "save just the weights: torch.save(model.state_dict(), PATH)"
+            ) from None
+        raise HeadstartError(
+            f"{path} is not a readable PyTorch weights file (corrupt, truncated or another format)"
+        ) from None
+
+
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A flat ``{name: tensor}`` state dict from a checkpoint file."""
     if path.suffix == ".safetensors":
@@ -54,15 +82,7 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         except ImportError:
             raise HeadstartError("reading .safetensors needs: pip install safetensors") from None
         return load_file(str(path))
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise HeadstartError(
-            f"{path} holds Python objects besides tensors, and loading them could run code; "
-            "save just the weights: torch.save(model.state_dict(), PATH)"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise HeadstartError(f"cannot read weights file {path}: {exc}") from None
+    loaded = load_tensors_file(path)
     if isinstance(loaded, nn.Module):  # pragma: no cover - weights_only never yields a module
         loaded = loaded.state_dict()
     for key in _NESTED_KEYS:

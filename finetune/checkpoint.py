@@ -8,13 +8,13 @@ renamed into place (a crash mid-write leaves the previous one intact), and is re
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from headstart.errors import HeadstartError
+from headstart.extract.checkpoints import load_tensors_file
 
 __all__ = ["load_state", "save_state"]
 
@@ -32,13 +32,9 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise HeadstartError(f"no checkpoint at {path}; nothing to resume") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HeadstartError(f"cannot read checkpoint {path}: {first}") from None
+    if not path.exists():
+        raise HeadstartError(f"no checkpoint at {path}; nothing to resume")
+    state = load_tensors_file(path)
     if not isinstance(state, dict):
         raise HeadstartError(f"{path} is not a headstart fine-tuning checkpoint")
     return state

@@ -109,6 +109,18 @@ def test_checkpoints_that_would_run_code_or_do_not_fit_are_refused(tmp_path: Pat
         build_feature_model(get_backbone("resnet18", str(other)))
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"root:x:0:0:root:/root:/bin/bash\n", bytes(range(256)) * 4, b"PK\x03\x04broken zip"],
+    ids=["empty", "text", "random", "truncated-zip"],
+)
+def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path: Path, content) -> None:
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(content)
+    with pytest.raises(HeadstartError, match="not a readable PyTorch weights file"):
+        build_feature_model(get_backbone("resnet18", str(weights)))
+
+
 def test_offline_pretrained_weights_fail_with_instructions(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
