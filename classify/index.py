@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -45,6 +46,8 @@ __all__ = [
     "save_index",
 ]
 
+log = logging.getLogger(__name__)
+
 INDEX_FORMAT = "headstart-index/1"
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 FLAT_BELOW = 100_000
@@ -59,6 +62,7 @@ class IndexSpec:
     nlist: int = 0
     nprobe: int = 1
     pq_m: int = 0
+    pq_nbits: int = 8
     hnsw_m: int = 32
     ef_search: int = 16
 
@@ -67,7 +71,8 @@ class IndexSpec:
             return "flat (exact)"
         if self.kind == "hnsw":
             return f"HNSW{self.hnsw_m}, efSearch {self.ef_search}"
-        pq = f", PQ{self.pq_m}" if self.kind == "ivfpq" else ""
+        bits = f"x{self.pq_nbits}" if self.pq_nbits != 8 else ""
+        pq = f", PQ{self.pq_m}{bits}" if self.kind == "ivfpq" else ""
         return f"IVF{self.nlist}{pq}, nprobe {self.nprobe}"
 
 
@@ -145,7 +150,9 @@ def choose_spec(n: int, d: int, kind: str = "auto", max_memory: int | None = Non
     fitting = [m for m in (64, 48, 32, 24, 16, 12, 8, 4) if d % m == 0 and n * m <= budget]
     if not fitting:
         raise HeadstartError(f"{n} vectors do not fit in {budget} bytes even at 4 bytes each")
-    return IndexSpec("ivfpq", nlist=nlist, pq_m=fitting[0])
+    # A codebook cannot have more centroids than there are training vectors.
+    nbits = 8 if n >= 256 else max(1, int(math.log2(max(n, 2))))
+    return IndexSpec("ivfpq", nlist=nlist, pq_m=fitting[0], pq_nbits=nbits)
 
 
 class Vectors:
@@ -199,10 +206,21 @@ def build_index(
             index = faiss.IndexIVFFlat(quantizer, d, spec.nlist, faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFPQ(
-                quantizer, d, spec.nlist, spec.pq_m, 8, faiss.METRIC_INNER_PRODUCT
+                quantizer, d, spec.nlist, spec.pq_m, spec.pq_nbits, faiss.METRIC_INNER_PRODUCT
             )
+        # FAISS wants >= 39 training vectors per centroid: per IVF list, and per PQ code.
+        wanted = 39 * max(spec.nlist, 2**spec.pq_nbits if spec.kind == "ivfpq" else 0)
         rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=min(n, 39 * spec.nlist), replace=False))
+        sample = np.sort(rng.choice(n, size=min(n, wanted), replace=False))
+        if len(sample) < wanted:
+            # Said once here rather than by FAISS once per sub-quantizer.
+            index.pq.cp.min_points_per_centroid = 1
+            log.warning(
+                "product quantisation trained on %d vectors (FAISS advises %d): expect low "
+                "recall; --kind ivf or flat suits a collection this small",
+                len(sample),
+                wanted,
+            )
         index.cp.seed = seed
         index.train(vectors.take(sample))  # FAISS's Python wrapper keeps the quantizer alive
     for _, block in vectors.blocks():

@@ -60,6 +60,17 @@ def test_auto_follows_the_faiss_guidelines(n: int, budget: int | None, kind: str
         assert n * spec.pq_m <= budget
 
 
+@pytest.mark.parametrize("n", [60, 200, 1000])
+def test_a_product_quantised_index_builds_on_a_small_collection(n: int, caplog) -> None:
+    # Fewer vectors than a PQ codebook's 256 codes once crashed inside FAISS's k-means.
+    spec = choose_spec(n, 32, "ivfpq")
+    assert 2**spec.pq_nbits <= n
+    index, spec, recall = build_index(clustered(n), spec)
+    assert index.ntotal == n and 0 < recall <= 1
+    assert "product quantisation trained on" in caplog.text  # said once, not per sub-quantizer
+    assert caplog.text.count("product quantisation") == 1
+
+
 def test_memory_sizes_parse() -> None:
     assert parse_size("2G") == 2 * 2**30 and parse_size("512M") == 512 * 2**20
     with pytest.raises(HeadstartError, match="memory size"):
