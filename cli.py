@@ -8,6 +8,7 @@ but some files could not be used, 130 that it was interrupted (what was done is 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -25,7 +26,9 @@ from headstart.errors import HeadstartError
 from headstart.finetune.commands import finetune
 from headstart.serve.command import serve
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_SOME_FAILED", "main"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_SOME_FAILED", "main"]
+
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool killed by SIGPIPE
 
 
 class _Group(click.Group):
@@ -36,6 +39,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except HeadstartError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush
+            # of stdout from failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None

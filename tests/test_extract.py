@@ -1,6 +1,8 @@
 """End to end through the command line (in-process with CliRunner) and the Python API."""
 
 import shutil
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from PIL import Image
 from torchvision.models import resnet18
 
 from headstart.cache import EmbeddingCache
-from headstart.cli import EXIT_INTERRUPTED, EXIT_SOME_FAILED, main
+from headstart.cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_SOME_FAILED, main
 from headstart.extract import ExtractOptions, PreprocessOverrides, extract
 from headstart.extract.mapper import Embedder
 
@@ -226,6 +228,19 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args, messag
     result = CliRunner().invoke(main, args)
     assert result.exit_code in (1, 2)
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_output_cut_short_by_its_reader_ends_quietly() -> None:
+    # `headstart models | head -1`: the reader is gone before the listing is written.
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "headstart", "models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    listing.stdout.close()
+    stderr = listing.stderr.read().decode()
+    assert listing.wait(timeout=120) == EXIT_BROKEN_PIPE
+    assert stderr == ""
 
 
 def test_fallback_to_random_weights_is_announced(
