@@ -17,10 +17,11 @@ import secrets
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -217,7 +218,9 @@ def create_app(settings: ServeSettings, *, engine_loader=load_engine) -> FastAPI
         dependencies=[Depends(authorised)],
         openapi_extra=_body_doc(ImagesBody, many=True),
     )
-    async def classify(request: Request, top_k: int | None = None) -> dict:
+    async def classify(
+        request: Request, top_k: Annotated[int | None, Query(ge=1, le=1000)] = None
+    ) -> dict:
         """One or several images -> the top-k labels of each, with probabilities."""
         engine = ready()
         images, body_top_k = await _read_images(request, settings.max_images)
@@ -254,7 +257,9 @@ def create_app(settings: ServeSettings, *, engine_loader=load_engine) -> FastAPI
         dependencies=[Depends(authorised)],
         openapi_extra=_body_doc(NeighboursBody, many=False),
     )
-    async def neighbours(request: Request, k: int | None = None) -> dict:
+    async def neighbours(
+        request: Request, k: Annotated[int | None, Query(ge=1, le=1000)] = None
+    ) -> dict:
         """An image or an embedding vector -> the k nearest items of the index."""
         engine = ready()
         if engine.index is None:

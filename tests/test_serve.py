@@ -192,6 +192,8 @@ def test_info_health_and_metrics(server: str, trained: Path) -> None:
             415,
             "unsupported content",
         ),
+        ({"json": {"images": ["abc"]}, "params": {"top_k": -1}}, 422, "top_k"),
+        ({"json": {"images": ["abc"]}, "params": {"top_k": 0}}, 422, "top_k"),
     ],
 )
 def test_bad_requests_get_a_status_and_a_reason(
@@ -206,6 +208,10 @@ def test_bad_requests_get_a_status_and_a_reason(
 def test_wrong_vector_width_and_missing_key_are_refused(server: str) -> None:
     wrong = httpx.post(f"{server}/v1/neighbors", json={"vector": [0.1] * 7}, headers=AUTH)
     assert wrong.status_code == 422 and "expects 512" in wrong.json()["error"]
+    no_k = httpx.post(
+        f"{server}/v1/neighbors", json={"vector": [0.1] * 512}, params={"k": 0}, headers=AUTH
+    )
+    assert no_k.status_code == 422 and "k" in no_k.json()["error"]
     assert httpx.get(f"{server}/v1/info").status_code == 401
     assert (
         httpx.get(f"{server}/v1/info", headers={"Authorization": "Bearer nope"}).status_code == 401
