@@ -145,9 +145,10 @@ def info(cache_dir: str, show_failures: bool) -> None:
     for fp in report.fingerprints:
         dtypes = "/".join(fp.dtypes) or "-"
         click.echo(f"{fp.fingerprint.id}  {fp.fingerprint.describe()}")
+        damaged = f" + {fp.unreadable_shards} unreadable" if fp.unreadable_shards else ""
         click.echo(
-            f"    {fp.embeddings} embeddings x {fp.dim or '-'}  {dtypes}  {fp.shards} shards  "
-            f"{_size(fp.bytes)}"
+            f"    {fp.embeddings} embeddings x {fp.dim or '-'}  {dtypes}  {fp.shards} shards"
+            f"{damaged}  {_size(fp.bytes)}"
         )
     if report.failure_reasons and not show_failures:
         click.echo("failures by reason:")

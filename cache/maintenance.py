@@ -53,6 +53,7 @@ def compact(
     directory = cache.root / fingerprint.id / "shards"
     with _exclusive(cache.root / fingerprint.id / ".compact.lock"):
         old = shard_paths(directory)
+        _refuse_unreadable(old)
         if len(old) <= 1:
             rows = len(read_shard_keys(old[0])) if old else 0
             return CompactResult(fingerprint.id, len(old), len(old), rows, 0)
@@ -80,6 +81,20 @@ def compact(
             path.unlink()
         fsync_path(directory)
     return CompactResult(fingerprint.id, len(old), written, rows, dropped)
+
+
+def _refuse_unreadable(shards: list[Path]) -> None:
+    """Stop before writing anything when a shard is damaged: merging would delete it."""
+    for path in shards:
+        try:
+            read_shard_info(path)
+            read_shard_keys(path)
+        except (OSError, KeyError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise HeadstartError(
+                f"shard {path} cannot be read ({reason}); move it out of the cache before "
+                "compacting (its images are embedded again by the next extract)"
+            ) from None
 
 
 def _publish(directory: Path, fingerprint: str, buffer, rows: int):

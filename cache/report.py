@@ -23,6 +23,7 @@ class FingerprintReport:
     shards: int
     bytes: int
     dtypes: tuple[str, ...]
+    unreadable_shards: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def describe_cache(root: str | os.PathLike[str]) -> CacheReport:
                 shards=len(shards),
                 bytes=sum(p.stat().st_size for p in shards),
                 dtypes=tuple(dtypes),
+                unreadable_shards=len(store.unreadable),
             )
         )
     with cache.catalog() as catalog:

@@ -133,6 +133,7 @@ class FingerprintStore:
         self.cache = cache
         self.fingerprint = fingerprint
         self.directory = cache.root / fingerprint.id
+        self.unreadable: dict[Path, str] = {}  # damaged shards, with the reason
         self.refresh()
 
     @property
@@ -145,13 +146,19 @@ class FingerprintStore:
         # before deleting the old ones, so an old shard that vanishes before it is read means
         # the merged shards holding its rows are already there for the next listing.
         read: dict[Path, np.ndarray] = {}
-        while new := [p for p in shard_paths(self.shards_directory) if p not in read]:
+        unreadable: dict[Path, str] = {}
+        while new := [
+            p for p in shard_paths(self.shards_directory) if p not in read and p not in unreadable
+        ]:
             for path in new:
                 try:
                     read[path] = read_shard_keys(path)
-                except OSError:
+                except (OSError, KeyError) as exc:
                     if path.exists():
-                        raise
+                        unreadable[path] = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        # A damaged shard (a disk fault, a bad copy) costs only its rows: they count as missing,
+        # so the next extract embeds those images again; the file stays for inspection.
+        self.unreadable = unreadable
         # Newest first: np.unique keeps the first occurrence, so the newest copy of a key
         # wins. Readers then move to a compaction's merged shards as soon as they see them,
         # and stop touching the shards it is about to delete.

@@ -232,6 +232,13 @@ def _extract(
         log.warning("%s; continuing with random initialisation", recipe.fallback_reason)
     cache = EmbeddingCache(cache_dir)
     store = cache.open(recipe.fingerprint)  # may not exist yet: created once a model runs
+    for path, reason in store.unreadable.items() if leader else ():
+        log.warning(
+            "cache shard %s cannot be read (%s); its images are embedded again (move the "
+            "file away; `headstart cache verify` checks a cache)",
+            path,
+            reason,
+        )
     summary = ExtractSummary(recipe.fingerprint, cache.root, fallback_reason=recipe.fallback_reason)
     summary.parts, summary.leader = (partition.count if partition else 1), leader
     seen = store.key_set()

@@ -1,4 +1,4 @@
-"""Real processes: a SIGKILL mid-run, and two runs sharing one cache."""
+"""Real processes and real damage: a SIGKILL mid-run, two runs sharing one cache, a bad shard."""
 
 import os
 import signal
@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from click.testing import CliRunner
 from helpers import TINY_MODELS, make_folder, published_shards
 
 from headstart.cache import EmbeddingCache
 from headstart.cache.shards import read_shard_keys
+from headstart.cli import main
 
 COMMON = [
     "--weights",
@@ -118,3 +120,33 @@ def test_two_runs_at_once_share_a_cache(tmp_path: Path) -> None:
     assert not list(cache.glob("*/shards/.tmp-*"))
     rerun = finish(headstart(images, "--model", model, *COMMON, "--cache", cache))
     assert "embedded 0 · from cache 40" in rerun
+
+
+def test_a_damaged_shard_costs_only_its_own_images(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    make_folder(images, {"a": 6, "b": 6})
+    cache = tmp_path / "cache"
+    args = ["extract", str(images), "--model", f"{TINY_MODELS}:tiny_features", *COMMON]
+    args += ["--batch-size", "4", "--shard-size", "4", "--cache", str(cache)]
+    runner = CliRunner()
+    assert runner.invoke(main, args).exit_code == 0
+    before = embeddings_by_key(cache)
+    damaged = published_shards(cache)[0]
+    lost = set(read_shard_keys(damaged).tolist())
+    damaged.write_bytes(damaged.read_bytes()[:300])  # a bad copy: truncated
+
+    info = runner.invoke(main, ["info", str(cache)])
+    assert info.exit_code == 0 and "2 shards + 1 unreadable" in info.output
+    assert len(EmbeddingCache(cache).open()) == 12 - len(lost)
+    compact = runner.invoke(main, ["cache", "compact", str(cache)])
+    assert compact.exit_code == 1 and "cannot be read" in compact.output
+    assert damaged.exists()  # nothing deleted, nothing merged
+
+    rerun = runner.invoke(main, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert f"embedded {len(lost)} · from cache {12 - len(lost)}" in rerun.output
+    assert str(damaged) in rerun.output  # the warning names the file
+    after = embeddings_by_key(cache)
+    assert after.keys() == before.keys()
+    for key, vector in before.items():
+        np.testing.assert_array_equal(after[key], vector)
