@@ -65,6 +65,8 @@ class EmbeddingCache:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise HeadstartError(f"{str(root)!r} is a file; a cache is a directory")
 
     @property
     def catalog_path(self) -> Path:

@@ -221,10 +221,15 @@ def test_interrupt_keeps_what_was_computed(
         (["extract", ".", "--model", "resnet5O"], "did you mean resnet50"),
         (["extract", ".", *FAST_ARGS, "--mean", "0.5,0.5"], "three comma-separated"),
         (["info", "no/such/cache"], "not a headstart cache"),
+        (["extract", ".", *FAST_ARGS, "--cache", "a-file"], "a cache is a directory"),
         (["export", "no/such/cache", "--out", "x.npy"], "no embeddings in cache"),
     ],
 )
-def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args, message: str) -> None:
+def test_user_errors_are_one_line_without_traceback(
+    tmp_path: Path, monkeypatch, args, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a cache")
     result = CliRunner().invoke(main, args)
     assert result.exit_code in (1, 2)
     assert message in result.output and "Traceback" not in result.output
