@@ -23,6 +23,7 @@ from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE, KeySet
 from headstart.cache.shards import (
     SHARD_FORMAT,
+    SHARD_READ_ERRORS,
     fsync_path,
     publish_shard,
     read_shard_info,
@@ -31,7 +32,7 @@ from headstart.cache.shards import (
     shard_paths,
 )
 from headstart.cache.store import EmbeddingCache
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, first_line
 
 __all__ = ["CompactResult", "VerifyReport", "compact", "verify"]
 
@@ -89,10 +90,9 @@ def _refuse_unreadable(shards: list[Path]) -> None:
         try:
             read_shard_info(path)
             read_shard_keys(path)
-        except (OSError, KeyError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except SHARD_READ_ERRORS as exc:
             raise HeadstartError(
-                f"shard {path} cannot be read ({reason}); move it out of the cache before "
+                f"shard {path} cannot be read ({first_line(exc)}); move it out of the cache before "
                 "compacting (its images are embedded again by the next extract)"
             ) from None
 
@@ -184,7 +184,7 @@ def _verify_shards(directory: Path, report: VerifyReport) -> None:
             vectors = read_shard_rows(path)
             with h5py.File(path, "r", locking=False) as f:
                 layout = str(f.attrs.get("format"))
-        except (OSError, KeyError, ValueError) as exc:
+        except SHARD_READ_ERRORS as exc:
             report.problems.append(f"{path}: cannot be read ({exc})")
             continue
         if layout != SHARD_FORMAT or info.fingerprint != directory.name:

@@ -20,6 +20,7 @@ from headstart.cache.keys import KEY_DTYPE
 
 __all__ = [
     "SHARD_FORMAT",
+    "SHARD_READ_ERRORS",
     "ShardInfo",
     "as_float32",
     "copy_rows",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 SHARD_FORMAT = "headstart-embeddings/1"
+# What h5py raises for a damaged file: unreadable (OSError), a dataset or attribute missing
+# (KeyError), or a malformed one (ValueError).
+SHARD_READ_ERRORS = (OSError, KeyError, ValueError)
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 

@@ -29,6 +29,7 @@ from headstart.cache.catalog import FileCatalog
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE, KeySet, file_key
 from headstart.cache.shards import (
+    SHARD_READ_ERRORS,
     as_float32,
     copy_rows,
     read_shard_info,
@@ -36,7 +37,7 @@ from headstart.cache.shards import (
     read_shard_rows,
     shard_paths,
 )
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, first_line
 
 __all__ = ["EmbeddingCache", "EmbeddingChunk", "FingerprintStore"]
 
@@ -155,9 +156,9 @@ class FingerprintStore:
             for path in new:
                 try:
                     read[path] = read_shard_keys(path)
-                except (OSError, KeyError) as exc:
+                except SHARD_READ_ERRORS as exc:
                     if path.exists():
-                        unreadable[path] = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                        unreadable[path] = first_line(exc)
         # A damaged shard (a disk fault, a bad copy) costs only its rows: they count as missing,
         # so the next extract embeds those images again; the file stays for inspection.
         self.unreadable = unreadable

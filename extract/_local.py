@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from headstart.cache.keys import file_key
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, first_line
 from headstart.extract.backbones import Backbone, BackboneWeights, register_source, seeded
 from headstart.extract.checkpoints import file_weights, is_weights_file
 
@@ -65,7 +65,7 @@ def _load_torchscript(path: Path) -> nn.Module:
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise HeadstartError(f"{path} is not a TorchScript model: {first}") from None
 
 

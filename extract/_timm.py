@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, first_line
 from headstart.extract.backbones import (
     Backbone,
     BackboneWeights,
@@ -96,7 +96,7 @@ def _import_timm(required: bool) -> Any:
 
 
 def _unavailable(origin: str, exc: Exception) -> WeightsUnavailable:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     return WeightsUnavailable(
         f"cannot load timm weights {origin} ({reason}); offline, put them in the Hugging Face "
         "cache (HF_HOME) on a connected machine first, or use --weights PATH for a local file, "

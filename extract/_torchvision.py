@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, first_line
 from headstart.extract.backbones import (
     Backbone,
     BackboneWeights,
@@ -108,7 +108,7 @@ def _fetch(member) -> dict[str, torch.Tensor]:
         with contextlib.redirect_stdout(io.StringIO()):
             return member.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as exc:  # urllib, socket, hash and unpickling errors all mean "not usable"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise WeightsUnavailable(
             f"cannot load {member} ({reason}); to use it offline, copy "
             f"{os.path.basename(member.url)} from {member.url} into "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.errors import HeadstartError
+from headstart.errors import HeadstartError, first_line
 from headstart.extract.device import autocast
 from headstart.extract.preprocess import Preprocess, normalize
 
@@ -138,7 +138,7 @@ class Embedder:
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as exc:  # no C++ compiler, unsupported op: eager still works
-                log.warning("torch.compile failed (%s); continuing without it", _first_line(exc))
+                log.warning("torch.compile failed (%s); continuing without it", first_line(exc))
                 self._compiled = None
         try:
             return self._model(images)
@@ -146,10 +146,5 @@ class Embedder:
             raise
         except RuntimeError as exc:
             raise HeadstartError(
-                f"the model failed on a batch of shape {tuple(images.shape)}: {_first_line(exc)}"
+                f"the model failed on a batch of shape {tuple(images.shape)}: {first_line(exc)}"
             ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
