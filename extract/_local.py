@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 import warnings
 from functools import partial
 from pathlib import Path
@@ -65,8 +66,11 @@ def _load_torchscript(path: Path) -> nn.Module:
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
-        first = first_line(exc)
-        raise HeadstartError(f"{path} is not a TorchScript model: {first}") from None
+        reason = first_line(exc).split(". ")[0]
+        raise HeadstartError(
+            f"{path} is not a TorchScript model ({reason}); a file of weights (a state_dict) "
+            "goes to --weights, with the architecture as --model (e.g. --model resnet50)"
+        ) from None
 
 
 @register_source("python")
@@ -112,16 +116,38 @@ def _import(module_name: str) -> ModuleType:
             raise HeadstartError(f"cannot import {module_name!r}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[unique] = module  # DataLoader workers and pickling find it by name
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[unique]
+            reason = _user_error(exc, str(path))
+            raise HeadstartError(f"cannot import {module_name!r}: {reason}") from None
         return module
     try:
         return importlib.import_module(module_name)
-    except ImportError as exc:
-        raise HeadstartError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise HeadstartError(f"cannot import {module_name!r}: {_user_error(exc, None)}") from None
 
 
 def _call_factory(factory, spec: str) -> nn.Module:
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:
+        try:
+            source = inspect.getsourcefile(factory)
+        except TypeError:  # a built-in or C-extension callable has no source file
+            source = None
+        reason = _user_error(exc, source)
+        raise HeadstartError(f"{spec} failed: {reason}") from None
     if not isinstance(model, nn.Module):
         raise HeadstartError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _user_error(exc: Exception, source: str | None) -> str:
+    """An error raised by the user's own model code, in one line that points into ``source``."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({Path(exc.filename or '?').name}, line {exc.lineno})"
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == source]
+    where = f" ({Path(source).name}, line {lines[-1]})" if lines else ""
+    return f"{type(exc).__name__}: {first_line(exc)}{where}"

@@ -64,6 +64,30 @@ def test_bad_specs_get_helpful_errors(spec: str, weights: str, message: str) -> 
         get_backbone(spec, weights)
 
 
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("def build(:\n    pass\n", r"cannot import .*SyntaxError: .*\(user_model.py, line 1\)"),
+        ("import no_such_package_xyz\n", r"ModuleNotFoundError: .*\(user_model.py, line 1\)"),
+        (
+            "import torch\n\ndef build():\n    return torch.nn.Linear(3, None)\n",
+            r"user_model.py:build failed: TypeError: .*\(user_model.py, line 4\)",
+        ),
+    ],
+)
+def test_a_broken_model_file_is_reported_in_one_line(tmp_path: Path, code, message) -> None:
+    (tmp_path / "user_model.py").write_text(code)
+    with pytest.raises(HeadstartError, match=message):
+        build_feature_model(get_backbone(f"{tmp_path / 'user_model.py'}:build", "none"))
+
+
+def test_a_weights_file_given_as_the_model_says_where_it_belongs(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.pt"
+    torch.save(TinyNet().state_dict(), weights)
+    with pytest.raises(HeadstartError, match=r"not a TorchScript model .* goes to --weights"):
+        build_feature_model(get_backbone(str(weights), "DEFAULT"))
+
+
 def test_model_spec_forms_resolve_to_their_sources(tmp_path: Path) -> None:
     scripted = torch.jit.script(TinyNet().features)
     script_path = tmp_path / "net.pt"
