@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import click
 
@@ -84,6 +85,7 @@ def serve(
         if not api_key:
             raise HeadstartError(f"--api-key-env {api_key_env}: that variable is not set or empty")
     check_artifacts(head_dir, index_dir)  # a mismatched pair never starts
+    _check_can_listen(host, port)
     if host not in _LOOPBACK and api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach it can use it", host)
     settings = ServeSettings(
@@ -98,4 +100,20 @@ def serve(
         expose_paths=expose_paths,
     )
     click.echo(f"serving {head_dir} on http://{host}:{port} (API docs at /docs)", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot start: not our "some files failed"
+        if exc.code:
+            raise HeadstartError(f"the server could not start on {host}:{port}") from None
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail before loading the model when the address is taken or not this machine's."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise HeadstartError(f"cannot listen on {host}:{port}: {reason}") from None

@@ -292,6 +292,18 @@ def test_mismatched_index_refuses_to_start(trained: Path, tmp_path: Path) -> Non
     assert result.exit_code == 1 and "holds embeddings" in result.output
 
 
+def test_a_taken_port_is_refused_before_the_model_loads(trained: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            main, ["serve", "--head", str(trained / "head"), "--port", str(port)]
+        )
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "serving" not in result.output
+
+
 def test_no_index_means_404(trained: Path) -> None:
     from fastapi.testclient import TestClient
 
