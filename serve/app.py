@@ -52,12 +52,17 @@ class ServeSettings:
     expose_paths: bool = False
 
 
+# How many labels or neighbours one answer may hold, asked in the JSON body or the query string.
+_MAX_K = 1000
+_QueryK = Annotated[int | None, Query(ge=1, le=_MAX_K)]
+
+
 class ImagesBody(BaseModel):
     """JSON form of a request: base64-encoded image files."""
 
     model_config = ConfigDict(extra="forbid")
     images: list[str] = Field(min_length=1)
-    top_k: int = Field(default=5, ge=1, le=1000)
+    top_k: int = Field(default=5, ge=1, le=_MAX_K)
 
 
 class NeighboursBody(BaseModel):
@@ -66,7 +71,7 @@ class NeighboursBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str | None = None
     vector: list[float] | None = None
-    k: int = Field(default=10, ge=1, le=1000)
+    k: int = Field(default=10, ge=1, le=_MAX_K)
 
 
 def _body_doc(json_model: type[BaseModel], many: bool) -> dict:
@@ -218,9 +223,7 @@ def create_app(settings: ServeSettings, *, engine_loader=load_engine) -> FastAPI
         dependencies=[Depends(authorised)],
         openapi_extra=_body_doc(ImagesBody, many=True),
     )
-    async def classify(
-        request: Request, top_k: Annotated[int | None, Query(ge=1, le=1000)] = None
-    ) -> dict:
+    async def classify(request: Request, top_k: _QueryK = None) -> dict:
         """One or several images -> the top-k labels of each, with probabilities."""
         engine = ready()
         images, body_top_k = await _read_images(request, settings.max_images)
@@ -257,9 +260,7 @@ def create_app(settings: ServeSettings, *, engine_loader=load_engine) -> FastAPI
         dependencies=[Depends(authorised)],
         openapi_extra=_body_doc(NeighboursBody, many=False),
     )
-    async def neighbours(
-        request: Request, k: Annotated[int | None, Query(ge=1, le=1000)] = None
-    ) -> dict:
+    async def neighbours(request: Request, k: _QueryK = None) -> dict:
         """An image or an embedding vector -> the k nearest items of the index."""
         engine = ready()
         if engine.index is None:
