@@ -53,7 +53,8 @@ class Head(ClassifierMixin, BaseEstimator):
             raise HeadstartError("embeddings contain NaN or infinite values")
         self.classes_, index = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise HeadstartError(f"need at least two classes to train, got {list(self.classes_)}")
+            found = ", ".join(map(str, self.classes_)) or "none"
+            raise HeadstartError(f"need at least two classes to train, got only: {found}")
         self.n_features_in_ = X.shape[1]
         return X, index.astype(np.int64)
 

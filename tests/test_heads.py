@@ -52,6 +52,13 @@ def test_heads_check_they_are_fitted_and_the_width() -> None:
         head.predict(X[:, :10])
 
 
+@pytest.mark.parametrize("name", ["logreg", "knn", "ncm", "mlp"])
+def test_one_class_is_refused_by_its_name(name: str) -> None:
+    X, _ = blobs(n=20)
+    with pytest.raises(HeadstartError, match=r"at least two classes to train, got only: cat$"):
+        get_head(name)().fit(X, np.array(["cat"] * 20))
+
+
 @pytest.mark.parametrize("C", [1e-3, 0.1, 10.0])
 def test_logreg_agrees_with_scikit_learn(C: float) -> None:
     rng = np.random.default_rng(3)
