@@ -38,7 +38,12 @@ MODEL = [
     "0",
     "-q",
 ]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def torchrun_extract(ranks: int, *args: str) -> list[str]:
+    """The command line of ``headstart extract ARGS`` run by torchrun on ``ranks`` processes."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*torchrun, "--nproc-per-node", str(ranks), "-m", "headstart", "extract", *args]
 
 
 def options(part: Partition | None = None) -> ExtractOptions:
@@ -121,19 +126,12 @@ def test_torchrun_ranks_match_one_process_and_reruns_embed_nothing(
     images: Path, tmp_path: Path, reference
 ) -> None:
     cache = tmp_path / "cache"
-    command = [
-        *TORCHRUN,
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "headstart",
-        "extract",
-        str(images),
-        *MODEL,
-        "--cache",
-        str(cache),
-    ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        torchrun_extract(2, str(images), *MODEL, "--cache", str(cache)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("listed 37 ·") == 1 and "(2 parts)" in run.stdout  # rank 0 only
     stored = vectors_by_key(cache)
@@ -147,9 +145,12 @@ def test_torchrun_ranks_match_one_process_and_reruns_embed_nothing(
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "broken.jpg").write_bytes(b"not a JPEG")
-    command[command.index("--nproc-per-node") + 1] = "3"
-    command.insert(command.index(str(images)) + 1, str(broken))
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        torchrun_extract(3, str(images), str(broken), *MODEL, "--cache", str(cache)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "embedded 0 · from cache 37 · failed 1" in rerun.stdout
     assert "1 files could not be used" in rerun.stderr and "Traceback" not in rerun.stderr
@@ -162,13 +163,8 @@ def test_a_killed_rank_fails_the_job_and_the_rerun_completes(tmp_path: Path) -> 
     slow = [
         a if a != f"{TINY_MODELS}:tiny_features" else f"{TINY_MODELS}:slow_features" for a in MODEL
     ]
-    command = [
-        *TORCHRUN,
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "headstart",
-        "extract",
+    command = torchrun_extract(
+        2,
         str(images),
         *slow,
         "--batch-size",
@@ -177,7 +173,7 @@ def test_a_killed_rank_fails_the_job_and_the_rerun_completes(tmp_path: Path) -> 
         "2",
         "--cache",
         str(cache),
-    ]
+    )
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not published_shards(cache):
