@@ -47,8 +47,9 @@ def plan_work(
     """Append what must be embedded to ``work``; record files that cannot even be stat'ed.
 
     With a ``partition``, the part plans the known files whose key it owns and every file
-    not hashed yet (see :class:`~headstart.extract.reader.ImageFileDataset`); it lists the
-    paths it owns, so the parts' listed counts add up however their runs overlap.
+    not hashed yet (see :class:`~headstart.extract.reader.ImageFileDataset`). ``listed``
+    counts every listed file, the other counts only the part's own, so that each file is
+    counted by exactly one part however the parts' runs overlap.
     """
     counts = PlanCounts()
     for chunk in _chunks(items, _CHUNK):
@@ -68,15 +69,13 @@ def plan_work(
             entry = known.get(item.path)
             if entry is not None and (entry.size, entry.mtime_ns) != signature:
                 entry = None  # the file changed since its key was recorded
-            # Each path is listed by its path's owner, whatever other parts have recorded
-            # meanwhile, so the parts' counts add up. A known key decides which part plans the
-            # file; a file not hashed yet is read by every part and decoded only by its key's
-            # owner (the reader checks), while its path's owner reports it if it is unreadable.
-            owns_path = partition is None or partition.owns_path(item.path)
-            counts.listed += int(owns_path)
+            # A known key decides which part plans the file; a file not hashed yet is read by
+            # every part and decoded only by its key's owner (the reader checks). A file with
+            # no key to go by (unreadable, or failed before) is its path's owner's to report.
+            counts.listed += 1
             if partition is not None and entry is not None and not partition.owns_key(entry.key):
                 continue
-            counted = entry is not None or owns_path
+            counted = entry is not None or partition is None or partition.owns_path(item.path)
             failure = failed.get(item.path)
             if failure is not None and failure.matches(*signature) and not retry_failed:
                 counts.known_failures += int(counted)

@@ -94,7 +94,12 @@ class Recipe:
 
 @dataclass
 class ExtractSummary:
-    """Counts of one run. ``failed`` are files that failed in this run."""
+    """Counts of one run. ``failed`` are files that failed in this run.
+
+    ``listed`` counts every file the sources list; the other counts cover the files this run
+    answers for: all of them in one process, only its own share in a ``--part`` run, the
+    whole job's after a torchrun job has summed its ranks' shares.
+    """
 
     fingerprint: Fingerprint
     cache_dir: Path
@@ -112,7 +117,13 @@ class ExtractSummary:
     failure_examples: list[FailureRecord] = field(default_factory=list)
     fallback_reason: str | None = None
     parts: int = 1
+    part: Partition | None = None  # set for a ``--part`` run, which speaks for its share only
     leader: bool = True
+
+    @property
+    def answered(self) -> int:
+        """Files this run accounts for: embedded, found in the cache, or failed."""
+        return self.embedded + self.from_cache + self.failed + self.skipped_failed
 
     @property
     def images_per_second(self) -> float:
@@ -241,6 +252,7 @@ def _extract(
         )
     summary = ExtractSummary(recipe.fingerprint, cache.root, fallback_reason=recipe.fallback_reason)
     summary.parts, summary.leader = (partition.count if partition else 1), leader
+    summary.part = partition if coordinator is None else None
     seen = store.key_set()
     with cache.catalog() as catalog, tempfile.TemporaryDirectory(prefix="headstart-") as tmp:
         work = WorkList(Path(tmp))
@@ -272,8 +284,9 @@ def _extract(
 
 
 def _sum_over_ranks(summary: ExtractSummary, coordinator: Coordinator) -> None:
-    """Every rank ends with the job's totals (so every rank exits with the same status)."""
-    fields = ("listed", "embedded", "from_cache", "failed", "skipped_failed")
+    """Every rank ends with the job's totals (so every rank exits with the same status).
+    ``listed`` is not summed: every rank listed the whole source."""
+    fields = ("embedded", "from_cache", "failed", "skipped_failed")
     totals = coordinator.total([getattr(summary, name) for name in fields])
     for name, total in zip(fields, totals, strict=True):
         setattr(summary, name, total)

@@ -1,6 +1,7 @@
 """Many processes on one cache: --part, torchrun ranks, compaction and verification."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -83,16 +84,17 @@ def test_parts_are_disjoint_and_together_complete(images: Path, tmp_path: Path, 
     folder = tmp_path / "images"
     shutil.copytree(images, folder)
     (folder / "a" / "broken.jpg").write_bytes(b"not a JPEG")
-    listed = embedded = failed = 0
+    answered = embedded = failed = 0
     keys = []
     for i in range(3):
         part = Partition(i, 3)
         summary = extract([str(folder)], options(part), tmp_path / f"part{i}")
-        listed, embedded = listed + summary.listed, embedded + summary.embedded
-        failed += summary.failed
+        assert summary.listed == 38  # every part lists the whole source ...
+        answered += summary.answered  # ... and answers for its own share of it
+        embedded, failed = embedded + summary.embedded, failed + summary.failed
         keys.append(set(vectors_by_key(tmp_path / f"part{i}")))
         assert all(part.owns_key(key.decode()) for key in keys[-1])  # owned by content key
-    assert listed == 38 and failed == 1  # every file counted, the broken one reported, once
+    assert answered == 38 and failed == 1  # every file counted, the broken one reported, once
     # The two identical files share a key, so one part embeds them, once.
     assert embedded == len(reference) == 36
     assert not (keys[0] & keys[1]) | (keys[0] & keys[2]) | (keys[1] & keys[2])
@@ -103,15 +105,22 @@ def test_parts_share_a_cache_and_a_later_split_embeds_nothing_new(
     images: Path, tmp_path: Path, reference
 ) -> None:
     # One after the other on one cache: the second part sees the keys the first recorded and
-    # still lists exactly the paths it owns, so the parts' counts add up.
-    listed = 0
+    # still answers for exactly its own share, so each line adds up and so do the two.
+    answered = 0
     for i in (1, 2):
         result = CliRunner().invoke(
             main, ["extract", str(images), *MODEL, "--part", f"{i}/2", "--cache", str(tmp_path)]
         )
         assert result.exit_code == 0, result.output
-        listed += int(result.output.split("listed ")[1].split(" ")[0])
-    assert listed == 37
+        line = re.search(
+            rf"part {i}/2: (\d+) of 37 listed · embedded (\d+) · from cache (\d+) · failed 0",
+            result.output,
+        )
+        assert line, result.output
+        own, embedded, from_cache = map(int, line.groups())
+        assert own == embedded + from_cache
+        answered += own
+    assert answered == 37
     stored = vectors_by_key(tmp_path)
     assert stored.keys() == reference.keys()
     for key, vector in reference.items():
