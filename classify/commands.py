@@ -201,11 +201,14 @@ def index() -> None:
 @embedding_options
 @click.option(
     "--kind",
-    type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfpq"]),
+    type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq"]),
     default="auto",
     show_default=True,
 )
-@click.option("--max-memory", help="Memory budget for the vectors, e.g. 2G (auto picks PQ).")
+@click.option(
+    "--max-memory",
+    help="Memory budget for the vectors, e.g. 2G (auto then compresses them: SQ8, else PQ).",
+)
 @click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True)
 @click.option("-o", "--out", default="index", show_default=True, help="Index directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")

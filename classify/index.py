@@ -2,10 +2,11 @@
 
 Vectors are L2-normalised and compared by inner product (cosine similarity). ``auto`` follows
 the FAISS guidelines by size: exact (flat) search below 100k vectors, an inverted file (IVF) with
-about 4 sqrt(n) lists above, and product quantisation inside the IVF when the vectors would not
-fit a ``max_memory`` budget. Approximate indexes are tuned on a sample of queries (``nprobe`` or
-``efSearch`` raised until recall@10 against exact search reaches the target), and that recall
-is recorded.
+about 4 sqrt(n) lists above; when the float32 vectors would not fit a ``max_memory`` budget, the
+most faithful code that fits: 8-bit scalar quantisation (a byte a dimension, recall@10 near
+0.99) and, below that, product quantisation. Approximate indexes are tuned on a sample of
+queries (``nprobe`` or ``efSearch`` raised until recall@10 against exact search reaches the
+target, or stops improving), and that recall is recorded.
 
 An index directory holds ``index.faiss``, ``items.csv`` (row, path, label, key) and
 ``index.json`` (kind, parameters, recall, fingerprint, and the SHA-256 of ``index.faiss``, checked
@@ -49,9 +50,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "headstart-index/1"
-KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+KINDS = ("auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq")
+IVF_KINDS = ("ivf", "ivfsq", "ivfpq")
 FLAT_BELOW = 100_000
 _RECALL_QUERIES = 500
+# Compressed vectors cap recall below 1, so tuning them stops once doubling nprobe gains less
+# than this: probing every list past the cap would only slow each search.
+_RECALL_PLATEAU = 0.005
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,8 @@ class IndexSpec:
         if self.kind == "hnsw":
             return f"HNSW{self.hnsw_m}, efSearch {self.ef_search}"
         bits = f"x{self.pq_nbits}" if self.pq_nbits != 8 else ""
-        pq = f", PQ{self.pq_m}{bits}" if self.kind == "ivfpq" else ""
-        return f"IVF{self.nlist}{pq}, nprobe {self.nprobe}"
+        code = {"ivfsq": ", SQ8", "ivfpq": f", PQ{self.pq_m}{bits}"}.get(self.kind, "")
+        return f"IVF{self.nlist}{code}, nprobe {self.nprobe}"
 
 
 @dataclass
@@ -102,7 +107,7 @@ class LoadedIndex:
         """Pairs (i, j, similarity), i < j, of items at least ``threshold`` similar."""
         import faiss
 
-        if self.spec.kind in ("ivf", "ivfpq"):
+        if self.spec.kind in IVF_KINDS:
             faiss.extract_index_ivf(self.cpu_index).make_direct_map()
         vectors = self.cpu_index.reconstruct_n(0, self.cpu_index.ntotal)
         pairs = []
@@ -136,18 +141,19 @@ def choose_spec(n: int, d: int, kind: str = "auto", max_memory: int | None = Non
     nlist = max(1, min(nlist, 65536, n // 39 or 1))  # FAISS wants >= 39 training points a list
     full_size = n * d * 4
     if kind == "auto":
-        if max_memory is not None and full_size > max_memory:
-            kind = "ivfpq"
-        else:
+        if max_memory is None or full_size <= max_memory:
             kind = "flat" if n < FLAT_BELOW else "ivf"
+        else:
+            kind = "ivfsq" if n * d <= max_memory else "ivfpq"
     if kind == "flat":
         return IndexSpec("flat")
     if kind == "hnsw":
         return IndexSpec("hnsw")
-    if kind == "ivf":
-        return IndexSpec("ivf", nlist=nlist)
+    if kind in ("ivf", "ivfsq"):
+        return IndexSpec(kind, nlist=nlist)
     budget = max_memory if max_memory is not None else full_size // 8
-    fitting = [m for m in (64, 48, 32, 24, 16, 12, 8, 4) if d % m == 0 and n * m <= budget]
+    sizes = (128, 96, 64, 48, 32, 24, 16, 12, 8, 4)  # bytes a vector; more is more faithful
+    fitting = [m for m in sizes if d % m == 0 and m <= d // 2 and n * m <= budget]
     if not fitting:
         raise HeadstartError(f"{n} vectors do not fit in {budget} bytes even at 4 bytes each")
     # A codebook cannot have more centroids than there are training vectors.
@@ -204,6 +210,10 @@ def build_index(
         quantizer = faiss.IndexFlatIP(d)
         if spec.kind == "ivf":
             index = faiss.IndexIVFFlat(quantizer, d, spec.nlist, faiss.METRIC_INNER_PRODUCT)
+        elif spec.kind == "ivfsq":
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, d, spec.nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
         else:
             index = faiss.IndexIVFPQ(
                 quantizer, d, spec.nlist, spec.pq_m, spec.pq_nbits, faiss.METRIC_INNER_PRODUCT
@@ -226,6 +236,13 @@ def build_index(
     for _, block in vectors.blocks():
         index.add(block)
     spec, recall = _tune(index, vectors, spec, target_recall, seed)
+    if recall < target_recall and spec.kind in ("ivfsq", "ivfpq"):
+        log.warning(
+            "recall@10 %.3f stays below the %g target: the compressed vectors cannot reach "
+            "it; a larger --max-memory or --kind ivf would",
+            recall,
+            target_recall,
+        )
     return index, spec, recall
 
 
@@ -259,6 +276,7 @@ def _tune(
     # The queries are indexed items: leave each one's own row out of both lists, so recall
     # counts real neighbours only.
     truth = _without(_exact_neighbours(vectors, queries, k + 1), rows, k)
+    best: tuple[IndexSpec, float] | None = None
     for value in (2**i for i in range(17)):
         if spec.kind == "hnsw":
             spec = replace(spec, ef_search=max(value, 16))
@@ -266,15 +284,20 @@ def _tune(
             spec = replace(spec, nprobe=min(value, spec.nlist))
         _apply(index, spec)
         recall = _recall(_without(index.search(queries, k + 1)[1], rows, k), truth)
+        compressed = spec.kind in ("ivfsq", "ivfpq")
+        if compressed and best is not None and recall - best[1] < _RECALL_PLATEAU:
+            _apply(index, best[0])  # no better for twice the work: keep the cheaper setting
+            return best
+        best = (spec, recall)
         if recall >= target or (spec.kind != "hnsw" and spec.nprobe >= spec.nlist) or value >= 4096:
-            return spec, recall
-    return spec, recall
+            return best
+    return best
 
 
 def _apply(index, spec: IndexSpec) -> None:
     import faiss
 
-    if spec.kind in ("ivf", "ivfpq"):
+    if spec.kind in IVF_KINDS:
         faiss.extract_index_ivf(index).nprobe = spec.nprobe
     elif spec.kind == "hnsw":
         index.hnsw.efSearch = spec.ef_search

@@ -36,9 +36,10 @@ def test_flat_search_returns_exactly_the_brute_force_neighbours() -> None:
     np.testing.assert_allclose(similarities, np.take_along_axis(scores, expected, 1), rtol=1e-5)
 
 
-def test_approximate_index_reaches_its_printed_recall() -> None:
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq"])
+def test_approximate_index_reaches_its_printed_recall(kind: str) -> None:
     X = clustered(30_000)
-    index, spec, recall = build_index(X, IndexSpec("ivf", nlist=256), target_recall=0.9)
+    index, spec, recall = build_index(X, IndexSpec(kind, nlist=256), target_recall=0.9)
     assert spec.nprobe < spec.nlist and recall >= 0.9
     queries = l2_normalize(clustered(300, noise_seed=5))  # fresh queries, same distribution
     truth = exact_search(l2_normalize(X), queries, 10)[1]
@@ -49,7 +50,13 @@ def test_approximate_index_reaches_its_printed_recall() -> None:
 
 @pytest.mark.parametrize(
     ("n", "budget", "kind"),
-    [(50_000, None, "flat"), (200_000, None, "ivf"), (1_000_000, 100 * 2**20, "ivfpq")],
+    [
+        (50_000, None, "flat"),
+        (200_000, None, "ivf"),
+        (1_000_000, 4 * 2**30, "ivf"),  # float32 fits: no compression
+        (1_000_000, 600 * 2**20, "ivfsq"),  # a byte a dimension fits
+        (1_000_000, 100 * 2**20, "ivfpq"),
+    ],
 )
 def test_auto_follows_the_faiss_guidelines(n: int, budget: int | None, kind: str) -> None:
     spec = choose_spec(n, 512, "auto", budget)
@@ -57,7 +64,17 @@ def test_auto_follows_the_faiss_guidelines(n: int, budget: int | None, kind: str
     if kind != "flat":
         assert spec.nlist == 2 ** round(np.log2(4 * np.sqrt(n)))
     if kind == "ivfpq":
-        assert n * spec.pq_m <= budget
+        assert spec.pq_m == 64 and n * spec.pq_m <= budget  # the largest code that fits
+
+
+def test_tuning_a_compressed_index_stops_where_recall_stops_improving(caplog) -> None:
+    # Product quantisation caps recall well below 0.999; probing all 256 lists would make
+    # every search as slow as exhaustive search for no better answers.
+    X = clustered(20_000)
+    index, spec, recall = build_index(X, IndexSpec("ivfpq", nlist=256, pq_m=4), target_recall=0.999)
+    assert recall < 0.999 and spec.nprobe < 64
+    assert index.nprobe == spec.nprobe
+    assert "stays below the 0.999 target" in caplog.text
 
 
 @pytest.mark.parametrize("n", [60, 200, 1000])
