@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms as T
+from peak_memory import run_measured
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
@@ -127,15 +128,6 @@ def peak_rss_mb(folder: Path, model_name: str, count: int, workdir: Path) -> flo
     cache = workdir / f"memory-cache-{count}"
     manifest = workdir / f"manifest-{count}.txt"
     manifest.write_text("".join(f"{p}\n" for p in image_paths(folder, count)))
-    probe = (
-        "import resource, sys\n"
-        "from headstart.cli import main\n"
-        "try:\n    main(sys.argv[1:])\n"
-        "except SystemExit:\n    pass\n"
-        "own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-        "print('RSS', own, kids)\n"
-    )
     args = [
         "extract",
         str(manifest),
@@ -148,10 +140,8 @@ def peak_rss_mb(folder: Path, model_name: str, count: int, workdir: Path) -> flo
         str(cache),
         "-q",
     ]
-    out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
-    line = next(line for line in out.stdout.splitlines() if line.startswith("RSS"))
-    own, kids = (int(v) for v in line.split()[1:])
-    return (own + kids) / 1024
+    done = run_measured(args)
+    return done.main_mb + done.workers_mb
 
 
 def main() -> None:

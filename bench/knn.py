@@ -20,26 +20,10 @@ import time
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
+from synthetic import embedding_like
 
 from headstart.classify.index import build_index, choose_spec
-from headstart.classify.neighbors import exact_search, l2_normalize
-
-
-def embedding_like(n: int, d: int, seed: int, latent: int = 48, clusters: int = 500) -> np.ndarray:
-    """Points of low intrinsic dimension, as embeddings are: overlapping Gaussian clusters in a
-    48-dimensional latent space, mapped linearly into ``d`` dimensions, plus a little noise."""
-    base = np.random.default_rng(0)  # the same clusters and map for database and queries
-    centres = base.normal(size=(clusters, latent)).astype(np.float32)
-    lift = base.normal(size=(latent, d)).astype(np.float32) / np.sqrt(latent)
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, d), dtype=np.float32)
-    for start in range(0, n, 100_000):  # in blocks: temporaries stay small
-        size = min(100_000, n - start)
-        z = centres[rng.integers(0, clusters, size)] + rng.normal(size=(size, latent)).astype(
-            np.float32
-        )
-        out[start : start + size] = z @ lift + rng.normal(size=(size, d)).astype(np.float32) * 0.1
-    return l2_normalize(out)
+from headstart.classify.neighbors import exact_search
 
 
 def timed(fn, repeat: int = 3):

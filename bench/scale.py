@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from peak_memory import run_measured
 from PIL import Image
 
 # Compiling is switched off so that runs of every size compare like with like.
@@ -36,15 +35,6 @@ MODEL = [
     "64",
     "--no-compile",
 ]
-PROBE = (
-    "import resource, sys\n"
-    "from headstart.cli import main\n"
-    "try:\n    main(sys.argv[1:])\n"
-    "except SystemExit:\n    pass\n"
-    "usage = resource.getrusage\n"
-    "print('RSS', usage(resource.RUSAGE_SELF).ru_maxrss,\n"
-    "      usage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-)
 
 
 def write_block(job: tuple[str, int, int]) -> None:
@@ -74,19 +64,16 @@ def make_collection(root: Path, count: int) -> None:
 
 def run(sources: list[str], cache: Path, workers: int) -> dict:
     args = ["extract", *sources, *MODEL, "--cache", str(cache), "--workers", str(workers), "-q"]
-    began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True)
-    seconds = time.perf_counter() - began
-    if "RSS" not in done.stdout:
-        raise RuntimeError(done.stderr)
-    own, workers_peak = (int(v) / 1024 for v in done.stdout.split("RSS")[1].split())
-    rate = re.search(r"([0-9.]+) img/s", done.stdout)
-    summary = next(line for line in done.stdout.splitlines() if line.startswith("listed"))
+    done = run_measured(args)
+    if done.returncode:
+        raise RuntimeError(done.output[-2000:])
+    rate = re.search(r"([0-9.]+) img/s", done.output)
+    summary = next(line for line in done.output.splitlines() if line.startswith("listed"))
     return {
-        "seconds": seconds,
+        "seconds": done.seconds,
         "rate": float(rate.group(1)) if rate else 0.0,
-        "main_mb": own,
-        "worker_mb": workers_peak,
+        "main_mb": done.main_mb,
+        "worker_mb": done.workers_mb,
         "summary": summary,
     }
 
