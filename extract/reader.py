@@ -9,6 +9,9 @@ whose key another part owns is hashed and passed over without decoding.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -16,12 +19,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from headstart.cache.catalog import FailureRecord, FileRecord
 from headstart.cache.keys import content_key
+from headstart.errors import HeadstartError, first_line
 from headstart.extract.decode import DecodeError, decode_image
 from headstart.extract.parts import Partition
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.worklist import WorkList
 
-__all__ = ["DecodedBatch", "ImageFileDataset", "make_loader"]
+__all__ = ["DecodedBatch", "ImageFileDataset", "iter_batches", "make_loader"]
 
 
 @dataclass
@@ -116,3 +120,31 @@ def make_loader(
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
+
+
+def iter_batches(
+    loader: DataLoader, kept: str = "everything embedded so far is saved: rerun to continue"
+) -> Iterator:
+    """The loader's batches; a worker process that dies (killed for memory, or by a signal
+    sent to the whole process group) ends them with one :class:`HeadstartError`, raised here
+    where the next batch is awaited; ``kept`` says what the user keeps.
+
+    torch reports a dead worker from a SIGCHLD handler, which raises inside whatever runs at
+    that moment: the model (so the error blamed the model), or the code publishing the last
+    rows after Ctrl-C or a scheduler's SIGTERM. Without that handler the loader notices the
+    death itself while waiting, and a stopping run never waits again.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGCHLD) if main_thread else None
+    batches = iter(loader)
+    if main_thread and loader.num_workers:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL if previous is None else previous)
+    try:
+        yield from batches
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        raise HeadstartError(
+            f"a data loading worker process stopped ({first_line(exc).strip()}); {kept} "
+            "(--workers 0 loads images in the main process)"
+        ) from None

@@ -33,7 +33,7 @@ from headstart.extract.mapper import Embedder, PendingEmbedding
 from headstart.extract.parts import Coordinator, Partition, local_device
 from headstart.extract.plan import plan_work
 from headstart.extract.preprocess import Preprocess, PreprocessOverrides, resolve_preprocess
-from headstart.extract.reader import ImageFileDataset, make_loader
+from headstart.extract.reader import ImageFileDataset, iter_batches, make_loader
 from headstart.extract.sources import iter_images
 from headstart.extract.worklist import WorkList
 
@@ -335,7 +335,7 @@ def _embed(
         dtype=options.store_dtype,
     )
     try:
-        for batch in loader:
+        for batch in iter_batches(loader):
             catalog.record(batch.files, batch.failures)
             summary.failed += len(batch.failures)
             room = _FAILURE_EXAMPLES - len(summary.failure_examples)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from headstart.classify.metrics import score
 from headstart.errors import HeadstartError
 from headstart.extract.device import autocast
+from headstart.extract.reader import iter_batches
 from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import EpochSampler, LabelledImages, make_loader
 from headstart.finetune.network import ClassifierNetwork, parameter_groups, set_train_mode
@@ -256,7 +257,8 @@ class Trainer:
         )
         started, images_at_start = time.perf_counter(), state.images
         try:
-            for pixels, labels, skipped in loader:
+            kept = "the last checkpoint is kept: rerun with --resume to continue"
+            for pixels, labels, skipped in iter_batches(loader, kept):
                 state.skipped += skipped
                 if len(labels):
                     loss = self.train_step(pixels, labels)

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
+import pytest
 from click.testing import CliRunner
 from helpers import TINY_MODELS, make_folder, published_shards
 
@@ -90,6 +92,40 @@ def test_sigkill_leaves_a_readable_cache_and_the_rerun_completes_it(tmp_path: Pa
     assert resumed.keys() == reference.keys() and len(resumed) == 60
     for key, vector in reference.items():
         np.testing.assert_allclose(resumed[key], vector, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stop", ["sigterm-to-the-process-group", "sigkill-a-decoding-worker"])
+def test_a_stopped_run_says_so_in_one_line_and_keeps_its_work(tmp_path: Path, stop: str) -> None:
+    # A scheduler stops a job with SIGTERM to the whole process group, decoding workers
+    # included; the OOM killer takes one worker alone. torch used to raise the workers' deaths
+    # inside the model or the final publishing, as a traceback or as "the model failed".
+    images = tmp_path / "images"
+    make_folder(images, {"a": 30, "b": 30})
+    cache = tmp_path / "cache"
+    slow = ["--model", f"{TINY_MODELS}:slow_features", *COMMON, "--no-compile"]
+    command = [sys.executable, "-m", "headstart", "extract", str(images), *slow]
+    command += ["--batch-size", "4", "--shard-size", "4", "--cache", str(cache)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while not published_shards(cache):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    if stop == "sigterm-to-the-process-group":
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        (worker,) = psutil.Process(process.pid).children()
+        worker.kill()
+    _, err = process.communicate(timeout=120)
+
+    group = stop == "sigterm-to-the-process-group"
+    assert process.returncode == (130 if group else 1), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert ("interrupted" if group else "a data loading worker process stopped") in err
+    kept = len(EmbeddingCache(cache).open())
+    rerun = finish(headstart(images, *slow, "--cache", cache))
+    assert f"embedded {60 - kept} · from cache {kept}" in rerun
 
 
 def test_two_runs_at_once_share_a_cache(tmp_path: Path) -> None:
