@@ -107,13 +107,13 @@ def extract(
     if not summary.leader:  # under torchrun, rank 0 speaks for the job
         return
     fp = summary.fingerprint
-    of_parts = f" ({summary.parts} parts)" if summary.parts > 1 and not summary.part else ""
+    of_parts = f" ({summary.parts} parts)" if under_torchrun else ""
     click.echo(f"fingerprint {fp.id}  {fp.describe()}  (cache {cache_dir}){of_parts}")
     rate = f" · {summary.images_per_second:.1f} img/s" if summary.embedded else ""
     listed = f"listed {summary.listed}"
-    if summary.part:  # a job-array part speaks for its own share of the listed files
+    if options.part:  # a job-array part speaks for its own share of the listed files
         share = f"{summary.answered} of {summary.listed} listed"
-        listed = f"part {summary.part.index + 1}/{summary.part.count}: {share}"
+        listed = f"part {options.part.index + 1}/{options.part.count}: {share}"
     click.echo(
         f"{listed} · embedded {summary.embedded} · from cache {summary.from_cache}"
         f" · failed {failed}{rate} · {summary.seconds:.1f} s"

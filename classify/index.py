@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "headstart-index/1"
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq")
-IVF_KINDS = ("ivf", "ivfsq", "ivfpq")
+COMPRESSED_KINDS = ("ivfsq", "ivfpq")
+IVF_KINDS = ("ivf", *COMPRESSED_KINDS)
 FLAT_BELOW = 100_000
 _RECALL_QUERIES = 500
 # Compressed vectors cap recall below 1, so tuning them stops once doubling nprobe gains less
@@ -236,7 +237,7 @@ def build_index(
     for _, block in vectors.blocks():
         index.add(block)
     spec, recall = _tune(index, vectors, spec, target_recall, seed)
-    if recall < target_recall and spec.kind in ("ivfsq", "ivfpq"):
+    if recall < target_recall and spec.kind in COMPRESSED_KINDS:
         log.warning(
             "recall@10 %.3f stays below the %g target: the compressed vectors cannot reach "
             "it; a larger --max-memory or --kind ivf would",
@@ -276,6 +277,7 @@ def _tune(
     # The queries are indexed items: leave each one's own row out of both lists, so recall
     # counts real neighbours only.
     truth = _without(_exact_neighbours(vectors, queries, k + 1), rows, k)
+    compressed = spec.kind in COMPRESSED_KINDS
     best: tuple[IndexSpec, float] | None = None
     for value in (2**i for i in range(17)):
         if spec.kind == "hnsw":
@@ -284,7 +286,6 @@ def _tune(
             spec = replace(spec, nprobe=min(value, spec.nlist))
         _apply(index, spec)
         recall = _recall(_without(index.search(queries, k + 1)[1], rows, k), truth)
-        compressed = spec.kind in ("ivfsq", "ivfpq")
         if compressed and best is not None and recall - best[1] < _RECALL_PLATEAU:
             _apply(index, best[0])  # no better for twice the work: keep the cheaper setting
             return best

@@ -117,7 +117,6 @@ class ExtractSummary:
     failure_examples: list[FailureRecord] = field(default_factory=list)
     fallback_reason: str | None = None
     parts: int = 1
-    part: Partition | None = None  # set for a ``--part`` run, which speaks for its share only
     leader: bool = True
 
     @property
@@ -252,7 +251,6 @@ def _extract(
         )
     summary = ExtractSummary(recipe.fingerprint, cache.root, fallback_reason=recipe.fallback_reason)
     summary.parts, summary.leader = (partition.count if partition else 1), leader
-    summary.part = partition if coordinator is None else None
     seen = store.key_set()
     with cache.catalog() as catalog, tempfile.TemporaryDirectory(prefix="headstart-") as tmp:
         work = WorkList(Path(tmp))
