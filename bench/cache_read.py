@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synthetic import lay_out_extracted
 
-from headstart.cache import EmbeddingCache, FileRecord, ShardWriter, content_key
+from headstart.cache import EmbeddingCache
 from headstart.classify.data import read_embedded
 from headstart.extract import ExtractOptions, extract, resolve_recipe
 
@@ -50,26 +51,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="headstart-read-") as tmp:
         root = Path(tmp)
         images, cache = root / "images", EmbeddingCache(root / "cache")
-        records = []
-        for i in range(args.count):
-            path = images / f"class{i % 10}" / f"{i:07d}.jpg"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = i.to_bytes(8, "little") + rng.bytes(24)
-            path.write_bytes(data)
-            st = path.stat()
-            records.append(
-                FileRecord(
-                    str(path), st.st_size, st.st_mtime_ns, content_key(data), path.parent.name
-                )
-            )
-        with cache.catalog() as catalog:
-            catalog.record(records)
-        with ShardWriter(cache.create(fingerprint)) as writer:
-            writer.add(np.array([r.key for r in records], dtype="S64"), X)
+        keys = lay_out_extracted(root, fingerprint, [X], classes=10)
         np.save(root / "X.npy", X)
 
         floor = best_of(lambda: np.load(root / "X.npy"))
-        keys = np.array([r.key for r in records], dtype="S64")
         vectors = best_of(lambda: cache.open(fingerprint).get(keys))
         ours = best_of(lambda: read_embedded([str(images)], cache, fingerprint).X)
         noop = best_of(lambda: extract([str(images)], options, cache.root))

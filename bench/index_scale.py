@@ -23,11 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from peak_memory import CLI, run_measured
-from synthetic import embedding_blocks
+from synthetic import embedding_blocks, lay_out_extracted
 
-from headstart.cache import EmbeddingCache, FileRecord, ShardWriter, content_key
 from headstart.extract import ExtractOptions, resolve_recipe
 
 MODEL = ["--model", "resnet18", "--weights", "none", "--device", "cpu"]
@@ -44,33 +42,6 @@ print(f"{spec.describe()}, recall@10 {recall:.3f}")
 """
 
 
-def lay_out(root: Path, count: int, dim: int) -> None:
-    """Files, their stat-index records and their vectors, a block at a time."""
-    options = ExtractOptions(model="resnet18", weights="none", device="cpu")
-    fingerprint = resolve_recipe(options).fingerprint
-    cache = EmbeddingCache(root / "cache")
-    folders = [root / "images" / f"class{c:03d}" for c in range(100)]
-    for folder in folders:
-        folder.mkdir(parents=True)
-    with cache.catalog() as catalog, ShardWriter(cache.create(fingerprint)) as writer:
-        start = 0
-        for vectors in embedding_blocks(count, dim, seed=1):
-            records = []
-            for i in range(start, start + len(vectors)):
-                path = folders[i % 100] / f"{i:07d}.jpg"
-                data = i.to_bytes(8, "little")  # unique bytes, so a unique content key
-                path.write_bytes(data)
-                st = path.stat()
-                records.append(
-                    FileRecord(
-                        str(path), st.st_size, st.st_mtime_ns, content_key(data), path.parent.name
-                    )
-                )
-            catalog.record(records)
-            writer.add(np.array([r.key for r in records], dtype="S64"), vectors)
-            start += len(vectors)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1_000_000)
@@ -81,7 +52,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="headstart-index-scale-") as tmp:
         root = Path(tmp)
         began = time.perf_counter()
-        lay_out(root, args.count, args.dim)
+        options = ExtractOptions(model="resnet18", weights="none", device="cpu")
+        blocks = embedding_blocks(args.count, args.dim, seed=1)
+        lay_out_extracted(root, resolve_recipe(options).fingerprint, blocks, classes=100)
         print(f"laid out {args.count} files and vectors in {time.perf_counter() - began:.0f} s")
         print(f"{args.count} files, {args.dim}-d vectors ({float32_mb:.0f} MB as float32), CPU")
         folder, cache = str(root / "images"), str(root / "cache")

@@ -1,4 +1,4 @@
-"""Synthetic vectors shaped like real embeddings, for the benchmarks.
+"""Synthetic embeddings for the benchmarks, and a cache laid out as ``extract`` leaves it.
 
 Embeddings have a low intrinsic dimension: overlapping Gaussian clusters in a 48-dimensional
 latent space, mapped linearly into ``d`` dimensions, plus a little noise, L2-normalised.
@@ -6,10 +6,12 @@ latent space, mapped linearly into ``d`` dimensions, plus a little noise, L2-nor
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 
+from headstart.cache import EmbeddingCache, FileRecord, Fingerprint, ShardWriter, content_key
 from headstart.classify.neighbors import l2_normalize
 
 
@@ -32,3 +34,34 @@ def embedding_blocks(
 def embedding_like(n: int, d: int, seed: int) -> np.ndarray:
     """``n`` such vectors in one array."""
     return np.concatenate(list(embedding_blocks(n, d, seed)))
+
+
+def lay_out_extracted(
+    root: Path, fingerprint: Fingerprint, blocks: Iterable[np.ndarray], classes: int
+) -> np.ndarray:
+    """What a finished extract of one small file per vector leaves, without a backbone: the
+    files in ``classes`` folders under ``root/images`` (unique bytes, so unique content keys),
+    each recorded in the stat index of ``root/cache``, and the vectors in the fingerprint's
+    shards, a block at a time. Returns the content keys in file order."""
+    cache = EmbeddingCache(root / "cache")
+    folders = [root / "images" / f"class{c:03d}" for c in range(classes)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    keys, start = [], 0
+    with cache.catalog() as catalog, ShardWriter(cache.create(fingerprint)) as writer:
+        for vectors in blocks:
+            records = []
+            for i in range(start, start + len(vectors)):
+                path = folders[i % classes] / f"{i:07d}.jpg"
+                data = i.to_bytes(8, "little")
+                path.write_bytes(data)
+                st = path.stat()
+                label = path.parent.name
+                records.append(
+                    FileRecord(str(path), st.st_size, st.st_mtime_ns, content_key(data), label)
+                )
+            catalog.record(records)
+            keys.append(np.array([r.key for r in records], dtype="S64"))
+            writer.add(keys[-1], vectors)
+            start += len(vectors)
+    return np.concatenate(keys)
