@@ -24,6 +24,7 @@ from headstart.cli_options import (
 )
 from headstart.errors import HeadstartError
 from headstart.finetune.commands import finetune
+from headstart.pathnames import printable, readable_output
 from headstart.serve.command import serve
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_SOME_FAILED", "main"]
@@ -65,6 +66,10 @@ def main(verbose: bool) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # File names that are not UTF-8 print as their exact bytes into pipes and files, and
+    # escaped on a terminal, instead of failing the command.
+    readable_output(sys.stdout)
+    readable_output(sys.stderr)
     # torch.compile's C++ toolchain probe warns about CUDA on every CPU-only machine.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
@@ -100,10 +105,11 @@ def extract(
     finally:
         signal.signal(signal.SIGTERM, previous)
     failed = summary.failed + summary.skipped_failed
+    skipped = summary.skipped.count
     # torchrun takes any non-zero status for a crashed rank (and kills the others), so there
     # the job's failed files are reported but the status stays 0.
     under_torchrun = options.part is None and summary.parts > 1
-    status = EXIT_SOME_FAILED if failed and not under_torchrun else 0
+    status = EXIT_SOME_FAILED if (failed or skipped) and not under_torchrun else 0
     if not summary.leader:  # under torchrun, rank 0 speaks for the job
         return
     fp = summary.fingerprint
@@ -114,13 +120,16 @@ def extract(
     if options.part:  # a job-array part speaks for its own share of the listed files
         share = f"{summary.answered} of {summary.listed} listed"
         listed = f"part {options.part.index + 1}/{options.part.count}: {share}"
+    unlisted = f" · skipped at listing {skipped}" if skipped else ""
     click.echo(
         f"{listed} · embedded {summary.embedded} · from cache {summary.from_cache}"
-        f" · failed {failed}{rate} · {summary.seconds:.1f} s"
+        f" · failed {failed}{unlisted}{rate} · {summary.seconds:.1f} s"
     )
+    for path, reason in summary.skipped.examples:
+        click.echo(f"  skipped at listing: {printable(path)}: {reason}", err=True)
     if failed:
         for failure in summary.failure_examples:
-            click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)
+            click.echo(f"  failed: {printable(failure.path)}: {failure.reason}", err=True)
         earlier = (
             f" ({summary.skipped_failed} in earlier runs; --retry-failed tries them again)"
             if summary.skipped_failed
@@ -131,6 +140,7 @@ def extract(
             f"list them with: headstart info {cache_dir} --failures",
             err=True,
         )
+    if status:
         click.get_current_context().exit(status)
 
 

@@ -8,7 +8,9 @@ One SQLite database per cache, shared by every fingerprint:
 * the failure ledger records every file that could not be read or decoded, with the reason;
   a file is retried when it changes on disk, or on request.
 
-SQLite does the locking, so two extract runs can share a cache.
+SQLite does the locking, so two extract runs can share a cache. A path or label that is not
+valid UTF-8 (a Latin-1 file name) is stored as a BLOB of its exact bytes; every other one as
+TEXT, as before.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
+
+from headstart.pathnames import from_stored, to_stored
 
 __all__ = ["FailureRecord", "FileCatalog", "FileRecord"]
 
@@ -113,13 +117,15 @@ class FileCatalog:
             "SELECT path, size, mtime_ns, key, label FROM files WHERE path IN ({})", paths
         )
         # NamedTuples straight from SQLite rows: this runs once per image on every read.
-        return {row[0]: FileRecord._make(row) for row in rows}
+        records = map(FileRecord._make, map(_decoded, rows))
+        return {record.path: record for record in records}
 
     def lookup_failures(self, paths: Sequence[str]) -> dict[str, FailureRecord]:
         rows = self._select_in(
             "SELECT path, size, mtime_ns, reason, label FROM failures WHERE path IN ({})", paths
         )
-        return {row[0]: FailureRecord._make(row) for row in rows}
+        records = map(FailureRecord._make, map(_decoded, rows))
+        return {record.path: record for record in records}
 
     def record(
         self, files: Sequence[FileRecord] = (), failures: Sequence[FailureRecord] = ()
@@ -136,17 +142,27 @@ class FileCatalog:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
                 "mtime_ns=excluded.mtime_ns, key=excluded.key, label=excluded.label, "
                 "seen_unix=excluded.seen_unix",
-                [(f.path, f.size, f.mtime_ns, f.key, f.label, now) for f in files],
+                [
+                    (to_stored(f.path), f.size, f.mtime_ns, f.key, to_stored(f.label), now)
+                    for f in files
+                ],
             )
-            self._db.executemany("DELETE FROM failures WHERE path = ?", [(f.path,) for f in files])
+            self._db.executemany(
+                "DELETE FROM failures WHERE path = ?", [(to_stored(f.path),) for f in files]
+            )
             self._db.executemany(
                 "INSERT INTO failures(path, size, mtime_ns, reason, label, seen_unix) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
                 "mtime_ns=excluded.mtime_ns, reason=excluded.reason, label=excluded.label, "
                 "seen_unix=excluded.seen_unix",
-                [(f.path, f.size, f.mtime_ns, f.reason, f.label, now) for f in failures],
+                [
+                    (to_stored(f.path), f.size, f.mtime_ns, f.reason, to_stored(f.label), now)
+                    for f in failures
+                ],
             )
-            self._db.executemany("DELETE FROM files WHERE path = ?", [(f.path,) for f in failures])
+            self._db.executemany(
+                "DELETE FROM files WHERE path = ?", [(to_stored(f.path),) for f in failures]
+            )
 
     def count_files(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
@@ -159,11 +175,12 @@ class FileCatalog:
             "SELECT path, size, mtime_ns, reason, label FROM failures ORDER BY path"
         )
         for row in cursor:
-            yield FailureRecord(*row)
+            yield FailureRecord._make(_decoded(row))
 
     def iter_files(self, chunk: int = 10_000) -> Iterator[list[FileRecord]]:
-        """Every stat index entry, in path order, ``chunk`` rows at a time."""
-        last = ""
+        """Every stat index entry, in path order, ``chunk`` rows at a time (paths stored as
+        BLOBs sort after all others, as SQLite orders them)."""
+        last: str | bytes = ""
         while True:
             rows = self._db.execute(
                 "SELECT path, size, mtime_ns, key, label FROM files WHERE path > ? "
@@ -172,12 +189,19 @@ class FileCatalog:
             ).fetchall()
             if not rows:
                 return
-            yield [FileRecord(*row) for row in rows]
-            last = rows[-1][0]
+            yield [FileRecord._make(_decoded(row)) for row in rows]
+            last = rows[-1][0]  # as stored: the next page starts after it in SQLite's order
 
     def _select_in(self, query: str, values: Sequence[str]) -> list[tuple]:
         rows: list[tuple] = []
         for start in range(0, len(values), _IN_CHUNK):
-            part = values[start : start + _IN_CHUNK]
+            part = [to_stored(value) for value in values[start : start + _IN_CHUNK]]
             rows.extend(self._db.execute(query.format(",".join("?" * len(part))), part).fetchall())
         return rows
+
+
+def _decoded(row: tuple) -> tuple:
+    """A row with the paths and labels stored as BLOBs turned back into ``str``."""
+    if isinstance(row[0], bytes) or isinstance(row[4], bytes):
+        return (from_stored(row[0]), *row[1:4], from_stored(row[4]), *row[5:])
+    return row

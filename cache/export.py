@@ -3,6 +3,10 @@
 ``npy``: ``OUT.npy`` (float32, N x D) beside ``OUT.csv`` (row, path, label, key);
 ``parquet``: one file with path, label, key and a fixed-size list column ``embedding``.
 Both are written in blocks, so the export never holds all vectors in memory.
+
+File names that are not valid UTF-8 keep their exact bytes: the CSV holds them as they are
+(read it back with ``errors="surrogateescape"``); Parquet strings must be UTF-8, so its
+``path`` column shows them with ``\\xNN`` escapes and ``path_bytes`` holds every path exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from headstart.cache.catalog import FileRecord
 from headstart.cache.store import FingerprintStore
 from headstart.errors import HeadstartError
+from headstart.pathnames import printable
 
 __all__ = ["ExportResult", "export_embeddings"]
 
@@ -67,7 +72,7 @@ def _export_npy(store: FingerprintStore, path: Path) -> ExportResult:
     table_path = path.with_suffix(".csv")
     matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, dim))
     written = 0
-    with open(table_path, "w", newline="", encoding="utf-8") as f:
+    with open(table_path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         table = csv.writer(f)
         table.writerow(["row", "path", "label", "key"])
         for rows in _blocks(store):
@@ -93,6 +98,7 @@ def _export_parquet(store: FingerprintStore, path: Path) -> ExportResult:
     schema = pa.schema(
         [
             ("path", pa.string()),
+            ("path_bytes", pa.binary()),
             ("label", pa.string()),
             ("key", pa.string()),
             ("embedding", pa.list_(pa.float32(), dim)),
@@ -106,8 +112,9 @@ def _export_parquet(store: FingerprintStore, path: Path) -> ExportResult:
             embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
             batch = pa.record_batch(
                 [
-                    pa.array([r.path for r in rows]),
-                    pa.array([r.label for r in rows]),
+                    pa.array([printable(r.path) for r in rows]),
+                    pa.array([os.fsencode(r.path) for r in rows], pa.binary()),
+                    pa.array([None if r.label is None else printable(r.label) for r in rows]),
                     pa.array([r.key for r in rows]),
                     embedding,
                 ],

@@ -345,7 +345,10 @@ def save_index(
     temporary = directory / f".index.faiss.{os.getpid()}"
     faiss.write_index(index, str(temporary))
     os.replace(temporary, directory / "index.faiss")
-    with open(directory / "items.csv", "w", newline="", encoding="utf-8") as f:
+    # Exact bytes for file names that are not UTF-8, read back the same way by load_index.
+    with open(
+        directory / "items.csv", "w", newline="", encoding="utf-8", errors="surrogateescape"
+    ) as f:
         table = csv.writer(f)
         table.writerow(["row", "path", "label", "key"])
         table.writerows(
@@ -390,7 +393,7 @@ def load_index(directory: str | os.PathLike[str]) -> LoadedIndex:
     spec = IndexSpec(**document["spec"])
     index = faiss.read_index(str(directory / "index.faiss"))
     _apply(index, spec)
-    with open(directory / "items.csv", newline="", encoding="utf-8") as f:
+    with open(directory / "items.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = list(csv.DictReader(f))
     if len(rows) != index.ntotal:
         raise HeadstartError(f"{directory}: {len(rows)} items for {index.ntotal} vectors")

@@ -17,6 +17,7 @@ import numpy as np
 
 from headstart.cache.catalog import FailureRecord, FileCatalog, FileRecord
 from headstart.cache.keys import KeySet
+from headstart.extract.files import not_a_file
 from headstart.extract.parts import Partition
 from headstart.extract.sources import ImageItem
 from headstart.extract.worklist import WorkList
@@ -60,11 +61,7 @@ def plan_work(
         unreadable: list[FailureRecord] = []
         candidates: list[tuple[ImageItem, FileRecord]] = []
         for item in chunk:
-            try:
-                st = os.stat(item.path)
-            except OSError as exc:
-                st = None
-                stat_error = f"cannot read file: {exc.strerror or exc}"
+            st, stat_error = _stat(item.path)
             signature = (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
             entry = known.get(item.path)
             if entry is not None and (entry.size, entry.mtime_ns) != signature:
@@ -80,9 +77,12 @@ def plan_work(
             if failure is not None and failure.matches(*signature) and not retry_failed:
                 counts.known_failures += int(counted)
                 continue
-            if st is None:
+            if stat_error is not None:
                 if counted:
-                    unreadable.append(FailureRecord(item.path, -1, -1, stat_error, item.label))
+                    size, mtime_ns = signature
+                    unreadable.append(
+                        FailureRecord(item.path, size, mtime_ns, stat_error, item.label)
+                    )
                 continue
             if entry is not None:
                 candidates.append((item, entry))
@@ -105,6 +105,19 @@ def plan_work(
         if relabelled or unreadable:
             catalog.record(relabelled, unreadable)
     return counts
+
+
+def _stat(path: str) -> tuple[os.stat_result | None, str | None]:
+    """The file's stat, and why it cannot be embedded (None when it may be). A FIFO, socket or
+    device with an image name is refused here: opening it could block forever. It keeps its
+    signature, so a rerun skips it until it changes, as any other failure."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return None, f"cannot read file: {exc.strerror or exc}"
+    except ValueError as exc:  # a NUL byte in a manifest's path
+        return None, f"invalid path: {exc}"
+    return st, not_a_file(st.st_mode)
 
 
 def _chunks(items: Iterable[ImageItem], size: int) -> Iterator[list[ImageItem]]:

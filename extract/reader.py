@@ -8,7 +8,6 @@ whose key another part owns is hashed and passed over without decoding.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from headstart.cache.catalog import FailureRecord, FileRecord
 from headstart.cache.keys import content_key
 from headstart.errors import HeadstartError, first_line
 from headstart.extract.decode import DecodeError, decode_image
+from headstart.extract.files import UnreadableFile, read_file
 from headstart.extract.parts import Partition
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.worklist import WorkList
@@ -73,14 +73,12 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, index: int) -> DecodedItem:
         item = self.work[index]
         try:
-            with open(item.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read()
-        except OSError as exc:
+            data, st = read_file(item.path)
+        except UnreadableFile as exc:
             if self.partition is not None and not self.partition.owns_path(item.path):
                 return DecodedItem()
-            reason = f"cannot read file: {exc.strerror or exc}"
-            return DecodedItem(failure=FailureRecord(item.path, -1, -1, reason, item.label))
+            return DecodedItem(failure=FailureRecord(item.path, -1, -1, str(exc), item.label))
+        # The key is the hash of these very bytes, and the same bytes are decoded below.
         key = content_key(data)
         if self.partition is not None and not self.partition.owns_key(key):
             return DecodedItem()

@@ -34,7 +34,7 @@ from headstart.extract.parts import Coordinator, Partition, local_device
 from headstart.extract.plan import plan_work
 from headstart.extract.preprocess import Preprocess, PreprocessOverrides, resolve_preprocess
 from headstart.extract.reader import ImageFileDataset, iter_batches, make_loader
-from headstart.extract.sources import iter_images
+from headstart.extract.sources import ListingSkips, iter_images
 from headstart.extract.worklist import WorkList
 
 __all__ = [
@@ -98,7 +98,8 @@ class ExtractSummary:
 
     ``listed`` counts every file the sources list; the other counts cover the files this run
     answers for: all of them in one process, only its own share in a ``--part`` run, the
-    whole job's after a torchrun job has summed its ranks' shares.
+    whole job's after a torchrun job has summed its ranks' shares. ``skipped`` are the
+    entries the listing could not look into (unreadable folders), counted apart from ``listed``.
     """
 
     fingerprint: Fingerprint
@@ -115,6 +116,7 @@ class ExtractSummary:
     compiled: bool = False
     compile_seconds: float = 0.0
     failure_examples: list[FailureRecord] = field(default_factory=list)
+    skipped: ListingSkips = field(default_factory=ListingSkips)
     fallback_reason: str | None = None
     parts: int = 1
     leader: bool = True
@@ -256,7 +258,7 @@ def _extract(
         work = WorkList(Path(tmp))
         try:
             counts = plan_work(
-                iter_images(sources),
+                iter_images(sources, summary.skipped),
                 catalog,
                 seen,
                 work,

@@ -1,25 +1,39 @@
 """Sources of images: folders, manifests and single files, streamed as :class:`ImageItem`.
 
 Listing never builds the whole list in memory: a folder of a million files is walked one
-directory at a time, in a sorted (so reproducible) order.
+directory at a time, in a sorted (so reproducible) order. No entry stops a listing: a folder
+that cannot be read (no permission, a path longer than the system allows) is counted in
+:class:`ListingSkips` with its reason and the walk goes on; a file with an image name that
+turns out unreadable (a link loop, a FIFO) is listed, and planning records why it failed.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from headstart.errors import HeadstartError
+from headstart.pathnames import printable
 
-__all__ = ["IMAGE_EXTENSIONS", "MANIFEST_EXTENSIONS", "ImageItem", "iter_images"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MANIFEST_EXTENSIONS",
+    "ImageItem",
+    "ListingSkips",
+    "iter_images",
+]
+
+log = logging.getLogger(__name__)
 
 # torchvision's ImageFolder list, plus GIF.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 )
 MANIFEST_EXTENSIONS = frozenset({".txt", ".csv"})
+_SKIP_EXAMPLES = 10
 
 
 @dataclass(frozen=True)
@@ -30,84 +44,154 @@ class ImageItem:
     label: str | None = None
 
 
-def iter_images(sources: Iterable[str]) -> Iterator[ImageItem]:
+@dataclass
+class ListingSkips:
+    """Entries a listing could not look into: how many, and the first few with their reason."""
+
+    count: int = 0
+    examples: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, path: str, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < _SKIP_EXAMPLES:
+            self.examples.append((path, reason))
+
+
+def iter_images(sources: Iterable[str], skipped: ListingSkips | None = None) -> Iterator[ImageItem]:
     """Yield the images of each source in turn.
 
     A source is a folder (searched recursively; the immediate sub-folder names are the labels,
     as with torchvision's ``ImageFolder``), a ``.txt``/``.csv`` manifest of ``path[,label]``
-    lines (relative paths are relative to the manifest), or an image file.
+    lines (relative paths are relative to the manifest), or an image file. Folders that cannot
+    be listed are added to ``skipped`` (logged as warnings when it is not given).
 
     Example:
         >>> [item.label for item in iter_images(["data/train"])]  # doctest: +SKIP
         ['cat', 'cat', 'dog']
     """
+    if skipped is None:
+        skipped = _WarningSkips()
     for source in sources:
         if os.path.isdir(source):
-            yield from _non_empty(_iter_folder(os.path.abspath(source)), source)
+            yield from _non_empty(_iter_folder(os.path.abspath(source), skipped), source, skipped)
         elif os.path.isfile(source):
             if os.path.splitext(source)[1].lower() in MANIFEST_EXTENSIONS:
-                yield from _non_empty(_iter_manifest(os.path.abspath(source)), source)
+                yield from _non_empty(_iter_manifest(os.path.abspath(source)), source, skipped)
             else:
                 yield ImageItem(os.path.abspath(source))
         else:
             raise HeadstartError(
-                f"source not found: {source!r} (give a folder, a .txt/.csv manifest or image files)"
+                f"source not found: {printable(source)!r} "
+                "(give a folder, a .txt/.csv manifest or image files)"
             )
 
 
-def _non_empty(items: Iterator[ImageItem], source: str) -> Iterator[ImageItem]:
-    count = 0
+class _WarningSkips(ListingSkips):
+    def add(self, path: str, reason: str) -> None:
+        super().add(path, reason)
+        log.warning("skipped at listing: %s: %s", printable(path), reason)
+
+
+def _non_empty(
+    items: Iterator[ImageItem], source: str, skipped: ListingSkips
+) -> Iterator[ImageItem]:
+    count, skipped_before = 0, skipped.count
     for item in items:
         count += 1
         yield item
     if count == 0:
-        raise HeadstartError(
-            f"no images in {source!r}: "
-            f"expected files ending in {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        unreadable = skipped.count - skipped_before
+        why = (
+            f"{unreadable} folders could not be read ({skipped.examples[-1][1]})"
+            if unreadable and skipped.examples
+            else f"expected files ending in {', '.join(sorted(IMAGE_EXTENSIONS))}"
         )
+        raise HeadstartError(f"no images in {printable(source)!r}: {why}")
 
 
-def _iter_folder(root: str) -> Iterator[ImageItem]:
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def _iter_folder(root: str, skipped: ListingSkips) -> Iterator[ImageItem]:
     # Directory symlinks are followed (ImageFolder does too); the visited set stops cycles.
     visited: set[tuple[int, int]] = set()
 
-    def walk(directory: str, label: str | None) -> Iterator[ImageItem]:
+    def listing(directory: str) -> list[os.DirEntry]:
         try:
             st = os.stat(directory)
-        except OSError:
-            return
-        if (st.st_dev, st.st_ino) in visited:
-            return
-        visited.add((st.st_dev, st.st_ino))
-        try:
+            if (st.st_dev, st.st_ino) in visited:
+                return []
+            visited.add((st.st_dev, st.st_ino))
             with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                yield from walk(entry.path, entry.name if label is None else label)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                yield ImageItem(entry.path, label)
+                return sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skipped.add(directory, f"cannot list folder: {_reason(exc)}")
+            return []
 
-    # Files directly in the root have no class folder, hence no label.
-    yield from walk(root, None)
+    # A stack of listings rather than recursion: real trees can be deeper than Python's
+    # recursion limit. Files directly in the root have no class folder, hence no label.
+    stack: list[tuple[Iterator[os.DirEntry], str | None]] = [(iter(listing(root)), None)]
+    while stack:
+        entries, label = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        if entry.name.startswith("."):
+            continue
+        is_image_name = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+        try:
+            is_dir = entry.is_dir()
+        except OSError as exc:
+            # A link that loops or points where we may not look: an image name goes on to
+            # planning, which records the reason; anything else is counted here.
+            if is_image_name:
+                yield ImageItem(entry.path, label)
+            else:
+                skipped.add(entry.path, f"cannot tell file from folder: {_reason(exc)}")
+            continue
+        if is_dir:
+            stack.append((iter(listing(entry.path)), entry.name if label is None else label))
+        elif is_image_name:
+            yield ImageItem(entry.path, label)
 
 
 def _iter_manifest(manifest: str) -> Iterator[ImageItem]:
     base = os.path.dirname(manifest)
-    with open(manifest, newline="", encoding="utf-8") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
+    # Undecodable bytes are kept as the file-name bytes they most likely are (a Latin-1
+    # manifest names Latin-1 files); a BOM is dropped; csv handles CRLF with newline="".
+    try:
+        f = open(manifest, newline="", encoding="utf-8-sig", errors="surrogateescape")  # noqa: SIM115
+    except OSError as exc:
+        raise HeadstartError(
+            f"cannot read manifest {printable(manifest)}: {_reason(exc)}"
+        ) from None
+    with f:
+        rows = csv.reader(f)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise HeadstartError(
+                    f"{printable(manifest)}:{rows.line_num}: {exc} "
+                    "(a manifest is a text file of path[,label] lines, saved as UTF-8)"
+                ) from None
+            if any("\x00" in value for value in row):
+                raise HeadstartError(
+                    f"{printable(manifest)}:{rows.line_num}: NUL byte in the line (UTF-16? a "
+                    "manifest is a text file of path[,label] lines, saved as UTF-8)"
+                )
             if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
                 continue
-            if line_no == 1 and row[0].strip().lower() == "path":
+            if rows.line_num == 1 and row[0].strip().lower() == "path":
                 continue  # a header line
             if len(row) > 2:
                 raise HeadstartError(
-                    f"{manifest}:{line_no}: expected 'path' or 'path,label', got {len(row)} fields"
-                    " (quote paths that contain commas)"
+                    f"{printable(manifest)}:{rows.line_num}: expected 'path' or 'path,label', "
+                    f"got {len(row)} fields (quote paths that contain commas)"
                 )
             path = os.path.join(base, row[0].strip())
             label = row[1].strip() if len(row) == 2 and row[1].strip() else None

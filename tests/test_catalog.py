@@ -1,4 +1,5 @@
 import multiprocessing
+import os
 from pathlib import Path
 
 from headstart.cache import FailureRecord, FileCatalog, FileRecord
@@ -63,3 +64,25 @@ def test_processes_creating_one_catalog_at_once_all_succeed(tmp_path: Path) -> N
         assert [p.exitcode for p in processes] == [0] * 6
         with FileCatalog(path) as catalog:
             assert catalog.count_files() == 6
+
+
+def test_paths_and_labels_that_are_not_utf8_round_trip(tmp_path: Path) -> None:
+    latin = os.fsdecode(b"/photos/caf\xe9/cr\xe8me.jpg")
+    label = os.fsdecode(b"caf\xe9")
+    with FileCatalog(tmp_path / "c.sqlite") as catalog:
+        catalog.record([FileRecord(latin, 1, 2, "k1", label), FileRecord("/plain.jpg", 3, 4, "k2")])
+        catalog.record(failures=[FailureRecord(latin + ".bad", 5, 6, "truncated", label)])
+        assert catalog.lookup([latin, "/plain.jpg"]) == {
+            latin: FileRecord(latin, 1, 2, "k1", label),
+            "/plain.jpg": FileRecord("/plain.jpg", 3, 4, "k2"),
+        }
+        assert [r for chunk in catalog.iter_files(chunk=1) for r in chunk] == [
+            FileRecord("/plain.jpg", 3, 4, "k2"),
+            FileRecord(latin, 1, 2, "k1", label),
+        ]
+        assert list(catalog.iter_failures()) == [
+            FailureRecord(latin + ".bad", 5, 6, "truncated", label)
+        ]
+        assert catalog.lookup_failures([latin + ".bad"])[latin + ".bad"].label == label
+        catalog.record([FileRecord(latin + ".bad", 7, 8, "k3")])  # repaired: leaves the ledger
+        assert catalog.count_failures() == 0 and catalog.count_files() == 3
