@@ -12,23 +12,56 @@ Example:
     '6f1c0e2a9b3d4c5e'
 """
 
-from headstart.extract.backbones import (
-    Backbone,
-    BackboneWeights,
-    WeightsUnavailable,
-    get_backbone,
-    list_backbones,
-)
-from headstart.extract.preprocess import Preprocess, PreprocessOverrides
-from headstart.extract.runner import (
-    ExtractOptions,
-    ExtractSummary,
-    Recipe,
-    extract,
-    options_for_fingerprint,
-    resolve_recipe,
-)
-from headstart.extract.sources import ImageItem, iter_images
+import importlib
+from typing import TYPE_CHECKING
+
+# Names load on first use (PEP 562): `from headstart.extract import ExtractOptions` must not
+# import torch, so that an unchanged rerun can finish without it.
+_EXPORTS = {
+    "Backbone": "backbones",
+    "BackboneWeights": "backbones",
+    "WeightsUnavailable": "backbones",
+    "get_backbone": "backbones",
+    "list_backbones": "backbones",
+    "Preprocess": "preprocess",
+    "PreprocessOverrides": "options",
+    "ExtractOptions": "options",
+    "ExtractSummary": "runner",
+    "Recipe": "runner",
+    "extract": "runner",
+    "options_for_fingerprint": "runner",
+    "resolve_recipe": "runner",
+    "ImageItem": "sources",
+    "iter_images": "sources",
+}
+
+if TYPE_CHECKING:
+    from headstart.extract.backbones import (
+        Backbone,
+        BackboneWeights,
+        WeightsUnavailable,
+        get_backbone,
+        list_backbones,
+    )
+    from headstart.extract.options import ExtractOptions, PreprocessOverrides
+    from headstart.extract.preprocess import Preprocess
+    from headstart.extract.runner import (
+        ExtractSummary,
+        Recipe,
+        extract,
+        options_for_fingerprint,
+        resolve_recipe,
+    )
+    from headstart.extract.sources import ImageItem, iter_images
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Backbone",

@@ -56,6 +56,7 @@ class TorchScriptSource:
             head_rule="as-is",
             family="torchscript",
             code_identity=digest,
+            code_file=str(path),
         )
 
 
@@ -87,6 +88,7 @@ class PythonFactorySource:
         if not callable(factory):
             raise HeadstartError(f"{module_name} has no callable {factory_name!r}")
         source = inspect.getsourcefile(module)
+        source = source if source and os.path.isfile(source) else None
         if module_name.endswith(".py"):
             module_name = str(Path(module_name).expanduser().resolve())
         canonical = f"python:{module_name}:{factory_name}"
@@ -97,9 +99,8 @@ class PythonFactorySource:
             head_rule="as-is",
             family="python",
             # A changed factory file gives new vectors: its hash goes into the fingerprint.
-            code_identity=f"sha256:{file_key(source)}"
-            if source and os.path.isfile(source)
-            else None,
+            code_identity=f"sha256:{file_key(source)}" if source else None,
+            code_file=source,
         )
 
 

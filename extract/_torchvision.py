@@ -56,6 +56,7 @@ class TorchvisionSource:
                 preprocess=preprocess_from_torchvision(member.transforms()),
                 categories=tuple(member.meta.get("categories") or ()),
                 ensure_available=partial(_ensure_available, member),
+                availability_file=_checkpoint_path(member),
             )
             build = partial(_build_pretrained, name, member)
         return Backbone(name=f"torchvision:{name}", weights=chosen, build=build)

@@ -55,7 +55,9 @@ class BackboneWeights:
     """One weights choice: its identity (part of the fingerprint), origin and preprocessing.
 
     ``checkpoint`` is a local weights file applied after the classifier is removed;
-    ``ensure_available`` fetches pretrained weights (raising :class:`WeightsUnavailable`).
+    ``ensure_available`` fetches pretrained weights (raising :class:`WeightsUnavailable`);
+    ``availability_file`` is the local file whose presence makes them available, where one
+    file decides it (torchvision's hub cache), so that decision can be remembered.
     """
 
     identity: str
@@ -64,6 +66,7 @@ class BackboneWeights:
     categories: tuple[str, ...] | None = None
     checkpoint: Path | None = None
     ensure_available: Callable[[], None] | None = field(default=None, compare=False)
+    availability_file: str | None = None
 
     @property
     def is_random(self) -> bool:
@@ -75,7 +78,7 @@ class Backbone:
     """A resolved model spec: canonical name, weights, and how to build and read it.
 
     ``code_identity`` hashes model code that lives in user files (TorchScript, factories), so
-    editing the file changes the fingerprint.
+    editing the file changes the fingerprint; ``code_file`` is that file.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Backbone:
     head_rule: HeadRule = "last-linear"
     family: str = "torchvision"
     code_identity: str | None = None
+    code_file: str | None = None
 
 
 class BackboneSource(Protocol):

@@ -18,8 +18,6 @@ import os
 import re
 from dataclasses import dataclass
 
-import torch
-
 from headstart.errors import HeadstartError
 
 __all__ = ["Coordinator", "Partition", "parse_part"]
@@ -73,6 +71,8 @@ class Coordinator:
 
     def total(self, counts: list[int]) -> list[int]:
         """Element-wise sum of ``counts`` over all ranks (every rank gets the result)."""
+        import torch
+
         tensor = torch.tensor(counts, dtype=torch.int64)
         self._dist.all_reduce(tensor)
         return tensor.tolist()
@@ -88,6 +88,8 @@ class Coordinator:
 
 def local_device(device: str) -> str:
     """Under torchrun, ``auto``/``cuda`` mean this rank's own GPU (LOCAL_RANK)."""
+    import torch
+
     local = os.environ.get("LOCAL_RANK")
     if local is not None and device in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{int(local) % torch.cuda.device_count()}"

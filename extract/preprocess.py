@@ -24,6 +24,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from headstart.errors import HeadstartError
+from headstart.extract.options import PreprocessOverrides
 
 __all__ = [
     "DEFAULT_PREPROCESS",
@@ -90,17 +91,6 @@ DEFAULT_PREPROCESS = Preprocess(
     std=(0.229, 0.224, 0.225),
     interpolation="bilinear",
 )
-
-
-@dataclass(frozen=True)
-class PreprocessOverrides:
-    """What the user set explicitly; ``None`` leaves the field to the weights or the default."""
-
-    resize_size: int | None = None
-    crop_size: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    interpolation: str | None = None
 
 
 def resolve_preprocess(

@@ -15,10 +15,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from headstart.cache.catalog import FailureRecord, FileCatalog
 from headstart.cache.fingerprint import Fingerprint
@@ -26,16 +25,21 @@ from headstart.cache.keys import KEY_DTYPE, KeySet
 from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.cache.writer import ShardWriter
 from headstart.errors import HeadstartError
-from headstart.extract.backbones import Backbone, WeightsUnavailable, get_backbone
-from headstart.extract.device import resolve_device, resolve_precision
-from headstart.extract.features import POOLING, build_feature_model
-from headstart.extract.mapper import Embedder, PendingEmbedding
+from headstart.extract.memo import RecipeMemo, RememberedRecipe, request_key
+from headstart.extract.options import ExtractOptions, PreprocessOverrides
 from headstart.extract.parts import Coordinator, Partition, local_device
-from headstart.extract.plan import plan_work
-from headstart.extract.preprocess import Preprocess, PreprocessOverrides, resolve_preprocess
-from headstart.extract.reader import ImageFileDataset, iter_batches, make_loader
+from headstart.extract.plan import PlanCounts, plan_work
 from headstart.extract.sources import ListingSkips, iter_images
 from headstart.extract.worklist import WorkList
+
+if TYPE_CHECKING:
+    import torch
+
+    from headstart.extract.backbones import Backbone
+    from headstart.extract.preprocess import Preprocess
+
+# torch and the model libraries are imported where a model is resolved or run, not here: an
+# unchanged rerun whose recipe is remembered plans, finds nothing to embed and never needs them.
 
 __all__ = [
     "ExtractOptions",
@@ -59,27 +63,6 @@ _COMPILE_PROBE_BATCHES = 3
 
 
 @dataclass(frozen=True)
-class ExtractOptions:
-    """What to embed with and how; the fields that change vectors go into the fingerprint."""
-
-    model: str
-    weights: str = "DEFAULT"
-    layer: str | None = None
-    preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int | None = None
-    workers: int | None = None
-    compile: bool | None = None
-    store_dtype: str = "float16"
-    shard_rows: int = 4096
-    flush_seconds: float = 30.0
-    retry_failed: bool = False
-    fallback_random: bool = False
-    part: Partition | None = None
-
-
-@dataclass(frozen=True)
 class Recipe:
     """A resolved set of options: the backbone, preprocessing, device, precision, fingerprint."""
 
@@ -90,6 +73,10 @@ class Recipe:
     layer: str | None
     fingerprint: Fingerprint
     fallback_reason: str | None = None
+    inputs: tuple[str, ...] | None = ()
+
+    def remembered(self) -> RememberedRecipe:
+        return RememberedRecipe(self.fingerprint, self.fallback_reason)
 
 
 @dataclass
@@ -145,7 +132,13 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
     Loads no model weights; with ``fallback_random`` it checks the pretrained weights can be
     had and, when not, switches to random initialisation (and a fingerprint saying so).
     """
+    from headstart.extract.backbones import WeightsUnavailable, get_backbone
+    from headstart.extract.device import resolve_device, resolve_precision
+    from headstart.extract.features import POOLING
+    from headstart.extract.preprocess import resolve_preprocess
+
     backbone = get_backbone(options.model, options.weights)
+    inputs = _files_read(backbone, options.fallback_random)
     fallback_reason = None
     if options.fallback_random and backbone.weights.ensure_available is not None:
         try:
@@ -170,13 +163,33 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
     source = {"model": options.model, "weights": weights_spec, "origin": backbone.weights.origin}
     fingerprint = Fingerprint(recipe, source)
     return Recipe(
-        backbone, preprocess, device, precision, options.layer, fingerprint, fallback_reason
+        backbone,
+        preprocess,
+        device,
+        precision,
+        options.layer,
+        fingerprint,
+        fallback_reason,
+        inputs,
     )
+
+
+def _files_read(backbone: Backbone, fallback_random: bool) -> tuple[str, ...] | None:
+    """The local files whose state decided this resolution (see :mod:`.memo`); None when
+    it also depends on something a ``stat`` cannot check."""
+    files = [backbone.code_file, backbone.weights.checkpoint and str(backbone.weights.checkpoint)]
+    if fallback_random and backbone.weights.ensure_available is not None:
+        if backbone.weights.availability_file is None:
+            return None
+        files.append(backbone.weights.availability_file)
+    return tuple(path for path in files if path)
 
 
 def options_for_fingerprint(fingerprint: Fingerprint, **runtime: object) -> ExtractOptions:
     """Options that embed images exactly as ``fingerprint`` says (``runtime`` sets device,
     batch size and the like); refuses when that can no longer be done, e.g. a moved file."""
+    from headstart.extract.preprocess import Preprocess
+
     recipe, source = fingerprint.recipe, fingerprint.source
     if "model" not in source:
         raise HeadstartError(f"fingerprint {fingerprint.id} does not say how to rebuild its model")
@@ -238,12 +251,75 @@ def _extract(
     coordinator: Coordinator | None,
     progress: bool,
 ) -> ExtractSummary:
-    recipe = resolve_recipe(options)
     leader = coordinator is None or coordinator.is_leader
-    if recipe.fallback_reason and leader:
-        log.warning("%s; continuing with random initialisation", recipe.fallback_reason)
     cache = EmbeddingCache(cache_dir)
-    store = cache.open(recipe.fingerprint)  # may not exist yet: created once a model runs
+    memo = RecipeMemo(cache.root)
+    # torchrun ranks resolve their own devices, and start torch for the process group anyway.
+    key = request_key(options) if coordinator is None else None
+    known = memo.recall(key)
+    recipe = None if known is not None else resolve_recipe(options)
+    known = known or recipe.remembered()
+    if known.fallback_reason and leader:
+        log.warning("%s; continuing with random initialisation", known.fallback_reason)
+    with cache.catalog() as catalog, tempfile.TemporaryDirectory(prefix="headstart-") as tmp:
+        while True:
+            planned = _plan(sources, options, cache, known, catalog, Path(tmp), partition, leader)
+            if recipe is not None or not len(planned.work):
+                break
+            # There is work for a model after all: resolve the request for real, and plan
+            # again in the rare case the remembered recipe no longer holds.
+            recipe = resolve_recipe(options)
+            if recipe.fingerprint.id == known.fingerprint.id:
+                break
+            log.info("the remembered recipe of this request is out of date; resolved again")
+            planned.work.close()
+            memo.forget(key)
+            known = recipe.remembered()
+        if coordinator is not None:
+            # No rank records a key before all have planned: a rank that planned later would
+            # see another's fresh records and its counts would no longer add up with theirs.
+            coordinator.wait_for_all()
+        if recipe is not None and recipe.inputs is not None:
+            memo.remember(key, recipe.remembered(), list(recipe.inputs))
+        summary, work = planned.summary, planned.work
+        if len(work):
+            embed_started = time.perf_counter()
+            _embed(
+                work,
+                recipe,
+                options,
+                planned.store,
+                catalog,
+                planned.seen,
+                summary,
+                progress and leader,
+                partition,
+            )
+            summary.embed_seconds = time.perf_counter() - embed_started
+        work.close()
+    return summary
+
+
+@dataclass
+class _Planned:
+    summary: ExtractSummary
+    store: FingerprintStore
+    seen: KeySet
+    work: WorkList
+
+
+def _plan(
+    sources: Sequence[str],
+    options: ExtractOptions,
+    cache: EmbeddingCache,
+    known: RememberedRecipe,
+    catalog: FileCatalog,
+    scratch: Path,
+    partition: Partition | None,
+    leader: bool,
+) -> _Planned:
+    """List the sources and put what the fingerprint's store lacks on a work list."""
+    store = cache.open(known.fingerprint)  # may not exist yet: created once a model runs
     for path, reason in store.unreadable.items() if leader else ():
         log.warning(
             "cache shard %s cannot be read (%s); its images are embedded again (move the "
@@ -251,36 +327,24 @@ def _extract(
             path,
             reason,
         )
-    summary = ExtractSummary(recipe.fingerprint, cache.root, fallback_reason=recipe.fallback_reason)
+    summary = ExtractSummary(known.fingerprint, cache.root, fallback_reason=known.fallback_reason)
     summary.parts, summary.leader = (partition.count if partition else 1), leader
     seen = store.key_set()
-    with cache.catalog() as catalog, tempfile.TemporaryDirectory(prefix="headstart-") as tmp:
-        work = WorkList(Path(tmp))
-        try:
-            counts = plan_work(
-                iter_images(sources, summary.skipped),
-                catalog,
-                seen,
-                work,
-                retry_failed=options.retry_failed,
-                partition=partition,
-            )
-        finally:
-            work.seal()
-        if coordinator is not None:
-            # No rank records a key before all have planned: a rank that planned later would
-            # see another's fresh records and its counts would no longer add up with theirs.
-            coordinator.wait_for_all()
-        summary.listed, summary.from_cache = counts.listed, counts.cached
-        summary.failed, summary.skipped_failed = counts.new_failures, counts.known_failures
-        if len(work):
-            embed_started = time.perf_counter()
-            _embed(
-                work, recipe, options, store, catalog, seen, summary, progress and leader, partition
-            )
-            summary.embed_seconds = time.perf_counter() - embed_started
-        work.close()
-    return summary
+    work = WorkList(scratch)
+    try:
+        counts: PlanCounts = plan_work(
+            iter_images(sources, summary.skipped),
+            catalog,
+            seen,
+            work,
+            retry_failed=options.retry_failed,
+            partition=partition,
+        )
+    finally:
+        work.seal()
+    summary.listed, summary.from_cache = counts.listed, counts.cached
+    summary.failed, summary.skipped_failed = counts.new_failures, counts.known_failures
+    return _Planned(summary, store, seen, work)
 
 
 def _sum_over_ranks(summary: ExtractSummary, coordinator: Coordinator) -> None:
@@ -303,6 +367,13 @@ def _embed(
     progress: bool,
     partition: Partition | None = None,
 ) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from headstart.extract.features import build_feature_model
+    from headstart.extract.mapper import Embedder, PendingEmbedding
+    from headstart.extract.reader import ImageFileDataset, iter_batches, make_loader
+
     started = time.perf_counter()
     features = build_feature_model(recipe.backbone, recipe.layer)
     store.cache.create(recipe.fingerprint)

@@ -1,0 +1,45 @@
+"""What an extraction is asked to do: plain records, importable without torch.
+
+A rerun over unchanged files must not pay for importing torch (seconds) just to learn that
+nothing needs embedding, so the request types live apart from the code that runs models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from headstart.extract.parts import Partition
+
+__all__ = ["ExtractOptions", "PreprocessOverrides"]
+
+
+@dataclass(frozen=True)
+class PreprocessOverrides:
+    """What the user set explicitly; ``None`` leaves the field to the weights or the default."""
+
+    resize_size: int | None = None
+    crop_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """What to embed with and how; the fields that change vectors go into the fingerprint."""
+
+    model: str
+    weights: str = "DEFAULT"
+    layer: str | None = None
+    preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None
+    workers: int | None = None
+    compile: bool | None = None
+    store_dtype: str = "float16"
+    shard_rows: int = 4096
+    flush_seconds: float = 30.0
+    retry_failed: bool = False
+    fallback_random: bool = False
+    part: Partition | None = None
