@@ -18,6 +18,7 @@ from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, ExtractSummary, extract, iter_images
+from headstart.extract.sources import ListingSkips
 
 __all__ = ["Embedded", "class_counts", "embed_sources", "read_embedded", "stratified_split"]
 
@@ -79,7 +80,8 @@ def read_embedded(
     """The sources' usable images and their keys, from the stat index (no model involved);
     their vectors come from the shards when ``X`` is first used."""
     store = cache.open(fingerprint)
-    items = list(iter_images(sources))
+    # Unreadable folders were reported by the extract that just ran; not again here.
+    items = list(iter_images(sources, ListingSkips()))
     with cache.catalog() as catalog:
         known = catalog.lookup([item.path for item in items])
     keys, paths, labels = [], [], []
