@@ -11,7 +11,26 @@ TESTS = Path(__file__).parent
 TINY_MODELS = TESTS / "tiny_models.py"
 
 # A real torchvision model at a small input size: the genuine code path, fast on two cores.
-FAST_ARGS = ["--model", "resnet18", "--weights", "none", "--resize", "40", "--crop", "32"]
+# fp32 whatever the processor: ``--precision auto`` is bf16 on CPUs with AVX512-BF16 or AMX, and
+# the numbers these tests compare must not depend on the machine that runs them.
+FAST_ARGS = [
+    "--model",
+    "resnet18",
+    "--weights",
+    "none",
+    "--resize",
+    "40",
+    "--crop",
+    "32",
+    "--precision",
+    "fp32",
+]
+
+# The precisions the tests of the bf16 path run at: fp32, and bf16 forced (emulated, slowly but
+# correctly, on processors without native bf16), so that path is tested on every machine.
+PRECISIONS = ("fp32", "bf16")
+# bf16 keeps 8 significant bits: one rounding is off by at most this much, relatively.
+BF16_UNIT_ROUNDOFF = 2.0**-8
 
 
 def published_shards(cache: Path) -> list[Path]:

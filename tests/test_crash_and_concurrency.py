@@ -17,6 +17,8 @@ from headstart.cache import EmbeddingCache
 from headstart.cache.shards import read_shard_keys
 from headstart.cli import main
 
+# fp32 whatever the processor (auto is bf16 on CPUs with AVX512-BF16): the vectors of
+# different runs are compared.
 COMMON = [
     "--weights",
     "none",
@@ -24,6 +26,8 @@ COMMON = [
     "40",
     "--crop",
     "32",
+    "--precision",
+    "fp32",
     "--store-dtype",
     "float32",
     "--workers",

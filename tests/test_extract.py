@@ -11,7 +11,14 @@ import pytest
 import torch
 import torchvision.transforms as T
 from click.testing import CliRunner
-from helpers import FAST_ARGS, make_folder, make_odd_images, write_image
+from helpers import (
+    BF16_UNIT_ROUNDOFF,
+    FAST_ARGS,
+    PRECISIONS,
+    make_folder,
+    make_odd_images,
+    write_image,
+)
 from PIL import Image
 from torchvision.models import resnet18
 
@@ -39,15 +46,18 @@ def forward_count(monkeypatch) -> list[int]:
     return seen
 
 
-def test_embeddings_equal_a_direct_forward_pass(image_folder: Path, cache_dir: Path) -> None:
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_embeddings_equal_a_direct_forward_pass(
+    image_folder: Path, cache_dir: Path, precision: str
+) -> None:
     result = run(
         "extract",
         image_folder,
         *FAST_ARGS,
+        "--precision",
+        precision,
         "--store-dtype",
         "float32",
-        "--precision",
-        "fp32",
         "--cache",
         cache_dir,
         "-q",
@@ -55,7 +65,9 @@ def test_embeddings_equal_a_direct_forward_pass(image_folder: Path, cache_dir: P
     assert result.exit_code == 0, result.output
     paths = sorted(str(p) for p in image_folder.rglob("*.jpg"))
 
-    stored = EmbeddingCache(cache_dir).open().load_files(paths)
+    store = EmbeddingCache(cache_dir).open()
+    assert store.fingerprint.recipe["precision"] == precision
+    stored = store.load_files(paths)
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -71,8 +83,17 @@ def test_embeddings_equal_a_direct_forward_pass(image_folder: Path, cache_dir: P
     )
     batch = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
-        direct = model.eval()(batch).numpy()
-    np.testing.assert_allclose(stored, direct, rtol=1e-4, atol=1e-5)
+        direct = model.eval()(batch).numpy()  # in fp32: the reference for both precisions
+    if precision == "fp32":
+        np.testing.assert_allclose(stored, direct, rtol=1e-4, atol=1e-5)
+        return
+    # bf16 rounds every convolution's inputs and weights to 8 significant bits; through
+    # resnet18 the errors add up to about 2.4 roundings (measured) relative to each vector's
+    # length. The bound is 8 roundings (0.031): any two of these images are 0.26 apart, and a
+    # wrong image, crop offset, channel order or mean/std moves a vector by 0.15 or more.
+    error = np.linalg.norm(stored - direct, axis=1) / np.linalg.norm(direct, axis=1)
+    assert error.max() <= 8 * BF16_UNIT_ROUNDOFF, error
+    assert error.min() > 0, "the vectors are fp32's: bf16 was not used"
 
 
 def test_rerun_computes_nothing_and_new_images_only_themselves(
@@ -172,6 +193,7 @@ def test_python_api_loads_by_file_in_chunks(image_folder: Path, cache_dir: Path)
         model="resnet18",
         weights="none",
         preprocess=PreprocessOverrides(resize_size=40, crop_size=32),
+        precision="fp32",
     )
     summary = extract([str(image_folder)], options, cache_dir)
     assert (summary.embedded, summary.failed) == (9, 0)

@@ -2,6 +2,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from torchvision.models import resnet18
 
@@ -51,3 +52,11 @@ def test_recipe_is_readable() -> None:
     assert recipe["model"] == "torchvision:resnet18"
     assert recipe["weights"].startswith("random-init")
     assert recipe["preprocess"]["crop_size"] == 224 and recipe["precision"] == "fp32"
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_depends_on_the_processor(monkeypatch, native_bf16, expected) -> None:
+    # Why every test that compares numbers names its precision: auto differs between machines.
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: native_bf16, raising=False)
+    assert resolve_recipe(replace(BASE, precision="auto")).precision == expected

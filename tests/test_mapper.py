@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from helpers import BF16_UNIT_ROUNDOFF, PRECISIONS
 from tiny_models import TinyNet
 from torch import nn
 
@@ -27,13 +29,22 @@ def pixels(n: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8)
 
 
-def test_fp32_embeddings_equal_a_direct_forward_pass() -> None:
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_embeddings_equal_a_direct_forward_pass(precision: str) -> None:
     model = TinyNet().features.eval()
     batch = pixels(6)
-    vectors = Embedder(model, DEFAULT_PREPROCESS, torch.device("cpu"), "fp32")(batch)
+    vectors = Embedder(model, DEFAULT_PREPROCESS, torch.device("cpu"), precision)(batch)
+    assert vectors.dtype == np.float32
     with torch.no_grad():
-        direct = model(normalize(batch, DEFAULT_PREPROCESS))
-    torch.testing.assert_close(torch.from_numpy(vectors), direct, rtol=1e-5, atol=1e-6)
+        direct = model(normalize(batch, DEFAULT_PREPROCESS))  # in fp32 for both precisions
+    if precision == "fp32":
+        torch.testing.assert_close(torch.from_numpy(vectors), direct, rtol=1e-5, atol=1e-6)
+        return
+    # One bf16 convolution: its inputs and weights rounded to 8 significant bits, its output
+    # too; measured 0.8 roundings relative to each image's output, bounded at 4.
+    vectors, direct = vectors.reshape(len(batch), -1), direct.reshape(len(batch), -1).numpy()
+    error = np.linalg.norm(vectors - direct, axis=1) / np.linalg.norm(direct, axis=1)
+    assert error.max() <= 4 * BF16_UNIT_ROUNDOFF and error.min() > 0, error
 
 
 def test_out_of_memory_halves_the_batch_and_remembers() -> None:

@@ -24,6 +24,8 @@ from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, PreprocessOverrides, extract
 from headstart.extract.parts import Partition, parse_part
 
+# fp32 whatever the processor (auto is bf16 on CPUs with AVX512-BF16): parts, ranks and one
+# process must make the very same vectors. options() below says the same.
 MODEL = [
     "--model",
     f"{TINY_MODELS}:tiny_features",
@@ -33,6 +35,8 @@ MODEL = [
     "40",
     "--crop",
     "32",
+    "--precision",
+    "fp32",
     "--store-dtype",
     "float32",
     "--workers",
@@ -52,6 +56,7 @@ def options(part: Partition | None = None) -> ExtractOptions:
         model=f"{TINY_MODELS}:tiny_features",
         weights="none",
         preprocess=PreprocessOverrides(40, 32),
+        precision="fp32",
         store_dtype="float32",
         workers=0,
         part=part,
