@@ -83,6 +83,11 @@ class Embedder:
             # Fixed input shapes: let cuDNN pick the fastest convolution algorithms once.
             torch.backends.cudnn.benchmark = True
 
+    @property
+    def compiled(self) -> bool:
+        """Whether batches now run through ``torch.compile`` (False after it failed)."""
+        return self._compiled is not None
+
     def compile_now(self) -> None:
         """Use ``torch.compile`` from the next batch on (compiling takes place in that batch)."""
         if self._compiled is None:

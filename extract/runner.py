@@ -439,6 +439,7 @@ def _embed(
         if in_flight is not None:
             writer.add(in_flight[1], in_flight[0].result())
         writer.close()
+        summary.compiled = summary.compiled and embedder.compiled  # a failed compile falls back
 
 
 class _CompilePolicy:
