@@ -31,7 +31,7 @@ from headstart.classify.metrics import Metrics, score
 from headstart.classify.persist import load_head, save_head
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
-from headstart.extract.device import resolve_precision
+from headstart.extract.device import resolve_device, resolve_precision
 from headstart.extract.features import build_feature_model
 from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import LabelledImages
@@ -177,6 +177,7 @@ def finetune(
 
 def _config(sources: Sequence[str], embed: ExtractOptions, options: FinetuneOptions) -> dict:
     """What decides the result; speed-only settings (workers, device batch split) are left out."""
+    device = resolve_device(embed.device)
     loop = dataclasses.asdict(options.loop)
     loop.pop("workers")
     loop.pop("accumulate")
@@ -186,6 +187,11 @@ def _config(sources: Sequence[str], embed: ExtractOptions, options: FinetuneOpti
         "weights": embed.weights,
         "preprocess": dataclasses.asdict(embed.preprocess),
         "precision": embed.precision,
+        # What auto became on this machine: a resume elsewhere must not switch silently.
+        "precision_used": {
+            "embedding": resolve_precision(embed.precision, device),
+            "training": resolve_precision(options.loop.precision, device),
+        },
         "val_sources": [os.path.abspath(s) for s in options.val_sources],
         "val_split": options.val_split,
         "head": os.path.abspath(options.head_dir) if options.head_dir else None,
@@ -206,11 +212,13 @@ def _check_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
             saved = json.loads((run_dir / CONFIG).read_text())
         except (OSError, json.JSONDecodeError):
             raise HeadstartError(f"{run_dir / CONFIG} is missing or damaged") from None
-        changed = sorted(k for k in config if saved.get(k) != config[k])
+        # A key an older config.json lacks is not held against it.
+        changed = sorted(k for k in config if k in saved and saved[k] != config[k])
         if changed:
+            differences = ", ".join(f"{k} (was {saved[k]}, now {config[k]})" for k in changed)
             raise HeadstartError(
-                f"--resume needs the options of the interrupted run; these differ: "
-                f"{', '.join(changed)} (see {run_dir / CONFIG})"
+                f"--resume needs the options of the interrupted run, on a machine that runs "
+                f"them the same way; these differ: {differences} (see {run_dir / CONFIG})"
             )
     elif has_run:
         raise HeadstartError(

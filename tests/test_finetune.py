@@ -416,6 +416,15 @@ def test_a_finished_run_is_not_overwritten(pretrained, tmp_path: Path) -> None:
     )
     assert changed.exit_code != 0 and "these differ: loop" in changed.output
 
+    # Resumed on a machine where --precision auto resolves differently (bf16 there, fp32 here).
+    config = json.loads((run / "config.json").read_text())
+    config["precision_used"]["training"] = "bf16-elsewhere"
+    (run / "config.json").write_text(json.dumps(config))
+    elsewhere = CliRunner().invoke(
+        main, [str(a) for a in finetune_args(pretrained, run, "--epochs", "1", "--resume")]
+    )
+    assert elsewhere.exit_code != 0 and "these differ: precision_used" in elsewhere.output
+
 
 def test_folded_batchnorm_trains_exactly_like_the_unfolded_network() -> None:
     import torchvision
