@@ -3,6 +3,7 @@ not UTF-8, trees deeper than the system's path limit), shared by the hostile-tre
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
@@ -49,6 +50,24 @@ def write_image_deep(root: Path, levels: int, name: bytes, seed: int) -> None:
             f.write(buffer.getvalue())
     finally:
         os.close(fd)
+
+
+def remove_deep_tree(root: Path, levels: int, name: bytes) -> None:
+    """Remove what :func:`write_image_deep` made, bottom up, without recursion: Python 3.11's
+    ``shutil.rmtree`` (and so pytest's clean-up of old temporary folders) recurses once per
+    level and fails on trees deeper than the recursion limit."""
+    fds = [os.open(root, os.O_RDONLY)]
+    try:
+        for _ in range(levels):
+            fds.append(os.open(name, os.O_RDONLY, dir_fd=fds[-1]))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(b"bottom.jpg", dir_fd=fds[-1])
+        while len(fds) > 1:
+            os.close(fds.pop())
+            os.rmdir(name, dir_fd=fds[-1])
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def make_unix_socket(path: Path) -> socket.socket:

@@ -21,6 +21,7 @@ from hostile import (
     drop_root_file_access,
     fs,
     make_unix_socket,
+    remove_deep_tree,
     summary_counts,
     write_image_bytes,
     write_image_deep,
@@ -67,8 +68,10 @@ def test_links_fifos_devices_odd_names_and_deep_trees_never_stop_a_run(tmp_path:
 
     try:
         first = run(*args)
+        again = run(*args)
     finally:
         sock.close()
+        remove_deep_tree(root / "deep", 1100, b"d")
 
     assert first.exit_code == EXIT_SOME_FAILED, first.output
     assert "Traceback" not in first.output
@@ -102,7 +105,6 @@ def test_links_fifos_devices_odd_names_and_deep_trees_never_stop_a_run(tmp_path:
         "bottom.jpg",
     }
 
-    again = run(*args)
     assert again.exit_code == EXIT_SOME_FAILED and "Traceback" not in again.output
     assert (
         summary_counts(again.output)["embedded"] == 0
