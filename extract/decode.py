@@ -1,8 +1,9 @@
 """Decode image bytes into an upright RGB PIL image, or say in one line why not.
 
 JPEGs much larger than the model input are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
-(PIL's ``draft``), which costs a fraction of a full decode; the result is never smaller than the
-size the resize step needs.
+(PIL's ``draft``), which costs a fraction of a full decode. That reduction is a coarser filter than
+the resize step's, so it is used only where the pixels the model sees stay within 1/255 (mean
+absolute difference) of a full decode followed by the same resize: see :func:`_draft_scale`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ __all__ = ["DecodeError", "decode_image", "to_rgb"]
 
 # Transparent pixels are shown on white, as image viewers and product photos do.
 _BACKGROUND = (255, 255, 255)
+
+# How much larger than the resize target a DCT-reduced image must stay. Measured on photo
+# mosaics and synthetic photos at 32-384 px inputs, against a full decode with the same resize,
+# the worst image differs (mean absolute) by 1.8/255 when the reduced side is twice the target
+# and by under 1/255 (0.88 on photos, 0.98 on synthetic colour noise) from 2.75 times on. Larger
+# margins barely help: much of what remains is the reduced decode's 4:2:0 chroma, which the full
+# decode interpolates instead. 2.75 keeps 2000x1500 photos at 224 px (2.93) on the fast path.
+_MIN_REDUCTION_MARGIN = 2.75
 
 
 class DecodeError(Exception):
@@ -44,7 +53,9 @@ def decode_image(data: bytes, min_side: int) -> Image.Image:
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise DecodeError(f"cannot read image header: {exc}") from None
         try:
-            image.draft(None, (min_side, min_side))
+            scale = _draft_scale(image.size, min_side)
+            if scale > 1:
+                image.draft(None, (image.width // scale, image.height // scale))
             image.load()
         except Image.DecompressionBombError as exc:
             raise DecodeError(f"decompression bomb refused: {exc}") from None
@@ -71,6 +82,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _draft_scale(size: tuple[int, int], min_side: int) -> int:
+    """The largest DCT reduction (8, 4, 2; 1 for none) that keeps the result true to a full decode.
+
+    The scale must divide both sides: a reduced image is rounded up to whole pixels, so
+    otherwise it covers a little more than the photo, its aspect ratio drifts and the resize
+    lands up to a pixel off (5/255 on average for 500x375 photos at 32 px, 22/255 at worst).
+    """
+    width, height = size
+    for scale in (8, 4, 2):
+        exact = width % scale == 0 and height % scale == 0
+        if exact and min(width, height) >= _MIN_REDUCTION_MARGIN * scale * min_side:
+            return scale
+    return 1
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -1,12 +1,15 @@
+import dataclasses
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_odd_images, write_image
-from PIL import Image
+from helpers import make_odd_images
+from PIL import Image, ImageDraw
+from torchvision import transforms
 
 from headstart.extract.decode import DecodeError, decode_image
+from headstart.extract.preprocess import DEFAULT_PREPROCESS, to_uint8_tensor
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +55,71 @@ def test_transparency_is_composited_on_white(odd) -> None:
     assert (pixels == 255).all()
 
 
-def test_large_jpeg_is_decoded_at_reduced_size_but_never_below_min_side(tmp_path: Path) -> None:
-    big = write_image(tmp_path / "big.jpg", 0, size=(2000, 1600))
-    image = decode_image(big.read_bytes(), min_side=224)
-    assert min(image.size) >= 224
-    assert image.size == (500, 400)  # DCT scaling by 1/4
+@pytest.mark.parametrize(
+    ("size", "min_side", "decoded"),
+    [
+        ((2000, 1600), 256, (1000, 800)),  # 1/4 would leave 400 px, too close to 256
+        ((2000, 1600), 64, (250, 200)),
+        ((2000, 1500), 36, (500, 375)),  # 1/8 does not divide 1500
+        ((2002, 1502), 36, (1001, 751)),
+        ((2001, 1500), 36, (2001, 1500)),  # no scale divides 2001: decoded in full
+        ((640, 480), 256, (640, 480)),
+    ],
+    ids=lambda value: "x".join(map(str, value)) if isinstance(value, tuple) else str(value),
+)
+def test_large_jpeg_is_reduced_only_by_a_scale_that_divides_it_with_room_to_spare(
+    size: tuple[int, int], min_side: int, decoded: tuple[int, int]
+) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (90, 120, 150)).save(buffer, format="JPEG")
+    assert decode_image(buffer.getvalue(), min_side=min_side).size == decoded
+
+
+# (model input, photo size): photos several times the input, at sizes that take each DCT scale
+# near its threshold, and sizes no scale divides (500x375, the commonest ImageNet shape).
+_FIDELITY_CASES = [
+    (32, (500, 375)),
+    (32, (640, 480)),  # 1/4
+    (32, (1056, 800)),  # 1/8
+    (64, (1168, 880)),  # 1/4
+    (224, (1800, 1416)),  # 1/2
+    (224, (1600, 1200)),
+    (384, (1600, 1200)),
+]
+
+
+@pytest.mark.parametrize(
+    ("crop", "size"), _FIDELITY_CASES, ids=[f"{c}px-{w}x{h}" for c, (w, h) in _FIDELITY_CASES]
+)
+def test_reduced_decoding_stays_within_one_level_of_a_full_decode(
+    crop: int, size: tuple[int, int]
+) -> None:
+    data = _photo_like(size, seed=crop)
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    for interpolation in ("bilinear", "bicubic"):
+        preprocess = dataclasses.replace(
+            DEFAULT_PREPROCESS,
+            resize_size=crop * DEFAULT_PREPROCESS.resize_size // DEFAULT_PREPROCESS.crop_size,
+            crop_size=crop,
+            interpolation=interpolation,
+        )
+        reference = transforms.Compose(
+            [
+                transforms.Resize(
+                    preprocess.resize_size,
+                    interpolation=transforms.InterpolationMode(interpolation),
+                    antialias=True,
+                ),
+                transforms.CenterCrop(crop),
+                transforms.PILToTensor(),
+            ]
+        )(full)
+        decoded = decode_image(data, min_side=preprocess.resize_size)
+        ours = to_uint8_tensor(decoded, preprocess)
+
+        assert ours.shape == reference.shape
+        difference = (ours.int() - reference.int()).abs().float().mean().item()
+        assert difference <= 1.0, f"{interpolation}: mean |difference| {difference:.2f}/255"
 
 
 def test_grayscale_becomes_rgb() -> None:
@@ -64,3 +127,33 @@ def test_grayscale_becomes_rgb() -> None:
     Image.new("L", (20, 20), 77).save(buffer, format="JPEG")
     image = decode_image(buffer.getvalue(), min_side=8)
     assert image.mode == "RGB" and np.asarray(image)[..., 0].mean() == pytest.approx(77, abs=2)
+
+
+def _photo_like(size: tuple[int, int], seed: int) -> bytes:
+    """A JPEG with what makes resampling hard in photos: detail at every scale, sharp edges."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    # Texture whose amplitude falls with frequency, as in natural images, down to sensor noise.
+    pixels = np.full((height, width, 3), 128.0, dtype=np.float32)
+    for cell, amplitude in ((256, 60), (64, 30), (16, 16), (4, 10)):
+        grid = rng.integers(0, 256, (height // cell + 2, width // cell + 2, 3), dtype=np.uint8)
+        layer = Image.fromarray(grid).resize(size, Image.Resampling.BICUBIC)
+        pixels += (np.asarray(layer, dtype=np.float32) - 127.5) * (amplitude / 127.5)
+    pixels += 6.0 * rng.standard_normal(pixels.shape, dtype=np.float32)
+    # Objects with sharp outlines and thin lines (wires, hair), as many per area at every size.
+    shapes = Image.new("RGB", size, (128, 128, 128))
+    draw = ImageDraw.Draw(shapes)
+    count = max(4, width * height // 15_000)
+    for _ in range(count):
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        r = rng.uniform(0.02, 0.2) * min(width, height)
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse((x - r, y - r * rng.uniform(0.3, 1.0), x + r, y + r), fill=fill)
+    for _ in range(count):
+        ends = tuple(rng.uniform(0, 1, 4) * (width, height, width, height))
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.line(ends, fill=fill, width=int(rng.integers(1, 4)))
+    pixels += np.asarray(shapes, dtype=np.float32) - 128
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
