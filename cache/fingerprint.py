@@ -38,3 +38,38 @@ class Fingerprint:
         r = self.recipe
         layer = r.get("layer") or "pre-logits"
         return f"{r.get('model')} weights={r.get('weights')} layer={layer} {r.get('precision')}"
+
+    def differences(self, other: Fingerprint) -> list[str]:
+        """What differs between two recipes, one ``field: ours vs theirs`` entry per field
+        (nested fields such as ``preprocess.crop_size`` named in full), for messages that must
+        say more than two descriptions that read the same.
+
+        Example:
+            >>> a = Fingerprint({"model": "m", "model_code": "sha256:4bfd00", "precision": "fp32"})
+            >>> b = Fingerprint({"model": "m", "model_code": "sha256:9a1c00", "precision": "fp32"})
+            >>> a.differences(b)
+            ['model_code: sha256:4bfd00 vs sha256:9a1c00']
+        """
+        return [
+            f"{name}: {_shown(ours)} vs {_shown(theirs)}"
+            for name, ours, theirs in _differing(self.recipe, other.recipe, "")
+        ]
+
+
+_MISSING = "(none)"
+
+
+def _differing(ours: Mapping[str, Any], theirs: Mapping[str, Any], prefix: str):
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key, _MISSING), theirs.get(key, _MISSING)
+        if a == b:
+            continue
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            yield from _differing(a, b, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", a, b
+
+
+def _shown(value: Any, limit: int = 48) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

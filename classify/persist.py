@@ -74,9 +74,11 @@ def save_head(
     return directory
 
 
-def load_head(directory: str | os.PathLike[str], fingerprint: str | None = None) -> LoadedHead:
-    """Load a saved head; refuse it if it is damaged, altered, or (when ``fingerprint`` is
-    given) trained on other embeddings."""
+def load_head(
+    directory: str | os.PathLike[str], fingerprint: Fingerprint | str | None = None
+) -> LoadedHead:
+    """Load a saved head; refuse it if it is damaged, altered, or (when ``fingerprint``, a
+    record or an id, is given) trained on other embeddings."""
     directory = Path(directory)
     try:
         document = json.loads((directory / _DOCUMENT).read_text())
@@ -94,10 +96,16 @@ def load_head(directory: str | os.PathLike[str], fingerprint: str | None = None)
     recorded = Fingerprint(document["fingerprint"]["recipe"], document["fingerprint"]["source"])
     if recorded.id != document["fingerprint"]["id"]:
         raise HeadstartError(f"{directory / _DOCUMENT}: the fingerprint record is inconsistent")
-    if fingerprint is not None and fingerprint != recorded.id:
+    wanted = fingerprint.id if isinstance(fingerprint, Fingerprint) else fingerprint
+    if wanted is not None and wanted != recorded.id:
+        what = (
+            f"head vs these: {'; '.join(recorded.differences(fingerprint))}"
+            if isinstance(fingerprint, Fingerprint)
+            else recorded.describe()
+        )
         raise HeadstartError(
-            f"this head was trained on embeddings {recorded.id} ({recorded.describe()}), not "
-            f"{fingerprint}; embed with the same model, weights, layer and precision"
+            f"this head was trained on embeddings {recorded.id}, not {wanted} ({what}); "
+            "embed with the same model, weights, layer and precision"
         )
     head = _rebuild(document, arrays_path)
     return LoadedHead(head, recorded, document)

@@ -204,10 +204,9 @@ def options_for_fingerprint(fingerprint: Fingerprint, **runtime: object) -> Extr
     )
     rebuilt = resolve_recipe(options).fingerprint
     if rebuilt.id != fingerprint.id:
-        changed = sorted(k for k in recipe if rebuilt.recipe.get(k) != recipe.get(k))
         raise HeadstartError(
-            f"cannot reproduce embeddings {fingerprint.id} ({fingerprint.describe()}): "
-            f"{', '.join(changed) or 'recipe'} differ now (a weights file changed or moved?)"
+            f"cannot reproduce embeddings {fingerprint.id}: then vs now, "
+            f"{'; '.join(fingerprint.differences(rebuilt))} (a weights or model file changed?)"
         )
     return options
 

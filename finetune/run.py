@@ -110,7 +110,7 @@ def finetune(
     train, val = _split(data, embed, cache_dir, options, progress)
     train_labels, val_labels = train.require_labels("training"), val.require_labels("validation")
     if options.head_dir is not None:
-        head = load_head(options.head_dir, fingerprint=data.fingerprint.id).head
+        head = load_head(options.head_dir, fingerprint=data.fingerprint).head
     else:
         head = LogisticRegressionHead(C=options.probe_C).fit(train.X, train_labels)
     probe_metrics = score(val_labels, head.predict_proba(val.X), head.classes_)

@@ -64,11 +64,11 @@ def check_artifacts(head_dir: str | os.PathLike[str], index_dir: str | os.PathLi
     if index_dir is not None:
         index = load_index(index_dir)
         if index.fingerprint.id != loaded.fingerprint.id:
+            differences = "; ".join(index.fingerprint.differences(loaded.fingerprint))
             raise HeadstartError(
-                f"the index in {index_dir} holds embeddings {index.fingerprint.id} "
-                f"({index.fingerprint.describe()}) but the head in {head_dir} was trained on "
-                f"{loaded.fingerprint.id} ({loaded.fingerprint.describe()}); build both from the "
-                "same model, weights, layer and precision"
+                f"the index in {index_dir} holds embeddings {index.fingerprint.id} but the head "
+                f"in {head_dir} was trained on {loaded.fingerprint.id} (index vs head: "
+                f"{differences}); build both from the same model, weights, layer and precision"
             )
     return loaded, index
 

@@ -10,6 +10,7 @@ from helpers import FAST_ARGS, make_colour_folder, write_image
 
 from headstart.cache import EmbeddingCache
 from headstart.cli import main
+from headstart.errors import HeadstartError
 
 
 def run(*args: object):
@@ -146,3 +147,29 @@ def test_training_input_errors_are_clear(workspace: Path, tmp_path: Path) -> Non
         ],
     )
     assert result.exit_code == 1 and "unknown head 'forest'" in result.output
+
+
+def test_a_head_and_an_index_from_other_model_code_say_what_differs(tmp_path: Path) -> None:
+    """After a one-line edit of the user's model file, the refusal names the code hash rather
+    than printing two descriptions that read the same."""
+    from helpers import TINY_MODELS
+
+    from headstart.serve.engine import check_artifacts
+
+    make_colour_folder(tmp_path / "images", per_class=4)
+    model_file = tmp_path / "models.py"
+    shutil.copy(TINY_MODELS, model_file)
+    model = ["--model", f"{model_file}:tiny_features", "--weights", "none", "--resize", "32"]
+    common = [*model, "--crop", "32", "--precision", "fp32", "--cache", tmp_path / "cache", "-q"]
+    head, index = tmp_path / "head", tmp_path / "index"
+    trained = run("train", tmp_path / "images", *common, "--head", "ncm", "-o", head)
+    assert trained.exit_code == 0, trained.output
+    model_file.write_text(model_file.read_text() + "\n# a comment: new code hash\n")
+    built = run("index", "build", tmp_path / "images", *common, "-o", index)
+    assert built.exit_code == 0, built.output
+
+    with pytest.raises(HeadstartError) as refused:
+        check_artifacts(head, index)
+    differences = str(refused.value).split("(index vs head: ")[1].split("); build")[0]
+    assert differences.startswith("model_code: sha256:") and " vs sha256:" in differences
+    assert ";" not in differences  # nothing else differs

@@ -60,3 +60,16 @@ def test_auto_precision_depends_on_the_processor(monkeypatch, native_bf16, expec
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, probe, lambda: native_bf16, raising=False)
     assert resolve_recipe(replace(BASE, precision="auto")).precision == expected
+
+
+def test_differences_name_the_fields_that_differ() -> None:
+    ours = resolve_recipe(BASE).fingerprint
+    theirs = resolve_recipe(
+        replace(BASE, precision="bf16", preprocess=PreprocessOverrides(crop_size=160))
+    ).fingerprint
+    assert ours.differences(theirs) == [
+        "precision: fp32 vs bf16",
+        "preprocess.crop_size: 224 vs 160",
+        "preprocess.resize_size: 256 vs 182",
+    ]
+    assert ours.differences(ours) == []
