@@ -87,10 +87,13 @@ class PythonFactorySource:
         factory = getattr(module, factory_name, None)
         if not callable(factory):
             raise HeadstartError(f"{module_name} has no callable {factory_name!r}")
-        source = inspect.getsourcefile(module)
-        source = source if source and os.path.isfile(source) else None
         if module_name.endswith(".py"):
-            module_name = str(Path(module_name).expanduser().resolve())
+            # The file named, not the module's __file__: modules are shared by content, so
+            # that may be an identical copy elsewhere, since edited or removed.
+            module_name = source = str(Path(module_name).expanduser().resolve())
+        else:
+            source = inspect.getsourcefile(module)
+            source = source if source and os.path.isfile(source) else None
         canonical = f"python:{module_name}:{factory_name}"
         return Backbone(
             name=canonical,

@@ -1,3 +1,4 @@
+import shutil
 import urllib.error
 from pathlib import Path
 
@@ -164,3 +165,17 @@ def test_offline_pretrained_weights_fail_with_instructions(tmp_path: Path, monke
     checkpoints.mkdir(parents=True, exist_ok=True)
     torch.save(resnet18().state_dict(), checkpoints / "resnet18-f37072fd.pth")
     assert build_feature_model(backbone).expected_dim == 512
+
+
+def test_a_model_file_is_known_by_its_own_path_not_by_an_identical_copy(tmp_path: Path) -> None:
+    # Modules of model files are shared by content: a copy imported first must not stand in
+    # for this file once this one is edited.
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    shutil.copy(TINY_MODELS, first)
+    shutil.copy(TINY_MODELS, second)
+    get_backbone(f"{first}:tiny_features", "none")
+    before = get_backbone(f"{second}:tiny_features", "none")
+    assert before.code_file == str(second)
+    second.write_text(second.read_text() + "\n# edited\n")
+    after = get_backbone(f"{second}:tiny_features", "none")
+    assert after.code_identity != before.code_identity
