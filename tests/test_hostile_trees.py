@@ -280,3 +280,29 @@ def test_names_that_are_not_utf8_round_trip_everywhere(tmp_path: Path) -> None:
     found = run("knn", index, latin[1], "-k", "1", "--cache", cache, "-q")
     assert found.exit_code == 0, found.output
     assert found.stdout_bytes.splitlines()[1].endswith(latin[1])
+
+
+def test_manifest_lines_naming_folders_missing_files_and_non_images(tmp_path: Path) -> None:
+    good = write_image(tmp_path / "photos" / "good.jpg", 1)
+    (tmp_path / "photos" / "notes.jpg").write_text("not an image")
+    manifest = tmp_path / "list.csv"
+    manifest.write_bytes(
+        b"\xef\xbb\xbfpath,label\r\n"
+        b"photos/good.jpg,a\r\nphotos,a\r\nphotos/missing.jpg,b\r\nphotos/notes.jpg,b\r\n"
+    )
+    result = run("extract", manifest, *FAST_ARGS, "--cache", tmp_path / "cache", "-q")
+    assert result.exit_code == EXIT_SOME_FAILED and "Traceback" not in result.output
+    assert summary_counts(result.output) == {
+        "listed": 4,
+        "embedded": 1,
+        "from cache": 0,
+        "failed": 3,
+    }
+    with EmbeddingCache(tmp_path / "cache").catalog() as catalog:
+        reasons = {Path(f.path).name: f.reason for f in catalog.iter_failures()}
+        assert catalog.lookup([str(good)])[str(good)].label == "a"
+    assert reasons == {
+        "photos": "not a regular file: a folder",
+        "missing.jpg": "cannot read file: No such file or directory",
+        "notes.jpg": "not an image Pillow can read (unknown or damaged header)",
+    }
