@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
-__all__ = ["UnreadableFile", "not_a_file", "read_file"]
+__all__ = ["UnreadableFile", "not_a_file", "read_file", "stat_file"]
 
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -36,6 +36,16 @@ def not_a_file(mode: int) -> str | None:
     return f"not a regular file: {kind}"
 
 
+def stat_file(path: str) -> tuple[os.stat_result | None, str | None]:
+    """The file's stat, and why it cannot be embedded (None when it may be). A FIFO, socket or
+    device with an image name is refused here, before anything opens it."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        return None, _cannot_read(exc)
+    return st, not_a_file(st.st_mode)
+
+
 def read_file(path: str) -> tuple[bytes, os.stat_result]:
     """The whole file and the stat signature that goes with exactly those bytes.
 
@@ -51,10 +61,8 @@ def read_file(path: str) -> tuple[bytes, os.stat_result]:
     for _ in range(_READ_ATTEMPTS):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise UnreadableFile(f"cannot read file: {exc.strerror or exc}") from None
-        except ValueError as exc:  # a NUL byte in a manifest's path
-            raise UnreadableFile(f"invalid path: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise UnreadableFile(_cannot_read(exc)) from None
         try:
             before = os.fstat(fd)
             reason = not_a_file(before.st_mode)
@@ -64,12 +72,18 @@ def read_file(path: str) -> tuple[bytes, os.stat_result]:
                 data = f.read()
             after = os.fstat(fd)
         except OSError as exc:
-            raise UnreadableFile(f"cannot read file: {exc.strerror or exc}") from None
+            raise UnreadableFile(_cannot_read(exc)) from None
         finally:
             os.close(fd)
         if _signature(before) == _signature(after) and len(data) == after.st_size:
             return data, after
     raise UnreadableFile(f"file changed while it was read ({_READ_ATTEMPTS} tries)")
+
+
+def _cannot_read(exc: OSError | ValueError) -> str:
+    if isinstance(exc, ValueError):  # a NUL byte in a manifest's path
+        return f"invalid path: {exc}"
+    return f"cannot read file: {exc.strerror or exc}"
 
 
 def _signature(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -8,7 +8,6 @@ and have not changed are skipped unless a retry is asked for.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -17,7 +16,7 @@ import numpy as np
 
 from headstart.cache.catalog import FailureRecord, FileCatalog, FileRecord
 from headstart.cache.keys import KeySet
-from headstart.extract.files import not_a_file
+from headstart.extract.files import stat_file
 from headstart.extract.parts import Partition
 from headstart.extract.sources import ImageItem
 from headstart.extract.worklist import WorkList
@@ -61,7 +60,7 @@ def plan_work(
         unreadable: list[FailureRecord] = []
         candidates: list[tuple[ImageItem, FileRecord]] = []
         for item in chunk:
-            st, stat_error = _stat(item.path)
+            st, stat_error = stat_file(item.path)
             signature = (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
             entry = known.get(item.path)
             if entry is not None and (entry.size, entry.mtime_ns) != signature:
@@ -105,19 +104,6 @@ def plan_work(
         if relabelled or unreadable:
             catalog.record(relabelled, unreadable)
     return counts
-
-
-def _stat(path: str) -> tuple[os.stat_result | None, str | None]:
-    """The file's stat, and why it cannot be embedded (None when it may be). A FIFO, socket or
-    device with an image name is refused here: opening it could block forever. It keeps its
-    signature, so a rerun skips it until it changes, as any other failure."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return None, f"cannot read file: {exc.strerror or exc}"
-    except ValueError as exc:  # a NUL byte in a manifest's path
-        return None, f"invalid path: {exc}"
-    return st, not_a_file(st.st_mode)
 
 
 def _chunks(items: Iterable[ImageItem], size: int) -> Iterator[list[ImageItem]]:
