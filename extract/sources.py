@@ -34,6 +34,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 MANIFEST_EXTENSIONS = frozenset({".txt", ".csv"})
 _SKIP_EXAMPLES = 10
+_MANIFEST_FORMAT = "a manifest is a text file of path[,label] lines, saved as UTF-8"
 
 
 @dataclass(frozen=True)
@@ -176,13 +177,12 @@ def _iter_manifest(manifest: str) -> Iterator[ImageItem]:
                 return
             except csv.Error as exc:
                 raise HeadstartError(
-                    f"{printable(manifest)}:{rows.line_num}: {exc} "
-                    "(a manifest is a text file of path[,label] lines, saved as UTF-8)"
+                    f"{printable(manifest)}:{rows.line_num}: {exc} ({_MANIFEST_FORMAT})"
                 ) from None
             if any("\x00" in value for value in row):
                 raise HeadstartError(
-                    f"{printable(manifest)}:{rows.line_num}: NUL byte in the line (UTF-16? a "
-                    "manifest is a text file of path[,label] lines, saved as UTF-8)"
+                    f"{printable(manifest)}:{rows.line_num}: NUL byte in the line (UTF-16? "
+                    f"{_MANIFEST_FORMAT})"
                 )
             if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
                 continue
