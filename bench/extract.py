@@ -102,6 +102,19 @@ def run_options(model_name: str, compile: bool | None, **changes: object) -> Ext
     return dataclasses.replace(options, **changes)
 
 
+def cli_command(options: ExtractOptions, folder: Path, cache: Path) -> list[str]:
+    """``headstart extract`` asking for what ``options`` ask: a new process finds the recipe
+    remembered only for the same request (device and precision included)."""
+    preprocess = options.preprocess
+    return [
+        *(sys.executable, "-m", "headstart", "extract", str(folder)),
+        *("--model", options.model, "--weights", options.weights),
+        *("--resize", str(preprocess.resize_size), "--crop", str(preprocess.crop_size)),
+        *("--device", options.device, "--precision", options.precision),
+        *("--cache", str(cache), "-q"),
+    ]
+
+
 def headstart_run(
     options: ExtractOptions, folder: Path, cache: Path
 ) -> tuple[float, object, ForwardRecord]:
@@ -299,30 +312,7 @@ def report(
     ours_seconds, summary, run = headstart_run(options, folder, cache)
     hit_seconds, hit, _ = headstart_run(options, folder, cache)
     started = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "headstart",
-            "extract",
-            str(folder),
-            "--model",
-            model_name,
-            "--weights",
-            "none",
-            "--resize",
-            "256",
-            "--crop",
-            "224",
-            "--device",
-            "cpu",
-            "--cache",
-            str(cache),
-            "-q",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run(cli_command(options, folder, cache), check=True, capture_output=True)
     hit_process_seconds = time.perf_counter() - started
     only_rate, only, plain_only_rate = model_only(options, run, paths)
     if run.compiled != summary.compiled:
