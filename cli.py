@@ -257,13 +257,22 @@ def models(pattern: str | None, source: str | None) -> None:
 
 @main.command()
 @click.argument("model")
-def layers(model: str) -> None:
-    """List the graph nodes of MODEL that --layer accepts."""
+@click.option("--classifier", help="Your own network's classifier module (none: keep output).")
+@click.option(
+    "--crop",
+    type=click.IntRange(min=1),
+    help="Input size of the trial pass that finds your own network's classifier.",
+)
+def layers(model: str, classifier: str | None, crop: int | None) -> None:
+    """List the graph nodes of MODEL that --layer accepts, then (on stderr) which module is
+    cut off as its classifier to reach the default embedding."""
     from headstart.extract import get_backbone
-    from headstart.extract.features import layer_names
+    from headstart.extract.features import classifier_summary, layer_names
 
-    for name in layer_names(get_backbone(model, "none")):
+    backbone = get_backbone(model, "none")
+    for name in layer_names(backbone):
         click.echo(name)
+    click.echo(classifier_summary(backbone, classifier, crop), err=True)
 
 
 def _size(num_bytes: float) -> str:

@@ -48,6 +48,11 @@ def embedding_options(command):
         ),
         click.option("--layer", help="A graph node to embed at instead of the pre-logits."),
         click.option(
+            "--classifier",
+            help="Your own network's final classifier module, cut off to embed its input "
+            "[default: found; none keeps the output].",
+        ),
+        click.option(
             "--cache", "cache_dir", envvar="HEADSTART_CACHE", default=".headstart", help=CACHE_HELP
         ),
         click.option(

@@ -1,8 +1,9 @@
 """The user's own models: TorchScript files and Python factories returning an ``nn.Module``.
 
-Their output is taken as the embedding (pooled when it is a feature map). Their weights come
-with them, or from ``--weights FILE``; their preprocessing comes from explicit options, or the
-documented default, and is recorded in the fingerprint either way.
+They are given as trained: their embedding is what goes into their final classifier, found as
+:mod:`.classifier` says, or their output when they have none (pooled when it is a feature map).
+Their weights come with them, or from ``--weights FILE``; their preprocessing comes from explicit
+options, or the documented default, and is recorded in the fingerprint either way.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class TorchScriptSource:
             name=f"torchscript:{path}",
             weights=_weights(weights, "embedded", str(path)),
             build=partial(_load_torchscript, path),
-            head_rule="as-is",
+            head_rule="find-classifier",
             family="torchscript",
             code_identity=digest,
             code_file=str(path),
@@ -99,7 +100,7 @@ class PythonFactorySource:
             name=canonical,
             weights=_weights(weights, "factory-defined", canonical),
             build=seeded(partial(_call_factory, factory, name)),
-            head_rule="as-is",
+            head_rule="find-classifier",
             family="python",
             # A changed factory file gives new vectors: its hash goes into the fingerprint.
             code_identity=f"sha256:{file_key(source)}" if source else None,

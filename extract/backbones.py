@@ -38,8 +38,9 @@ __all__ = [
 ]
 
 # How the pre-logits vector is reached: drop the last Linear layer (torchvision classifiers),
-# or take the module's output as it is (timm with num_classes=0, TorchScript, user factories).
-HeadRule = Literal["last-linear", "as-is"]
+# take the module's output as it is (timm with num_classes=0), or find the final classifier of
+# a network given as trained (user factories, TorchScript; see :mod:`.classifier`).
+HeadRule = Literal["last-linear", "as-is", "find-classifier"]
 
 RANDOM_INIT_SEED = 0
 
@@ -78,7 +79,9 @@ class Backbone:
     """A resolved model spec: canonical name, weights, and how to build and read it.
 
     ``code_identity`` hashes model code that lives in user files (TorchScript, factories), so
-    editing the file changes the fingerprint; ``code_file`` is that file.
+    editing the file changes the fingerprint; ``code_file`` is that file. ``classifier`` is,
+    for ``find-classifier`` backbones, the module cut off (``none``: no cut), or None until
+    :func:`headstart.extract.runner.resolve_recipe` has found it.
     """
 
     name: str
@@ -88,6 +91,7 @@ class Backbone:
     family: str = "torchvision"
     code_identity: str | None = None
     code_file: str | None = None
+    classifier: str | None = None
 
 
 class BackboneSource(Protocol):

@@ -7,6 +7,7 @@ containers.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from torch import nn
 from headstart.cache.keys import file_key
 from headstart.errors import HeadstartError
 from headstart.extract.backbones import BackboneWeights
+from headstart.extract.classifier import CLASSIFIER_NAMES
 from headstart.extract.preprocess import Preprocess
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "load_checkpoint",
     "load_tensors_file",
 ]
+
+log = logging.getLogger(__name__)
 
 # Keys under which training scripts commonly nest the state dict.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "backbone")
@@ -97,7 +101,11 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def apply_checkpoint(model: nn.Module, path: Path, ignored_prefixes: Iterable[str] = ()) -> None:
-    """Load ``path`` into ``model``; only keys of the removed classifier may be left over."""
+    """Load ``path`` into ``model``; only keys of the removed classifier may be left over.
+
+    Those are the keys under ``ignored_prefixes`` (the classifier headstart cut), or, with a
+    note, the weight and bias of a classifier the network's own code already removed.
+    """
     state = load_checkpoint(path)
     ignored = tuple(ignored_prefixes)
     try:
@@ -106,11 +114,37 @@ def apply_checkpoint(model: nn.Module, path: Path, ignored_prefixes: Iterable[st
         first = str(exc).strip().splitlines()[-1].strip()
         raise HeadstartError(f"{path} does not fit this model: {first}") from None
     unexpected = [k for k in unexpected if not (ignored and k.startswith(ignored))]
+    if unexpected and not missing and _removed_classifier(model, unexpected):
+        log.warning(
+            "note: ignored %s in %s: a classifier's weights, and this network has no classifier "
+            "there",
+            ", ".join(unexpected),
+            path.name,
+        )
+        unexpected = []
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise HeadstartError(
             f"{path} does not fit this model ({detail}); is it a checkpoint of this architecture?"
         )
+
+
+def _removed_classifier(model: nn.Module, keys: list[str]) -> bool:
+    """Whether ``keys`` are the weight and bias of a classifier the network no longer has: under
+    a classifier's name, or under a module now without parameters (an ``nn.Identity``)."""
+    for key in keys:
+        prefix, _, leaf = key.rpartition(".")
+        if leaf not in ("weight", "bias"):
+            return False
+        if prefix.rpartition(".")[2] in CLASSIFIER_NAMES:
+            continue
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            return False
+        if any(True for _ in module.parameters()):
+            return False
+    return True
 
 
 def _strip_wrappers(key: str) -> str:

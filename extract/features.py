@@ -1,7 +1,8 @@
 """From a backbone to one vector per image: the embedding contract shared by every model.
 
 By default the vector is the pre-logits one: the input of a torchvision classifier's last Linear
-layer, timm's ``num_classes=0`` output, or a local model's own output. ``layer`` picks any node
+layer, timm's ``num_classes=0`` output, or the input of a local model's final classifier (its own
+output when it has none; see :mod:`.classifier`). ``layer`` picks any node
 ``torchvision.models.feature_extraction`` accepts instead. Outputs with more than two dimensions
 are average-pooled: (N, C, H, W) over H and W, (N, tokens, C) over tokens.
 """
@@ -9,7 +10,7 @@ are average-pooled: (N, C, H, W) over H and W, (N, tokens, C) over tokens.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -17,8 +18,23 @@ from torch import nn
 from headstart.errors import HeadstartError
 from headstart.extract.backbones import Backbone
 from headstart.extract.checkpoints import apply_checkpoint
+from headstart.extract.classifier import (
+    NO_CLASSIFIER,
+    cut_classifier,
+    describe_classifier,
+    find_classifier,
+)
+from headstart.extract.preprocess import DEFAULT_PREPROCESS
 
-__all__ = ["POOLING", "FeatureModel", "build_feature_model", "layer_names", "pool"]
+__all__ = [
+    "POOLING",
+    "FeatureModel",
+    "build_feature_model",
+    "classifier_summary",
+    "layer_names",
+    "pool",
+    "with_classifier",
+]
 
 POOLING = "avg"
 
@@ -68,6 +84,12 @@ def build_feature_model(backbone: Backbone, layer: str | None = None) -> Feature
         name, expected_dim = _cut_classifier(model, backbone.name, layer is None)
         if name:
             ignored.append(f"{name}.")
+    elif backbone.head_rule == "find-classifier" and layer is None:
+        name = backbone.classifier or _found_classifier(model, backbone)
+        if name != NO_CLASSIFIER:
+            cut = cut_classifier(model, name, backbone.name)
+            model, expected_dim = cut.model, cut.in_features
+            ignored.append(f"{name}.")
     elif backbone.family == "timm":
         from headstart.extract._timm import classifier_prefixes
 
@@ -79,6 +101,52 @@ def build_feature_model(backbone: Backbone, layer: str | None = None) -> Feature
     if layer is None:
         return FeatureModel(PooledFeatures(model), expected_dim)
     return FeatureModel(PooledFeatures(_node_extractor(model, layer, backbone), "features"), None)
+
+
+def with_classifier(backbone: Backbone, requested: str | None, crop_size: int) -> Backbone:
+    """``backbone`` with its final classifier found (``requested`` None), or the one named
+    checked (``none``: keep the network's output). Builds the network to look, once."""
+    if backbone.head_rule != "find-classifier":
+        if requested is not None:
+            raise HeadstartError(
+                f"--classifier is for your own networks (file.py:factory, TorchScript); "
+                f"{backbone.name} is cut at its classifier already (--layer picks another node)"
+            )
+        return backbone
+    if requested == NO_CLASSIFIER:
+        return replace(backbone, classifier=NO_CLASSIFIER)
+    model = backbone.build()
+    if requested is None:
+        return replace(backbone, classifier=find_classifier(model, crop_size) or NO_CLASSIFIER)
+    cut_classifier(model, requested, backbone.name)  # says so now if it cannot be cut
+    return replace(backbone, classifier=requested)
+
+
+def _found_classifier(model: nn.Module, backbone: Backbone) -> str:
+    preprocess = backbone.weights.preprocess or DEFAULT_PREPROCESS
+    return find_classifier(model, preprocess.crop_size) or NO_CLASSIFIER
+
+
+def classifier_summary(backbone: Backbone, requested: str | None, crop_size: int | None) -> str:
+    """One line saying which module is cut off to reach the embedding, and why."""
+    crop = crop_size or (backbone.weights.preprocess or DEFAULT_PREPROCESS).crop_size
+    if backbone.head_rule == "as-is":
+        return f"classifier: none in {backbone.name}; embeddings are its output"
+    resolved = with_classifier(backbone, requested, crop)
+    model = backbone.build()
+    if backbone.head_rule == "last-linear":
+        linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            return f"classifier: none found in {backbone.name}; choose a node with --layer"
+        return f"classifier: {describe_classifier(model, linears[-1])}, its last Linear layer"
+    if resolved.classifier == NO_CLASSIFIER:
+        why = "as asked" if requested else "none found"
+        return (
+            f"classifier: {why}; embeddings are the network's output (pooled if a feature map)"
+            "; --classifier NAME cuts one"
+        )
+    how = "as asked" if requested else "found by a trial forward pass"
+    return f"classifier: {describe_classifier(model, resolved.classifier)}, {how}; cut off"
 
 
 def layer_names(backbone: Backbone) -> list[str]:

@@ -70,6 +70,7 @@ def request_key(options: ExtractOptions) -> str | None:
             "model": options.model,
             "weights": options.weights,
             "layer": options.layer,
+            "classifier": options.classifier,
             "preprocess": dataclasses.asdict(options.preprocess),
             "device": options.device,
             "precision": options.precision,

@@ -31,6 +31,7 @@ class ExtractOptions:
     model: str
     weights: str = "DEFAULT"
     layer: str | None = None
+    classifier: str | None = None
     preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
     device: str = "auto"
     precision: str = "auto"

@@ -129,12 +129,14 @@ class ExtractSummary:
 def resolve_recipe(options: ExtractOptions) -> Recipe:
     """Resolve model, weights, preprocessing, device and precision into a fingerprint.
 
-    Loads no model weights; with ``fallback_random`` it checks the pretrained weights can be
-    had and, when not, switches to random initialisation (and a fingerprint saying so).
+    Loads no model weights, but builds a user's own network once to find its classifier;
+    with ``fallback_random`` it checks the pretrained weights can be had and, when not,
+    switches to random initialisation (and a fingerprint saying so).
     """
     from headstart.extract.backbones import WeightsUnavailable, get_backbone
+    from headstart.extract.classifier import NO_CLASSIFIER
     from headstart.extract.device import resolve_device, resolve_precision
-    from headstart.extract.features import POOLING
+    from headstart.extract.features import POOLING, with_classifier
     from headstart.extract.preprocess import resolve_preprocess
 
     backbone = get_backbone(options.model, options.weights)
@@ -149,6 +151,10 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
     preprocess = resolve_preprocess(options.preprocess, backbone.weights.preprocess)
+    if options.layer is None:
+        backbone = with_classifier(backbone, options.classifier, preprocess.crop_size)
+    elif options.classifier is not None:
+        raise HeadstartError("--layer and --classifier both say where to embed; give one")
     recipe = {
         "format": RECIPE_FORMAT,
         "model": backbone.name,
@@ -159,6 +165,9 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
         "preprocess": preprocess.to_dict(),
         "precision": precision,
     }
+    if backbone.head_rule == "find-classifier":
+        cut = backbone.classifier
+        recipe["classifier"] = None if cut in (None, NO_CLASSIFIER) else cut
     weights_spec = "none" if fallback_reason else options.weights
     source = {"model": options.model, "weights": weights_spec, "origin": backbone.weights.origin}
     fingerprint = Fingerprint(recipe, source)
@@ -194,10 +203,13 @@ def options_for_fingerprint(fingerprint: Fingerprint, **runtime: object) -> Extr
     if "model" not in source:
         raise HeadstartError(f"fingerprint {fingerprint.id} does not say how to rebuild its model")
     preprocess = Preprocess.from_dict(recipe["preprocess"])
+    # Only a user's own network's recipe names a classifier; null there means it had none.
+    classifier = (recipe["classifier"] or "none") if "classifier" in recipe else None
     options = ExtractOptions(
         model=source["model"],
         weights=source.get("weights", "DEFAULT"),
         layer=recipe.get("layer"),
+        classifier=classifier,
         preprocess=PreprocessOverrides(**dataclasses.asdict(preprocess)),
         precision=recipe["precision"],
         **runtime,
