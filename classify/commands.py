@@ -6,6 +6,8 @@ calls :mod:`headstart.classify.workflow` and prints.
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from headstart.cli_options import (
@@ -16,6 +18,7 @@ from headstart.cli_options import (
     runtime_options,
     validation_options,
 )
+from headstart.errors import HeadstartError
 
 __all__ = ["evaluate", "index", "knn", "predict", "train"]
 
@@ -131,8 +134,14 @@ def train(
 @click.command()
 @click.argument("head_dir")
 @click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    help="Also write the metrics to this JSON file, for scripts.",
+)
 @runtime_options
-def evaluate(head_dir, sources, cache_dir, device, batch_size, workers, quiet) -> None:
+def evaluate(head_dir, sources, json_out, cache_dir, device, batch_size, workers, quiet) -> None:
     """Metrics and a per-class report of the head in HEAD_DIR on labelled SOURCES."""
     from headstart.classify.workflow import evaluate_head
 
@@ -150,6 +159,15 @@ def evaluate(head_dir, sources, cache_dir, device, batch_size, workers, quiet) -
         f"{m.balanced_accuracy:.4f}  macro-F1 {m.macro_f1:.4f}{loss}"
     )
     click.echo(result.report.rstrip())
+    if json_out:
+        document = {"head": str(head_dir), "sources": list(sources), **m.as_dict()}
+        document["unknown_classes"] = result.unknown
+        document["missing"] = result.missing
+        try:
+            with open(json_out, "w", encoding="utf-8") as stream:
+                json.dump(document, stream, indent=2)
+        except OSError as exc:
+            raise HeadstartError(f"cannot write {json_out}: {exc.strerror or exc}") from None
     if result.unknown:
         unknown = ", ".join(f"{name} ({n})" for name, n in result.unknown.items())
         click.echo(f"classes the head does not know (counted as errors): {unknown}", err=True)

@@ -56,10 +56,12 @@ def test_train_evaluate_predict(workspace: Path) -> None:
     assert document["fingerprint"]["id"] == EmbeddingCache(cache).open().fingerprint.id
     assert document["metrics"]["accuracy"] >= 0.9
 
-    evaluated = run("evaluate", head, workspace / "test", "--cache", cache, "-q")
+    metrics = workspace / "metrics.json"
+    evaluated = run("evaluate", head, workspace / "test", "--cache", cache, "--json", metrics, "-q")
     assert evaluated.exit_code == 0, evaluated.output
-    accuracy = float(evaluated.output.split("accuracy ")[1].split()[0])
-    assert accuracy >= 0.9 and "blue" in evaluated.output
+    document = json.loads(metrics.read_text())
+    assert document["accuracy"] >= 0.9 and document["n"] == 15 and document["missing"] == 0
+    assert "blue" in evaluated.output
 
     predicted = run(
         "predict",
