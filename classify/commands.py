@@ -51,6 +51,13 @@ _HEAD_PARAMS = {
     is_flag=True,
     help="Tune each head on validation (C, alpha, k, ...), then refit on train+val.",
 )
+@click.option(
+    "--refit/--no-refit",
+    default=True,
+    show_default=True,
+    help="After --sweep, refit the chosen head on train+val (--no-refit keeps validation unseen, "
+    "e.g. for fine-tuning from the head next).",
+)
 @click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), help="logreg/linear-svm.")
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), help="ridge.")
 @click.option("-k", "k", type=click.IntRange(min=1), help="knn neighbours.")
@@ -68,6 +75,7 @@ def train(
     val_sources,
     val_split,
     sweep,
+    refit,
     C,
     alpha,
     k,
@@ -107,7 +115,7 @@ def train(
                 head_params[name]["device"] = params["device"]
     embed, cache_dir = extract_options(params)
     options = TrainOptions(
-        tuple(names), head_params, tuple(val_sources), val_split, sweep, seed, plot
+        tuple(names), head_params, tuple(val_sources), val_split, sweep, seed, plot, refit
     )
     result = train_head(sources, embed, cache_dir, options, out, progress=not quiet)
     counts = result.class_counts

@@ -55,6 +55,7 @@ class TrainOptions:
     sweep: bool = False
     seed: int = 0
     plot: bool = False
+    refit: bool = True  # after a sweep; off keeps validation unseen (e.g. for fine-tuning next)
 
 
 @dataclass
@@ -109,17 +110,18 @@ def train_head(
         ]
     chosen = max(rows, key=lambda r: (r.metrics.accuracy, r.metrics.balanced_accuracy))
     head = chosen.estimator
-    if options.sweep:
+    refitted = options.sweep and options.refit
+    if refitted:
         head = refit(
             chosen, np.concatenate([train.X, val.X]), np.concatenate([train_labels, val_labels])
         )
     result = TrainResult(
-        head, chosen, rows, counts, len(train.X), len(val.X), options.sweep, data.missing
+        head, chosen, rows, counts, len(train.X), len(val.X), refitted, data.missing
     )
     if out is not None:
         notes = {
             "validation": list(options.val_sources) or f"stratified split {options.val_split}",
-            "refit_on_train_and_validation": options.sweep,
+            "refit_on_train_and_validation": refitted,
             "class_counts": counts,
             "leaderboard": [_row_record(r) for r in rows],
         }

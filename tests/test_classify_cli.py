@@ -4,11 +4,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import FAST_ARGS, make_colour_folder, write_image
 
 from headstart.cache import EmbeddingCache
+from headstart.classify.persist import load_head
 from headstart.cli import main
 from headstart.errors import HeadstartError
 
@@ -175,3 +177,20 @@ def test_a_head_and_an_index_from_other_model_code_say_what_differs(tmp_path: Pa
     differences = str(refused.value).split("(index vs head: ")[1].split("); build")[0]
     assert differences.startswith("model_code: sha256:") and " vs sha256:" in differences
     assert ";" not in differences  # nothing else differs
+
+
+def test_a_sweep_without_refit_keeps_validation_unseen(workspace: Path) -> None:
+    cache = workspace / "cache"
+    heads = {}
+    for flag in ("--refit", "--no-refit"):
+        out = workspace / f"head{flag}"
+        args = ["train", workspace / "train", *FAST_ARGS, "--cache", cache, "--sweep", flag]
+        trained = run(*args, "-o", out, "-q")
+        assert trained.exit_code == 0, trained.output
+        heads[flag] = load_head(out)
+    refitted, kept = heads["--refit"], heads["--no-refit"]
+    assert refitted.document["notes"]["refit_on_train_and_validation"] is True
+    assert kept.document["notes"]["refit_on_train_and_validation"] is False
+    # The same C chosen, fitted on different rows: only the refit saw the validation images.
+    assert refitted.head.get_params()["C"] == kept.head.get_params()["C"]
+    assert not np.allclose(refitted.head.coef_, kept.head.coef_)
