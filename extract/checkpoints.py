@@ -116,8 +116,7 @@ def apply_checkpoint(model: nn.Module, path: Path, ignored_prefixes: Iterable[st
     unexpected = [k for k in unexpected if not (ignored and k.startswith(ignored))]
     if unexpected and not missing and _removed_classifier(model, unexpected):
         log.warning(
-            "note: ignored %s in %s: a classifier's weights, and this network has no classifier "
-            "there",
+            "ignored %s in %s: the weights of a classifier this network no longer has",
             ", ".join(unexpected),
             path.name,
         )

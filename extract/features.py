@@ -131,7 +131,7 @@ def classifier_summary(backbone: Backbone, requested: str | None, crop_size: int
     """One line saying which module is cut off to reach the embedding, and why."""
     crop = crop_size or (backbone.weights.preprocess or DEFAULT_PREPROCESS).crop_size
     if backbone.head_rule == "as-is":
-        return f"classifier: none in {backbone.name}; embeddings are its output"
+        return f"classifier: removed by {backbone.family} itself; embeddings are its output"
     resolved = with_classifier(backbone, requested, crop)
     model = backbone.build()
     if backbone.head_rule == "last-linear":
@@ -145,8 +145,9 @@ def classifier_summary(backbone: Backbone, requested: str | None, crop_size: int
             f"classifier: {why}; embeddings are the network's output (pooled if a feature map)"
             "; --classifier NAME cuts one"
         )
-    how = "as asked" if requested else "found by a trial forward pass"
-    return f"classifier: {describe_classifier(model, resolved.classifier)}, {how}; cut off"
+    how = "named by --classifier" if requested else "found"
+    found = describe_classifier(model, resolved.classifier)
+    return f"classifier: {found}, {how}; cut off, embeddings are its input"
 
 
 def layer_names(backbone: Backbone) -> list[str]:

@@ -262,7 +262,7 @@ def test_layers_names_the_module_taken(network) -> None:
     assert result.exit_code == 0, result.output
     assert "layer1.1" in result.stdout.splitlines()
     assert (
-        "classifier: linear (Linear 16 -> 10), found by a trial forward pass; cut off"
+        "classifier: linear (Linear 16 -> 10), found; cut off, embeddings are its input"
         in result.stderr
     )
 
