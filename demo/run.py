@@ -95,7 +95,7 @@ def own_backbone(out: Path, images: Path) -> Backbone:
 
 def run(command: list[str], shown: str | None = None) -> None:
     """Run one command as a user would, showing it first; stop the demo if it fails."""
-    words = [shown or "headstart", *command[2 if shown else 1 :]]
+    words = [*(shown.split() if shown else ["headstart"]), *command[2 if shown else 1 :]]
     print("$ " + shlex.join(_short(word) for word in words), flush=True)
     if subprocess.run(command).returncode != 0:
         raise SystemExit(f"demo stopped: that command failed ({' '.join(words[:2])})")
