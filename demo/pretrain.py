@@ -73,22 +73,15 @@ def shift(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     )
 
 
-def split(
-    labels: torch.Tensor, generator: torch.Generator, fraction: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a stratified train / held-out split (HELD_OUT of each class held out).
-
-    ``fraction`` < 1 trains on that share of each class only (a quicker run, e.g. for tests); the
-    held-out images stay the same for a given seed, so accuracies remain comparable.
-    """
+def split(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a stratified train / held-out split (HELD_OUT of each class held out)."""
     train, held = [], []
     for label in labels.unique():
         members = torch.nonzero(labels == label).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
         count = max(1, round(HELD_OUT * len(members)))
         held.append(members[:count])
-        rest = members[count:]
-        train.append(rest[: max(1, round(fraction * len(rest)))])
+        train.append(members[count:])
     return torch.cat(train), torch.cat(held)
 
 
@@ -119,12 +112,12 @@ def accuracy(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> fl
     return (predicted == labels).float().mean().item()
 
 
-def main(images: Path, out: Path, epochs: int, seed: int, fraction: float = 1.0) -> None:
+def main(images: Path, out: Path, epochs: int, seed: int) -> None:
     """Train on ``images/source`` for ``epochs`` epochs and save the checkpoint to ``out``."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     pixels, labels, classes = load_folder(images / "source")
-    train, held = split(labels, generator, fraction)
+    train, held = split(labels, generator)
     model = DigitsNet(num_classes=len(classes))
     optimiser = torch.optim.SGD(
         model.parameters(), lr=LR, momentum=0.9, nesterov=True, weight_decay=WEIGHT_DECAY
@@ -163,12 +156,7 @@ if __name__ == "__main__":
     parser.add_argument("out", type=Path, help="checkpoint file to write (.pt)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--fraction", type=float, default=1.0, help="share of the source images to train on"
-    )
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
-    if not 0 < args.fraction <= 1:
-        parser.error("--fraction must be in (0, 1]")
-    main(args.images, args.out, args.epochs, args.seed, args.fraction)
+    main(args.images, args.out, args.epochs, args.seed)
