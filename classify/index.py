@@ -224,14 +224,16 @@ def build_index(
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=min(n, wanted), replace=False))
         if len(sample) < wanted:
-            # Said once here rather than by FAISS once per sub-quantizer.
-            index.pq.cp.min_points_per_centroid = 1
-            log.warning(
-                "product quantisation trained on %d vectors (FAISS advises %d): expect low "
-                "recall; --kind ivf or flat suits a collection this small",
-                len(sample),
-                wanted,
-            )
+            # Said once here, if at all, rather than by FAISS once per quantizer it trains.
+            index.cp.min_points_per_centroid = 1
+            if spec.kind == "ivfpq":
+                index.pq.cp.min_points_per_centroid = 1
+                log.warning(
+                    "product quantisation trained on %d vectors (FAISS advises %d): expect low "
+                    "recall; --kind ivf or flat suits a collection this small",
+                    len(sample),
+                    wanted,
+                )
         index.cp.seed = seed
         index.train(vectors.take(sample))  # FAISS's Python wrapper keeps the quantizer alive
     for _, block in vectors.blocks():
