@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
+from headstart.extract import ExtractOptions, PreprocessOverrides, extract, resolve_recipe
 
 BASE = ExtractOptions(model="resnet18", weights="none", device="cpu", precision="fp32")
 
@@ -15,8 +15,16 @@ def fingerprint_id(options: ExtractOptions) -> str:
     return resolve_recipe(options).fingerprint.id
 
 
-def test_same_options_same_fingerprint() -> None:
-    assert fingerprint_id(BASE) == fingerprint_id(replace(BASE, batch_size=7, workers=0))
+def test_options_that_only_change_speed_reuse_the_cached_vectors(
+    image_folder: Path, cache_dir: Path
+) -> None:
+    small = replace(BASE, preprocess=PreprocessOverrides(resize_size=40, crop_size=32))
+    first = extract([str(image_folder)], replace(small, batch_size=7, workers=0), cache_dir)
+    fast = replace(small, batch_size=2, workers=2, compile=False, flush_seconds=0.0)
+    second = extract([str(image_folder)], fast, cache_dir)
+    assert first.embedded == 9
+    assert (second.embedded, second.from_cache) == (0, 9)
+    assert second.fingerprint.id == first.fingerprint.id
 
 
 def test_each_thing_that_changes_vectors_changes_the_fingerprint(tmp_path: Path) -> None:
