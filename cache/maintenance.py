@@ -19,12 +19,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from headstart.atomic import fsync_path
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE, KeySet
 from headstart.cache.shards import (
     SHARD_FORMAT,
     SHARD_READ_ERRORS,
-    fsync_path,
     publish_shard,
     read_shard_info,
     read_shard_keys,

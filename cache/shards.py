@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from headstart import __version__
+from headstart.atomic import atomic_path
 from headstart.cache.keys import KEY_DTYPE
 
 __all__ = [
@@ -24,7 +25,6 @@ __all__ = [
     "ShardInfo",
     "as_float32",
     "copy_rows",
-    "fsync_path",
     "publish_shard",
     "read_shard_info",
     "read_shard_keys",
@@ -78,31 +78,23 @@ def publish_shard(
     directory.mkdir(parents=True, exist_ok=True)
     name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5"
     final = directory / name
-    temporary = directory / f".tmp-{name}"
-    try:
-        with h5py.File(temporary, "w") as f:
-            f.create_dataset("keys", data=np.asarray(keys, KEY_DTYPE))
-            f.create_dataset("embeddings", data=embeddings.astype(dtype, copy=False))
-            f.attrs.update(
-                {
-                    "format": SHARD_FORMAT,
-                    "fingerprint": fingerprint,
-                    "count": len(keys),
-                    "dim": embeddings.shape[1],
-                    "dtype": dtype,
-                    "created_unix": time.time(),
-                    "headstart_version": __version__,
-                    "h5py_version": h5py.__version__,
-                    "hdf5_version": h5py.version.hdf5_version,
-                    "numpy_version": np.__version__,
-                }
-            )
-        fsync_path(temporary)
-        os.replace(temporary, final)
-        fsync_path(directory)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(final) as temporary, h5py.File(temporary, "w") as f:
+        f.create_dataset("keys", data=np.asarray(keys, KEY_DTYPE))
+        f.create_dataset("embeddings", data=embeddings.astype(dtype, copy=False))
+        f.attrs.update(
+            {
+                "format": SHARD_FORMAT,
+                "fingerprint": fingerprint,
+                "count": len(keys),
+                "dim": embeddings.shape[1],
+                "dtype": dtype,
+                "created_unix": time.time(),
+                "headstart_version": __version__,
+                "h5py_version": h5py.__version__,
+                "hdf5_version": h5py.version.hdf5_version,
+                "numpy_version": np.__version__,
+            }
+        )
     return final
 
 
@@ -166,12 +158,3 @@ def _open(path: Path) -> h5py.File:
 def _overflows_float16(embeddings: np.ndarray) -> bool:
     finite = embeddings[np.isfinite(embeddings)]
     return bool(finite.size) and float(np.abs(finite).max()) > _FLOAT16_MAX
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a directory's data (a rename is durable once its directory is)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

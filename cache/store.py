@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from headstart import __version__
+from headstart.atomic import write_text_atomic
 from headstart.cache.catalog import FileCatalog
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE, KeySet, file_key
@@ -123,9 +124,7 @@ class EmbeddingCache:
                     "h5py": h5py.__version__,
                 },
             }
-            temporary = directory / f".{_FINGERPRINT_FILE}.{os.getpid()}"
-            temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-            os.replace(temporary, record)
+            write_text_atomic(record, json.dumps(document, indent=2, sort_keys=True) + "\n")
         return FingerprintStore(self, fingerprint)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.atomic import atomic_path, write_text_atomic
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import file_key
 from headstart.cache.store import FingerprintStore
@@ -344,13 +345,13 @@ def save_index(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f".index.faiss.{os.getpid()}"
-    faiss.write_index(index, str(temporary))
-    os.replace(temporary, directory / "index.faiss")
+    with atomic_path(directory / "index.faiss") as temporary:
+        faiss.write_index(index, str(temporary))
     # Exact bytes for file names that are not UTF-8, read back the same way by load_index.
-    with open(
-        directory / "items.csv", "w", newline="", encoding="utf-8", errors="surrogateescape"
-    ) as f:
+    with (
+        atomic_path(directory / "items.csv") as temporary,
+        open(temporary, "w", newline="", encoding="utf-8", errors="surrogateescape") as f,
+    ):
         table = csv.writer(f)
         table.writerow(["row", "path", "label", "key"])
         table.writerows(
@@ -373,7 +374,7 @@ def save_index(
         "items_sha256": file_key(str(directory / "items.csv")),
         "created_unix": time.time(),
     }
-    (directory / "index.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_text_atomic(directory / "index.json", json.dumps(document, indent=2) + "\n")
     return directory
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from headstart import __version__
+from headstart.atomic import atomic_path, write_text_atomic
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import file_key
 from headstart.classify.heads import Head, get_head
@@ -48,9 +49,8 @@ def save_head(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays_path = directory / _ARRAYS
-    temporary = directory / f".{_ARRAYS}.{os.getpid()}.npz"
-    np.savez(temporary, **head.fitted_arrays())
-    os.replace(temporary, arrays_path)
+    with atomic_path(arrays_path) as temporary:
+        np.savez(temporary, **head.fitted_arrays())
     document = {
         "format": HEAD_FORMAT,
         "head": head.head_name,
@@ -68,9 +68,7 @@ def save_head(
         "created_unix": time.time(),
         "headstart_version": __version__,
     }
-    temporary = directory / f".{_DOCUMENT}.{os.getpid()}"
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(temporary, directory / _DOCUMENT)
+    write_text_atomic(directory / _DOCUMENT, json.dumps(document, indent=2) + "\n")
     return directory
 
 

@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 from headstart import __version__
+from headstart.atomic import write_text_atomic
 from headstart.cache.fingerprint import Fingerprint
 from headstart.extract.options import ExtractOptions
 
@@ -136,9 +137,9 @@ class RecipeMemo:
         # A memo is a convenience: a read-only or full cache directory costs only the shortcut.
         with contextlib.suppress(OSError):
             self.directory.mkdir(parents=True, exist_ok=True)
-            temporary = self.directory / f".{key}.{os.getpid()}.tmp"
-            temporary.write_text(json.dumps(document, sort_keys=True, indent=1))
-            os.replace(temporary, self.directory / f"{key}.json")
+            write_text_atomic(
+                self.directory / f"{key}.json", json.dumps(document, sort_keys=True, indent=1)
+            )
 
     def forget(self, key: str | None) -> None:
         if key is not None:

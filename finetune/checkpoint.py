@@ -7,12 +7,12 @@ renamed into place (a crash mid-write leaves the previous one intact), and is re
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from headstart.atomic import atomic_path
 from headstart.errors import HeadstartError
 from headstart.extract.checkpoints import load_tensors_file
 
@@ -20,15 +20,8 @@ __all__ = ["load_state", "save_state"]
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         torch.save(state, temporary)
-        with open(temporary, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def load_state(path: Path) -> dict[str, Any]:

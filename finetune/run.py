@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from headstart.atomic import atomic_path, write_text_atomic
 from headstart.cache.fingerprint import Fingerprint
 from headstart.classify.data import Embedded, embed_sources, stratified_split
 from headstart.classify.linear import LogisticRegressionHead
@@ -310,14 +311,11 @@ def _plot_curve(history: list[EpochRecord], path: Path) -> Path:
     accuracy.plot(epochs, [r.val_accuracy for r in history], "o-", color="tab:green")
     accuracy.set(xlabel="epoch (0: linear probe)", ylabel="accuracy", title="validation accuracy")
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=100)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
     return path
 
 
 def _write_json(path: Path, document: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")
