@@ -33,6 +33,24 @@ class Fingerprint:
         canonical = json.dumps(self.recipe, sort_keys=True, separators=(",", ":"))
         object.__setattr__(self, "id", hashlib.sha256(canonical.encode()).hexdigest()[:16])
 
+    def to_dict(self) -> dict[str, Any]:
+        """``{"id", "recipe", "source"}``: how every file that records a fingerprint holds it."""
+        return {"id": self.id, "recipe": dict(self.recipe), "source": dict(self.source)}
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any], *, check_id: bool = True) -> Fingerprint:
+        """The fingerprint :meth:`to_dict` wrote (extra keys beside it are ignored).
+
+        Raises KeyError without a recipe, and ValueError when ``check_id`` and the recorded id
+        is not the recipe's hash (a damaged or edited record).
+        """
+        fingerprint = cls(document["recipe"], document.get("source") or {})
+        if check_id and document.get("id") != fingerprint.id:
+            raise ValueError(
+                f"the record says {document.get('id')} but its recipe hashes to {fingerprint.id}"
+            )
+        return fingerprint
+
     def describe(self) -> str:
         """One line for people: model, weights, layer, precision."""
         r = self.recipe

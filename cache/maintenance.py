@@ -146,7 +146,7 @@ def verify(cache: EmbeddingCache) -> VerifyReport:
             continue
         try:
             document = json.loads(record.read_text())
-            recomputed = Fingerprint(document["recipe"]).id
+            recomputed = Fingerprint.from_dict(document, check_id=False).id
         except (ValueError, KeyError, TypeError) as exc:
             report.problems.append(f"{record}: unreadable ({exc})")
             continue

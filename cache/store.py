@@ -85,7 +85,7 @@ class EmbeddingCache:
                 record = directory / _FINGERPRINT_FILE
                 if record.is_file():
                     document = json.loads(record.read_text())
-                    found.append(Fingerprint(document["recipe"], document.get("source", {})))
+                    found.append(Fingerprint.from_dict(document, check_id=False))
         return found
 
     def find(self, prefix: str | None = None) -> Fingerprint:
@@ -114,9 +114,7 @@ class EmbeddingCache:
         if not record.exists():
             directory.mkdir(parents=True, exist_ok=True)
             document = {
-                "id": fingerprint.id,
-                "recipe": dict(fingerprint.recipe),
-                "source": dict(fingerprint.source),
+                **fingerprint.to_dict(),
                 "created_unix": time.time(),
                 "versions": {
                     "headstart": __version__,

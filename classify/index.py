@@ -365,11 +365,7 @@ def save_index(
         "dim": int(index.d),
         "metric": "cosine",
         "recall_at_10": recall,
-        "fingerprint": {
-            "id": fingerprint.id,
-            "recipe": dict(fingerprint.recipe),
-            "source": dict(fingerprint.source),
-        },
+        "fingerprint": fingerprint.to_dict(),
         "index_sha256": file_key(str(directory / "index.faiss")),
         "items_sha256": file_key(str(directory / "items.csv")),
         "created_unix": time.time(),
@@ -400,7 +396,12 @@ def load_index(directory: str | os.PathLike[str]) -> LoadedIndex:
         rows = list(csv.DictReader(f))
     if len(rows) != index.ntotal:
         raise HeadstartError(f"{directory}: {len(rows)} items for {index.ntotal} vectors")
-    recorded = Fingerprint(document["fingerprint"]["recipe"], document["fingerprint"]["source"])
+    try:
+        recorded = Fingerprint.from_dict(document["fingerprint"])
+    except (KeyError, TypeError, ValueError):
+        raise HeadstartError(
+            f"{directory}/index.json: the fingerprint record is inconsistent"
+        ) from None
     return LoadedIndex(
         index=_on_gpu(index, spec),
         cpu_index=index,

@@ -59,11 +59,7 @@ def save_head(
         "n_features": int(head.n_features_in_),
         "metrics": metrics or {},
         "notes": notes or {},
-        "fingerprint": {
-            "id": fingerprint.id,
-            "recipe": dict(fingerprint.recipe),
-            "source": dict(fingerprint.source),
-        },
+        "fingerprint": fingerprint.to_dict(),
         "arrays_sha256": file_key(str(arrays_path)),
         "created_unix": time.time(),
         "headstart_version": __version__,
@@ -91,9 +87,12 @@ def load_head(
         raise HeadstartError(
             f"{arrays_path} does not match {_DOCUMENT} (altered or damaged); refusing to load it"
         )
-    recorded = Fingerprint(document["fingerprint"]["recipe"], document["fingerprint"]["source"])
-    if recorded.id != document["fingerprint"]["id"]:
-        raise HeadstartError(f"{directory / _DOCUMENT}: the fingerprint record is inconsistent")
+    try:
+        recorded = Fingerprint.from_dict(document["fingerprint"])
+    except (KeyError, TypeError, ValueError):
+        raise HeadstartError(
+            f"{directory / _DOCUMENT}: the fingerprint record is inconsistent"
+        ) from None
     wanted = fingerprint.id if isinstance(fingerprint, Fingerprint) else fingerprint
     if wanted is not None and wanted != recorded.id:
         what = (

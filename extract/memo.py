@@ -107,9 +107,7 @@ class RecipeMemo:
             if document.get("format") != MEMO_FORMAT:
                 return None
             inputs = [(path, signature) for path, signature in document["inputs"]]
-            fingerprint = Fingerprint(document["recipe"], document["source"])
-            if fingerprint.id != document["id"]:
-                return None
+            fingerprint = Fingerprint.from_dict(document)
         except (OSError, ValueError, KeyError, TypeError):
             return None  # missing, or damaged: resolve again
         if any(_signature(path) != signature for path, signature in inputs):
@@ -128,9 +126,7 @@ class RecipeMemo:
             return
         document = {
             "format": MEMO_FORMAT,
-            "id": recipe.fingerprint.id,
-            "recipe": dict(recipe.fingerprint.recipe),
-            "source": dict(recipe.fingerprint.source),
+            **recipe.fingerprint.to_dict(),
             "fallback_reason": recipe.fallback_reason,
             "inputs": [[path, _signature(path)] for path in sorted(set(inputs))],
         }

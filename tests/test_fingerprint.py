@@ -1,3 +1,4 @@
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -81,3 +82,16 @@ def test_differences_name_the_fields_that_differ() -> None:
         "preprocess.resize_size: 256 vs 182",
     ]
     assert ours.differences(ours) == []
+
+
+def test_a_fingerprint_record_round_trips_and_an_edited_one_is_refused() -> None:
+    from headstart.cache import Fingerprint
+
+    fingerprint = resolve_recipe(BASE).fingerprint
+    document = json.loads(json.dumps(fingerprint.to_dict()))
+    again = Fingerprint.from_dict(document)
+    assert again.id == fingerprint.id and again.source == fingerprint.source
+    document["recipe"]["precision"] = "bf16"
+    with pytest.raises(ValueError, match="hashes to"):
+        Fingerprint.from_dict(document)
+    assert Fingerprint.from_dict(document, check_id=False).id != fingerprint.id
