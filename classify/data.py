@@ -20,7 +20,14 @@ from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, ExtractSummary, extract, iter_images
 from headstart.extract.sources import ListingSkips
 
-__all__ = ["Embedded", "class_counts", "embed_sources", "read_embedded", "stratified_split"]
+__all__ = [
+    "Embedded",
+    "class_counts",
+    "embed_sources",
+    "read_embedded",
+    "stratified_split",
+    "train_and_validation",
+]
 
 
 @dataclass
@@ -58,6 +65,26 @@ class Embedded:
         return Embedded(
             self.labels[rows], paths, self.keys[rows], self.fingerprint, self.store, _X=X
         )
+
+
+def train_and_validation(
+    data: Embedded,
+    val_sources: Sequence[str],
+    val_split: float,
+    seed: int,
+    options: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    *,
+    purpose: str,
+    progress: bool = False,
+) -> tuple[Embedded, Embedded]:
+    """(train, validation): ``data`` and the ``val_sources`` embedded alike, or, without
+    them, a stratified split of ``data`` (``purpose`` names what needs its labels)."""
+    if val_sources:
+        return data, embed_sources(val_sources, options, cache_dir, progress=progress)
+    labels = data.require_labels(purpose)
+    train_rows, val_rows = stratified_split(labels, val_split, seed)
+    return data.subset(train_rows), data.subset(val_rows)
 
 
 def embed_sources(

@@ -16,7 +16,12 @@ import numpy as np
 
 from headstart.cache.keys import KEY_DTYPE
 from headstart.cache.store import EmbeddingCache
-from headstart.classify.data import Embedded, class_counts, embed_sources, stratified_split
+from headstart.classify.data import (
+    Embedded,
+    class_counts,
+    embed_sources,
+    train_and_validation,
+)
 from headstart.classify.heads import Head, get_head
 from headstart.classify.index import (
     IndexSpec,
@@ -90,15 +95,17 @@ def train_head(
     rare = [name for name, count in counts.items() if count < 2]
     if rare:
         raise HeadstartError(f"classes need at least 2 images each; too few: {', '.join(rare)}")
-    if options.val_sources:
-        val = embed_sources(options.val_sources, embed, cache_dir, progress=progress)
-        train = data
-        val_labels = val.require_labels("validation")
-    else:
-        train_rows, val_rows = stratified_split(labels, options.val_split, options.seed)
-        train, val = data.subset(train_rows), data.subset(val_rows)
-        val_labels = labels[val_rows]
-    train_labels = train.labels.astype(str)
+    train, val = train_and_validation(
+        data,
+        options.val_sources,
+        options.val_split,
+        options.seed,
+        embed,
+        cache_dir,
+        purpose="training",
+        progress=progress,
+    )
+    train_labels, val_labels = train.labels.astype(str), val.require_labels("validation")
     if options.sweep:
         rows = sweep(
             options.heads, train.X, train_labels, val.X, val_labels, base_params=options.params

@@ -26,7 +26,7 @@ import torch
 
 from headstart.atomic import atomic_path, write_text_atomic
 from headstart.cache.fingerprint import Fingerprint
-from headstart.classify.data import Embedded, embed_sources, stratified_split
+from headstart.classify.data import embed_sources, train_and_validation
 from headstart.classify.linear import LogisticRegressionHead
 from headstart.classify.metrics import Metrics, score
 from headstart.classify.persist import load_head, save_head
@@ -108,7 +108,16 @@ def finetune(
 
     # Stage 1: the linear probe on frozen, cached embeddings.
     data = embed_sources(sources, embed, cache_dir, progress=progress)
-    train, val = _split(data, embed, cache_dir, options, progress)
+    train, val = train_and_validation(
+        data,
+        options.val_sources,
+        options.val_split,
+        options.loop.seed,
+        embed,
+        cache_dir,
+        purpose="fine-tuning",
+        progress=progress,
+    )
     train_labels, val_labels = train.require_labels("training"), val.require_labels("validation")
     if options.head_dir is not None:
         head = load_head(options.head_dir, fingerprint=data.fingerprint).head
@@ -226,22 +235,6 @@ def _check_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
             f"{run_dir} already holds a fine-tuning run; add --resume to continue it, "
             "or choose another --out"
         )
-
-
-def _split(
-    data: Embedded,
-    embed: ExtractOptions,
-    cache_dir: str | os.PathLike[str],
-    options: FinetuneOptions,
-    progress: bool,
-) -> tuple[Embedded, Embedded]:
-    """(train, validation): the --val sources, or a stratified split of ``data``."""
-    if options.val_sources:
-        val = embed_sources(options.val_sources, embed, cache_dir, progress=progress)
-        return data, val
-    labels = data.require_labels("fine-tuning")
-    train_rows, val_rows = stratified_split(labels, options.val_split, options.loop.seed)
-    return data.subset(train_rows), data.subset(val_rows)
 
 
 def _class_index(labels: np.ndarray, classes: np.ndarray) -> list[int]:
