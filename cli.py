@@ -17,6 +17,8 @@ import click
 from headstart import __version__
 from headstart.classify.commands import evaluate, index, knn, predict, train
 from headstart.cli_options import (
+    CACHE_ENV,
+    DEFAULT_CACHE,
     EXIT_INTERRUPTED,
     EXIT_SOME_FAILED,
     embedding_options,
@@ -145,7 +147,7 @@ def extract(
 
 
 @main.command()
-@click.argument("cache_dir", required=False, envvar="HEADSTART_CACHE", default=".headstart")
+@click.argument("cache_dir", required=False, envvar=CACHE_ENV, default=DEFAULT_CACHE)
 @click.option("--failures", "show_failures", is_flag=True, help="List every failed file.")
 def info(cache_dir: str, show_failures: bool) -> None:
     """Show the fingerprints, counts, widths and sizes in CACHE_DIR, and its failures."""
@@ -175,7 +177,7 @@ def info(cache_dir: str, show_failures: bool) -> None:
 
 
 @main.command()
-@click.argument("cache_dir", required=False, envvar="HEADSTART_CACHE", default=".headstart")
+@click.argument("cache_dir", required=False, envvar=CACHE_ENV, default=DEFAULT_CACHE)
 @click.option("--fingerprint", help="Fingerprint id or unique prefix [default: the only one].")
 @click.option("-o", "--out", required=True, help="Output path (.npy + .csv, or .parquet).")
 @click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), help="[default: by suffix]")
@@ -195,7 +197,7 @@ def cache() -> None:
 
 
 @cache.command("compact")
-@click.argument("cache_dir", required=False, envvar="HEADSTART_CACHE", default=".headstart")
+@click.argument("cache_dir", required=False, envvar=CACHE_ENV, default=DEFAULT_CACHE)
 @click.option("--fingerprint", help="Only this fingerprint (id or prefix) [default: all].")
 @click.option(
     "--shard-size",
@@ -221,7 +223,7 @@ def cache_compact(cache_dir: str, fingerprint: str | None, shard_rows: int) -> N
 
 
 @cache.command("verify")
-@click.argument("cache_dir", required=False, envvar="HEADSTART_CACHE", default=".headstart")
+@click.argument("cache_dir", required=False, envvar=CACHE_ENV, default=DEFAULT_CACHE)
 def cache_verify(cache_dir: str) -> None:
     """Check every shard opens and counts match; report missing or corrupt files (read-only)."""
     from headstart.cache import EmbeddingCache

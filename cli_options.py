@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 __all__ = [
+    "CACHE_ENV",
     "CACHE_HELP",
+    "DEFAULT_CACHE",
     "EXIT_INTERRUPTED",
     "EXIT_SOME_FAILED",
     "embedding_options",
@@ -17,7 +19,8 @@ __all__ = [
 
 EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
-CACHE_HELP = "Cache directory [env HEADSTART_CACHE; default ./.headstart]."
+CACHE_ENV, DEFAULT_CACHE = "HEADSTART_CACHE", ".headstart"
+CACHE_HELP = f"Cache directory [env {CACHE_ENV}; default ./{DEFAULT_CACHE}]."
 
 
 def _triple(ctx: click.Context, param: click.Parameter, text: str | None):
@@ -53,7 +56,7 @@ def embedding_options(command):
             "[default: found; none keeps the output].",
         ),
         click.option(
-            "--cache", "cache_dir", envvar="HEADSTART_CACHE", default=".headstart", help=CACHE_HELP
+            "--cache", "cache_dir", envvar=CACHE_ENV, default=DEFAULT_CACHE, help=CACHE_HELP
         ),
         click.option(
             "-b", "--batch-size", type=click.IntRange(min=1), help="[default: 32 CPU, 128 CUDA]"
@@ -140,7 +143,7 @@ def runtime_options(command):
     """Device, batch and decoding options for commands that embed like a saved head or index."""
     options = [
         click.option(
-            "--cache", "cache_dir", envvar="HEADSTART_CACHE", default=".headstart", help=CACHE_HELP
+            "--cache", "cache_dir", envvar=CACHE_ENV, default=DEFAULT_CACHE, help=CACHE_HELP
         ),
         click.option(
             "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
