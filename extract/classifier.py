@@ -140,7 +140,11 @@ def _scripted_classifier(model: torch.jit.ScriptModule) -> str | None:
 
 def _cut_scripted(model: torch.jit.ScriptModule, name: str, model_name: str) -> Cut:
     children = list(model.named_children())
-    if getattr(model, "original_name", "") != "Sequential" or children[-1][0] != name:
+    if (
+        getattr(model, "original_name", "") != "Sequential"
+        or not children
+        or children[-1][0] != name
+    ):
         raise HeadstartError(
             f"--classifier {name}: {model_name} is TorchScript, whose graph cannot be edited; "
             "only the last module of an nn.Sequential can be cut (export the network without "
