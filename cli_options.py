@@ -8,6 +8,8 @@ __all__ = [
     "CACHE_ENV",
     "CACHE_HELP",
     "DEFAULT_CACHE",
+    "DEFAULT_DEVICE",
+    "DEVICE_HELP",
     "EXIT_INTERRUPTED",
     "EXIT_SOME_FAILED",
     "embedding_options",
@@ -21,6 +23,7 @@ EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
 CACHE_ENV, DEFAULT_CACHE = "HEADSTART_CACHE", ".headstart"
 CACHE_HELP = f"Cache directory [env {CACHE_ENV}; default ./{DEFAULT_CACHE}]."
+DEFAULT_DEVICE, DEVICE_HELP = "auto", "auto, cpu, cuda or cuda:N."
 
 
 def _triple(ctx: click.Context, param: click.Parameter, text: str | None):
@@ -61,9 +64,7 @@ def embedding_options(command):
         click.option(
             "-b", "--batch-size", type=click.IntRange(min=1), help="[default: 32 CPU, 128 CUDA]"
         ),
-        click.option(
-            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
-        ),
+        click.option("--device", default=DEFAULT_DEVICE, show_default=True, help=DEVICE_HELP),
         click.option(
             "--precision",
             type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
@@ -145,9 +146,7 @@ def runtime_options(command):
         click.option(
             "--cache", "cache_dir", envvar=CACHE_ENV, default=DEFAULT_CACHE, help=CACHE_HELP
         ),
-        click.option(
-            "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
-        ),
+        click.option("--device", default=DEFAULT_DEVICE, show_default=True, help=DEVICE_HELP),
         click.option("-b", "--batch-size", type=click.IntRange(min=1)),
         click.option("-j", "--workers", type=click.IntRange(min=0), help="Decoding processes."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),

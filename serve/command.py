@@ -8,6 +8,7 @@ import socket
 
 import click
 
+from headstart.cli_options import DEFAULT_DEVICE, DEVICE_HELP
 from headstart.errors import HeadstartError
 
 __all__ = ["serve"]
@@ -54,7 +55,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
     metavar="VAR",
     help="Require 'Authorization: Bearer KEY', KEY read from this variable.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default=DEFAULT_DEVICE, show_default=True, help=DEVICE_HELP)
 @click.option(
     "--expose-paths",
     is_flag=True,
