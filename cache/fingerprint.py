@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from headstart.errors import HeadstartError
+
 __all__ = ["Fingerprint"]
 
 
@@ -50,6 +52,15 @@ class Fingerprint:
                 f"the record says {document.get('id')} but its recipe hashes to {fingerprint.id}"
             )
         return fingerprint
+
+    @classmethod
+    def recorded_in(cls, document: Mapping[str, Any], where: str) -> Fingerprint:
+        """The checked fingerprint a saved artifact's ``document["fingerprint"]`` holds; one
+        line naming ``where`` when that record is missing, damaged or edited."""
+        try:
+            return cls.from_dict(document["fingerprint"])
+        except (KeyError, TypeError, ValueError):
+            raise HeadstartError(f"{where}: the fingerprint record is inconsistent") from None
 
     def describe(self) -> str:
         """One line for people: model, weights, layer, precision."""

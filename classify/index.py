@@ -396,12 +396,7 @@ def load_index(directory: str | os.PathLike[str]) -> LoadedIndex:
         rows = list(csv.DictReader(f))
     if len(rows) != index.ntotal:
         raise HeadstartError(f"{directory}: {len(rows)} items for {index.ntotal} vectors")
-    try:
-        recorded = Fingerprint.from_dict(document["fingerprint"])
-    except (KeyError, TypeError, ValueError):
-        raise HeadstartError(
-            f"{directory}/index.json: the fingerprint record is inconsistent"
-        ) from None
+    recorded = Fingerprint.recorded_in(document, str(directory / "index.json"))
     return LoadedIndex(
         index=_on_gpu(index, spec),
         cpu_index=index,

@@ -87,12 +87,7 @@ def load_head(
         raise HeadstartError(
             f"{arrays_path} does not match {_DOCUMENT} (altered or damaged); refusing to load it"
         )
-    try:
-        recorded = Fingerprint.from_dict(document["fingerprint"])
-    except (KeyError, TypeError, ValueError):
-        raise HeadstartError(
-            f"{directory / _DOCUMENT}: the fingerprint record is inconsistent"
-        ) from None
+    recorded = Fingerprint.recorded_in(document, str(directory / _DOCUMENT))
     wanted = fingerprint.id if isinstance(fingerprint, Fingerprint) else fingerprint
     if wanted is not None and wanted != recorded.id:
         what = (
