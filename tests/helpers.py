@@ -10,21 +10,12 @@ from PIL import Image
 TESTS = Path(__file__).parent
 TINY_MODELS = TESTS / "tiny_models.py"
 
-# A real torchvision model at a small input size: the genuine code path, fast on two cores.
-# fp32 whatever the processor: ``--precision auto`` is bf16 on CPUs with AVX512-BF16 or AMX, and
-# the numbers these tests compare must not depend on the machine that runs them.
-FAST_ARGS = [
-    "--model",
-    "resnet18",
-    "--weights",
-    "none",
-    "--resize",
-    "40",
-    "--crop",
-    "32",
-    "--precision",
-    "fp32",
-]
+# Random-init weights at a small input size, in fp32 whatever the processor: ``--precision
+# auto`` is bf16 on CPUs with AVX512-BF16 or AMX, and the numbers these tests compare must not
+# depend on the machine that runs them. FAST_ARGS adds a real torchvision model: the genuine
+# code path, fast on two cores.
+SMALL_FP32 = ["--weights", "none", "--resize", "40", "--crop", "32", "--precision", "fp32"]
+FAST_ARGS = ["--model", "resnet18", *SMALL_FP32]
 
 # The precisions the tests of the bf16 path run at: fp32, and bf16 forced (emulated, slowly but
 # correctly, on processors without native bf16), so that path is tested on every machine.

@@ -11,29 +11,14 @@ import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
-from helpers import TINY_MODELS, make_folder, published_shards
+from helpers import SMALL_FP32, TINY_MODELS, make_folder, published_shards
 
 from headstart.cache import EmbeddingCache
 from headstart.cache.shards import read_shard_keys
 from headstart.cli import main
 
-# fp32 whatever the processor (auto is bf16 on CPUs with AVX512-BF16): the vectors of
-# different runs are compared.
-COMMON = [
-    "--weights",
-    "none",
-    "--resize",
-    "40",
-    "--crop",
-    "32",
-    "--precision",
-    "fp32",
-    "--store-dtype",
-    "float32",
-    "--workers",
-    "1",
-    "-q",
-]
+# fp32 whatever the processor (SMALL_FP32): the vectors of different runs are compared.
+COMMON = [*SMALL_FP32, "--store-dtype", "float32", "--workers", "1", "-q"]
 
 
 def headstart(*args: object) -> subprocess.Popen:

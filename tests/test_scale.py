@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
-from helpers import TINY_MODELS, make_folder, published_shards
+from helpers import SMALL_FP32, TINY_MODELS, make_folder, published_shards
 
 from headstart.cache import EmbeddingCache, Fingerprint, ShardWriter, content_key
 from headstart.cache.maintenance import compact, verify
@@ -27,21 +27,8 @@ from headstart.extract.parts import Partition, parse_part
 # fp32 whatever the processor (auto is bf16 on CPUs with AVX512-BF16): parts, ranks and one
 # process must make the very same vectors. options() below says the same.
 MODEL = [
-    "--model",
-    f"{TINY_MODELS}:tiny_features",
-    "--weights",
-    "none",
-    "--resize",
-    "40",
-    "--crop",
-    "32",
-    "--precision",
-    "fp32",
-    "--store-dtype",
-    "float32",
-    "--workers",
-    "0",
-    "-q",
+    *["--model", f"{TINY_MODELS}:tiny_features", *SMALL_FP32],
+    *["--store-dtype", "float32", "--workers", "0", "-q"],
 ]
 
 
