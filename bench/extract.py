@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from headstart.cache import EmbeddingCache
+from headstart.device import cpu_has_native_bf16
 from headstart.extract import (
     ExtractOptions,
     PreprocessOverrides,
@@ -51,7 +52,6 @@ from headstart.extract import (
     resolve_recipe,
 )
 from headstart.extract.decode import decode_image
-from headstart.extract.device import cpu_has_native_bf16
 from headstart.extract.features import build_feature_model
 from headstart.extract.preprocess import normalize, to_uint8_tensor
 

@@ -188,7 +188,7 @@ def heads_check(smoke: bool) -> bool:
         print(f"FAISS flat search on {'GPU' if gpu else 'CPU'}: {seconds:.3f} s")
     pairs = zip(found[True], found[False], strict=True)
     same = float(np.mean([set(a) == set(b) for a, b in pairs]))
-    print(f"  same neighbours on GPU and CPU for {same:.1%} of queries (target >= 99%)")
+    print(f"  same neighbors on GPU and CPU for {same:.1%} of queries (target >= 99%)")
     return ok and same >= 0.99
 
 

@@ -1,7 +1,7 @@
-"""Nearest-neighbour search: headstart's exact and ``auto`` indexes against their baselines.
+"""Nearest-neighbor search: headstart's exact and ``auto`` indexes against their baselines.
 
 1. Exact search, 100,000 x 512 database, 1,000 queries, k=10: headstart's flat FAISS search
-   against scikit-learn ``NearestNeighbors(algorithm="brute")`` (same neighbours?) and against
+   against scikit-learn ``NearestNeighbors(algorithm="brute")`` (same neighbors?) and against
    the floor, the bare float32 product of queries and database.
 2. 1,000,000 x 512: the ``auto`` index (IVF, tuned to recall@10 >= 0.95) against exact search
    on the same queries: time per batch of queries, and the recall measured on them.
@@ -60,7 +60,7 @@ def exact_part(n: int, d: int, queries_n: int, k: int) -> None:
         f"  scikit-learn brute force        {theirs * 1000:8.1f} ms  = "
         f"{theirs / ours:.1f}x headstart"
     )
-    print(f"  same neighbours as scikit-learn: {same:.1%} of queries")
+    print(f"  same neighbors as scikit-learn: {same:.1%} of queries")
 
 
 def approximate_part(n: int, d: int, queries_n: int, k: int) -> None:

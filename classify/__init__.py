@@ -1,1 +1,1 @@
-"""Heads on cached embeddings: train, sweep, evaluate, predict, and nearest-neighbour search."""
+"""Heads on cached embeddings: train, sweep, evaluate, predict, and nearest-neighbor search."""

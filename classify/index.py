@@ -1,4 +1,4 @@
-"""Nearest-neighbour indexes over embeddings (FAISS), saved beside their items.
+"""Nearest-neighbor indexes over embeddings (FAISS), saved beside their items.
 
 Vectors are L2-normalised and compared by inner product (cosine similarity). ``auto`` follows
 the FAISS guidelines by size: exact (flat) search below 100k vectors, an inverted file (IVF) with
@@ -116,11 +116,11 @@ class LoadedIndex:
         for start in range(0, len(vectors), 4096):
             block = vectors[start : start + 4096]
             similarities, rows = self.index.search(block, min(k + 1, self.index.ntotal))
-            for offset, (sims, neighbours) in enumerate(zip(similarities, rows, strict=True)):
+            for offset, (sims, neighbors) in enumerate(zip(similarities, rows, strict=True)):
                 i = start + offset
                 pairs.extend(
                     (i, int(j), float(sim))
-                    for sim, j in zip(sims, neighbours, strict=True)
+                    for sim, j in zip(sims, neighbors, strict=True)
                     if j > i and sim >= threshold
                 )
         return sorted(pairs, key=lambda pair: -pair[2])
@@ -195,7 +195,7 @@ def build_index(
 ) -> tuple[Any, IndexSpec, float]:
     """Build, fill and tune an index; returns (index, tuned spec, recall@10).
 
-    Vectors are added a block at a time, IVF is trained on a sample, and exact neighbours for
+    Vectors are added a block at a time, IVF is trained on a sample, and exact neighbors for
     tuning are merged block by block, so an IVF-PQ index can cover more vectors than memory
     holds as float32.
     """
@@ -250,7 +250,7 @@ def build_index(
     return index, spec, recall
 
 
-def _exact_neighbours(vectors: Vectors, queries: np.ndarray, k: int) -> np.ndarray:
+def _exact_neighbors(vectors: Vectors, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k rows of ``queries`` over all vectors, merged block by block."""
     import faiss
 
@@ -278,8 +278,8 @@ def _tune(
     queries = vectors.take(rows)
     k = min(10, vectors.count - 1)
     # The queries are indexed items: leave each one's own row out of both lists, so recall
-    # counts real neighbours only.
-    truth = _without(_exact_neighbours(vectors, queries, k + 1), rows, k)
+    # counts real neighbors only.
+    truth = _without(_exact_neighbors(vectors, queries, k + 1), rows, k)
     compressed = spec.kind in COMPRESSED_KINDS
     best: tuple[IndexSpec, float] | None = None
     for value in (2**i for i in range(17)):

@@ -22,7 +22,7 @@ from sklearn.linear_model import RidgeClassifier
 from sklearn.svm import LinearSVC
 
 from headstart.classify.heads import Head, register_head
-from headstart.extract.device import resolve_device
+from headstart.device import resolve_device
 
 __all__ = [
     "LinearSVMHead",

@@ -8,7 +8,7 @@ from torch import nn
 
 from headstart.classify.heads import Head, register_head
 from headstart.classify.linear import Standardizer
-from headstart.extract.device import resolve_device
+from headstart.device import resolve_device
 
 __all__ = ["MLPHead"]
 

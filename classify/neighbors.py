@@ -1,8 +1,8 @@
-"""Heads by similarity: k-nearest neighbours (FAISS) and nearest class mean.
+"""Heads by similarity: k-nearest neighbors (FAISS) and nearest class mean.
 
 Both compare L2-normalised vectors by inner product, that is by cosine similarity. The kNN vote
 is either a plain majority or the temperature-weighted vote of the DINO protocol, where each
-neighbour counts ``exp(similarity / T)``.
+neighbor counts ``exp(similarity / T)``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def exact_search(
 def knn_votes(
     similarities: np.ndarray, labels: np.ndarray, n_classes: int, *, vote: str, temperature: float
 ) -> np.ndarray:
-    """Class scores from neighbour similarities and labels (both (n, k)), rows summing to 1."""
+    """Class scores from neighbor similarities and labels (both (n, k)), rows summing to 1."""
     if vote not in VOTES:
         raise HeadstartError(f"unknown vote {vote!r}; use {' or '.join(VOTES)}")
     valid = labels >= 0  # FAISS pads with -1 when the database is smaller than k
@@ -62,7 +62,7 @@ def knn_votes(
 
 @register_head("knn")
 class KNNHead(Head):
-    """k-nearest-neighbour vote over the training vectors, by cosine similarity.
+    """k-nearest-neighbor vote over the training vectors, by cosine similarity.
 
     Example:
         >>> KNNHead(k=20, vote="weighted").fit(X, y).predict(X_new)  # doctest: +SKIP
@@ -81,7 +81,7 @@ class KNNHead(Head):
         self.labels_ = index
         return self
 
-    def neighbours(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def neighbors(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, class indices) of the ``k`` nearest training vectors of each row."""
         X = self._check_features(X)
         similarities, rows = exact_search(
@@ -90,7 +90,7 @@ class KNNHead(Head):
         return similarities, np.where(rows >= 0, self.labels_[np.maximum(rows, 0)], -1)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        similarities, labels = self.neighbours(X, self.k)
+        similarities, labels = self.neighbors(X, self.k)
         return knn_votes(
             similarities, labels, len(self.classes_), vote=self.vote, temperature=self.temperature
         )

@@ -3,7 +3,7 @@
 Linear heads follow the CLIP linear-probe protocol: a log grid of the regularisation strength,
 the best value chosen on validation, then a refit on train + validation. ``logreg`` walks its
 grid as a warm-started path (:func:`~headstart.classify.linear.logistic_path`); kNN searches
-once with the largest k and scores every k from those neighbours.
+once with the largest k and scores every k from those neighbors.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _knn_rows(X, y, X_val, y_val, params: dict) -> list[LeaderboardRow]:
     ks = [k for k in GRIDS["knn"][1] if k <= len(X)] or [len(X)]
     started = time.perf_counter()
     base = KNNHead(k=max(ks), **{p: v for p, v in params.items() if p != "k"}).fit(X, y)
-    similarities, labels = base.neighbours(X_val, max(ks))
+    similarities, labels = base.neighbors(X_val, max(ks))
     search_seconds = time.perf_counter() - started
     rows = []
     votes = [params["vote"]] if "vote" in params else ["weighted", "majority"]

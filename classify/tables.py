@@ -1,4 +1,4 @@
-"""Text renderings of results for the command line: leaderboards, predictions, neighbours."""
+"""Text renderings of results for the command line: leaderboards, predictions, neighbors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from headstart.classify.sweep import LeaderboardRow
 
-__all__ = ["leaderboard_table", "neighbour_lines", "prediction_lines"]
+__all__ = ["leaderboard_table", "neighbor_lines", "prediction_lines"]
 
 FORMATS = ("table", "csv", "jsonl")
 
@@ -72,9 +72,9 @@ def prediction_lines(
             yield f"{path}\t{ranked}"
 
 
-def neighbour_lines(neighbours: list) -> Iterator[str]:
+def neighbor_lines(neighbors: list) -> Iterator[str]:
     current = None
-    for n in neighbours:
+    for n in neighbors:
         if n.query != current:
             current = n.query
             yield f"{n.query}"

@@ -268,7 +268,7 @@ def build_index_from_sources(
 
 
 @dataclass
-class Neighbour:
+class Neighbor:
     query: str
     rank: int
     similarity: float
@@ -285,8 +285,8 @@ def query_index(
     k: int = 10,
     runtime: dict | None = None,
     progress: bool = False,
-) -> tuple[LoadedIndex, list[Neighbour]]:
-    """Neighbours of query images (embedded like the index) and of cached content keys."""
+) -> tuple[LoadedIndex, list[Neighbor]]:
+    """Neighbors of query images (embedded like the index) and of cached content keys."""
     loaded = load_index(index_dir)
     names: list[str] = []
     blocks = []
@@ -302,7 +302,7 @@ def query_index(
         raise HeadstartError("give query images or --key values")
     similarities, rows = loaded.search(np.concatenate(blocks), k)
     found = [
-        Neighbour(name, rank + 1, float(sim), loaded.paths[row], loaded.labels[row])
+        Neighbor(name, rank + 1, float(sim), loaded.paths[row], loaded.labels[row])
         for name, sims, hits in zip(names, similarities, rows, strict=True)
         for rank, (sim, row) in enumerate(zip(sims, hits, strict=True))
         if row >= 0

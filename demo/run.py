@@ -7,7 +7,7 @@
    digits 0-4 (the source task), kept in ``OUT/pretrained`` so the next run skips it.
 2. The target task has other classes: digits 5-9, with few labelled images per class.
 3. Probes on cached embeddings of the random-init and of the pretrained backbone, nearest
-   neighbours, fine-tuning from the probe (LP-FT), and a probe on the fine-tuned backbone's
+   neighbors, fine-tuning from the probe (LP-FT), and a probe on the fine-tuned backbone's
    re-cached embeddings; every head scored on a test split that nothing was chosen on.
 
 It ends with a table of those numbers, also written to ``OUT/results.json``. About two minutes
@@ -118,8 +118,8 @@ def accuracy(metrics: Path) -> float:
     return float(json.loads(metrics.read_text())["accuracy"])
 
 
-def neighbour_agreement(index: Path, queries: Path, cache: Path, k: int) -> float:
-    """The share of the k nearest neighbours of each query image that are of its class."""
+def neighbor_agreement(index: Path, queries: Path, cache: Path, k: int) -> float:
+    """The share of the k nearest neighbors of each query image that are of its class."""
     from headstart.classify.workflow import query_index
 
     _, found = query_index(index, cache, sources=[str(queries)], k=k)
@@ -189,7 +189,7 @@ def main(out: Path, use_torchvision: bool | None = None) -> dict[str, float]:
     headstart("extract", images / "target", *recached)
     headstart("train", train, *recached, *probe, "-o", heads / "recached")
     score(heads / "recached", test, cache, scores / "recached.json")
-    print("== nearest neighbours among the labelled images, by the fine-tuned embeddings")
+    print("== nearest neighbors among the labelled images, by the fine-tuned embeddings")
     headstart("index", "build", train, val, *recached, "-o", out / "index")
     headstart("knn", out / "index", first, "-k", "5", "--cache", cache, "-q")
 
@@ -199,7 +199,7 @@ def main(out: Path, use_torchvision: bool | None = None) -> dict[str, float]:
         "pretrained_probe": accuracy(scores / "pretrained.json"),
         "lp_ft": accuracy(scores / "finetuned.json"),
         "recached_probe": accuracy(scores / "recached.json"),
-        "neighbours_same_class": neighbour_agreement(out / "index", test, cache, k=5),
+        "neighbors_same_class": neighbor_agreement(out / "index", test, cache, k=5),
         "test_images": json.loads((scores / "random.json").read_text())["n"],
         "classes": sum(1 for folder in test.iterdir() if folder.is_dir()),
         "seconds": round(time.perf_counter() - started, 1),
@@ -220,8 +220,8 @@ def print_table(results: dict, out: Path) -> None:
     print(f"{'':36}test accuracy ({results['test_images']} images)")
     for name, value in rows:
         print(f"{name:36}{value:.3f}")
-    share, chance = results["neighbours_same_class"], 1 / results["classes"]
-    print(f"{'of 5 nearest neighbours, same class':36}{share:.3f} (chance {chance:.2f})")
+    share, chance = results["neighbors_same_class"], 1 / results["classes"]
+    print(f"{'of 5 nearest neighbors, same class':36}{share:.3f} (chance {chance:.2f})")
     print(f"done in {results['seconds']:.0f} s. Look at:")
     for path, what in (
         ("heads/pretrained/confusion.png", "the probe's confusion matrix"),

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from headstart.device import autocast
 from headstart.errors import HeadstartError, first_line
-from headstart.extract.device import autocast
 from headstart.extract.preprocess import Preprocess, normalize
 
 __all__ = ["Embedder", "PendingEmbedding"]

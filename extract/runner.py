@@ -133,9 +133,9 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
     with ``fallback_random`` it checks the pretrained weights can be had and, when not,
     switches to random initialisation (and a fingerprint saying so).
     """
+    from headstart.device import resolve_device, resolve_precision
     from headstart.extract.backbones import WeightsUnavailable, get_backbone
     from headstart.extract.classifier import NO_CLASSIFIER
-    from headstart.extract.device import resolve_device, resolve_precision
     from headstart.extract.features import POOLING, with_classifier
     from headstart.extract.preprocess import resolve_preprocess
 

@@ -27,8 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from headstart.classify.metrics import score
+from headstart.device import autocast
 from headstart.errors import HeadstartError
-from headstart.extract.device import autocast
 from headstart.extract.reader import iter_batches
 from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import EpochSampler, LabelledImages, make_loader

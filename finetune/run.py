@@ -30,9 +30,9 @@ from headstart.classify.data import embed_sources, train_and_validation
 from headstart.classify.linear import LogisticRegressionHead
 from headstart.classify.metrics import Metrics, score
 from headstart.classify.persist import load_head, save_head
+from headstart.device import resolve_device, resolve_precision
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
-from headstart.extract.device import resolve_device, resolve_precision
 from headstart.extract.features import build_feature_model
 from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import LabelledImages

@@ -1,4 +1,4 @@
-"""The classifier service: classify, embed and find neighbours over HTTP.
+"""The classifier service: classify, embed and find neighbors over HTTP.
 
 Example:
     >>> from headstart.serve import Client  # doctest: +SKIP

@@ -52,7 +52,7 @@ class ServeSettings:
     expose_paths: bool = False
 
 
-# How many labels or neighbours one answer may hold, asked in the JSON body or the query string.
+# How many labels or neighbors one answer may hold, asked in the JSON body or the query string.
 _MAX_K = 1000
 _QueryK = Annotated[int | None, Query(ge=1, le=_MAX_K)]
 
@@ -65,8 +65,8 @@ class ImagesBody(BaseModel):
     top_k: int = Field(default=5, ge=1, le=_MAX_K)
 
 
-class NeighboursBody(BaseModel):
-    """JSON form of a neighbours request: one base64 image, or an embedding vector."""
+class NeighborsBody(BaseModel):
+    """JSON form of a neighbors request: one base64 image, or an embedding vector."""
 
     model_config = ConfigDict(extra="forbid")
     image: str | None = None
@@ -258,9 +258,9 @@ def create_app(settings: ServeSettings, *, engine_loader=load_engine) -> FastAPI
     @app.post(
         "/v1/neighbors",
         dependencies=[Depends(authorised)],
-        openapi_extra=_body_doc(NeighboursBody, many=False),
+        openapi_extra=_body_doc(NeighborsBody, many=False),
     )
-    async def neighbours(request: Request, k: _QueryK = None) -> dict:
+    async def neighbors(request: Request, k: _QueryK = None) -> dict:
         """An image or an embedding vector -> the k nearest items of the index."""
         engine = ready()
         if engine.index is None:
@@ -272,7 +272,7 @@ def create_app(settings: ServeSettings, *, engine_loader=load_engine) -> FastAPI
             raise HTTPException(
                 422, f"the vector has {vector.shape[1]} values; the index expects {engine.dim}"
             )
-        similarities, rows = await run_in_threadpool(engine.neighbours, vector, k or body_k)
+        similarities, rows = await run_in_threadpool(engine.neighbors, vector, k or body_k)
         index = engine.index
         found = []
         for similarity, row in zip(similarities[0], rows[0], strict=True):
@@ -339,11 +339,11 @@ async def _read_images(request: Request, limit: int) -> tuple[list[tuple[str, by
 async def _read_query(
     request: Request,
 ) -> tuple[np.ndarray | None, list[tuple[str, bytes]] | None, int]:
-    """A neighbours request: (vector, None, k) or (None, [one image], k)."""
+    """A neighbors request: (vector, None, k) or (None, [one image], k)."""
     if not request.headers.get("content-type", "").startswith("application/json"):
         images, _ = await _read_images(request, 1)
         return None, images, 10
-    body = _parse(NeighboursBody, await _json(request))
+    body = _parse(NeighborsBody, await _json(request))
     if (body.vector is None) == (body.image is None):
         raise HTTPException(422, "give exactly one of 'image' (base64) or 'vector'")
     if body.image is not None:

@@ -1,5 +1,5 @@
 """What the service computes with: the backbone (rebuilt from the head's fingerprint), the head,
-and optionally a nearest-neighbour index, checked to belong together before anything loads.
+and optionally a nearest-neighbor index, checked to belong together before anything loads.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Engine:
     def classify(self, vectors: np.ndarray) -> np.ndarray:
         return self.head.predict_proba(vectors)
 
-    def neighbours(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def neighbors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.index is None:
             raise LookupError("no index loaded")
         return self.index.search(l2_normalize(vectors), k)

@@ -34,8 +34,8 @@ def test_the_demo_shows_transfer_learning_working(tmp_path: Path) -> None:
     # A new probe on the fine-tuned backbone's re-cached embeddings is not worse than on the
     # frozen ones (its C is chosen on 100 validation images: a little noise either way).
     assert results["recached_probe"] >= results["pretrained_probe"] - 0.02, results
-    # Neighbours are mostly of the query's class (chance: one in five).
-    assert results["neighbours_same_class"] >= 0.45, results
+    # Neighbors are mostly of the query's class (chance: one in five).
+    assert results["neighbors_same_class"] >= 0.45, results
 
     # The commands a user types are the ones shown, the user's-own-model path included.
     shown = [line for line in done.stdout.splitlines() if line.startswith("$ ")]

@@ -26,7 +26,7 @@ def clustered(n: int, d: int = 32, clusters: int = 50, noise_seed: int = 0) -> n
     )
 
 
-def test_flat_search_returns_exactly_the_brute_force_neighbours() -> None:
+def test_flat_search_returns_exactly_the_brute_force_neighbors() -> None:
     database = l2_normalize(np.random.default_rng(0).normal(size=(2000, 64)))
     queries = l2_normalize(np.random.default_rng(1).normal(size=(50, 64)))
     similarities, rows = exact_search(database, queries, 10)
@@ -86,7 +86,7 @@ def test_a_product_quantised_index_builds_on_a_small_collection(n: int, caplog) 
     index, spec, recall = build_index(X, spec)
     assert index.ntotal == n
     # The recall it reports is the recall it has, on fresh queries, and compression keeps most
-    # neighbours (0.90-0.97 measured; 10 of n at random).
+    # neighbors (0.90-0.97 measured; 10 of n at random).
     queries = l2_normalize(clustered(100, noise_seed=5))
     truth = exact_search(l2_normalize(X), queries, 10)[1]
     found = index.search(queries, 10)[1]
@@ -128,7 +128,7 @@ def test_every_kind_builds_and_finds_each_vector_on_small_collections(kind: str,
     spec = choose_spec(n, X.shape[1], kind)
     index, spec, recall = build_index(X, spec)
     assert spec.kind == kind and 0 < recall <= 1
-    # Each vector's own row is its nearest neighbour, whatever the index compresses.
+    # Each vector's own row is its nearest neighbor, whatever the index compresses.
     found = index.search(l2_normalize(X), 1)[1][:, 0]
     exact = kind in ("flat", "hnsw", "ivf")
     assert (found == np.arange(n)).mean() >= (1.0 if exact else 0.5)

@@ -131,7 +131,7 @@ def test_embed_with_base64_json_matches_the_cache(server: str, trained: Path) ->
     )
 
 
-def test_neighbours_by_image_and_by_vector_match_offline_knn(server: str, trained: Path) -> None:
+def test_neighbors_by_image_and_by_vector_match_offline_knn(server: str, trained: Path) -> None:
     query = image_paths(trained, 1)[0]
     by_image = httpx.post(
         f"{server}/v1/neighbors",
@@ -262,11 +262,11 @@ def test_python_client(server: str, trained: Path) -> None:
     with Client(server, api_key=KEY) as client:
         results = client.classify(paths, top_k=2)
         vectors = client.embed(paths)
-        neighbours = client.neighbors(paths[0], k=3)
+        neighbors = client.neighbors(paths[0], k=3)
     assert [r["filename"] for r in results] == [p.name for p in paths] and len(
         results[0]["top"]
     ) == 2
-    assert vectors.shape == (3, 512) and len(neighbours) == 3
+    assert vectors.shape == (3, 512) and len(neighbors) == 3
 
 
 def test_mismatched_index_refuses_to_start(trained: Path, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from headstart.cli_options import (
+from headstart.commands.options import (
     EXIT_INTERRUPTED,
     embedding_options,
     extract_options,

@@ -1,4 +1,4 @@
-"""The heads and neighbours commands of ``headstart``: train, evaluate, predict, index, knn.
+"""The heads and neighbors commands of ``headstart``: train, evaluate, predict, index, knn.
 
 They are verbs of the one ``headstart`` group (``cli.py`` adds them); each only parses options,
 calls :mod:`headstart.classify.workflow` and prints.
@@ -10,7 +10,7 @@ import json
 
 import click
 
-from headstart.cli_options import (
+from headstart.commands.options import (
     EXIT_SOME_FAILED,
     embedding_options,
     extract_options,
@@ -20,7 +20,7 @@ from headstart.cli_options import (
 )
 from headstart.errors import HeadstartError
 
-__all__ = ["evaluate", "index", "knn", "predict", "train"]
+__all__ = ["evaluate", "predict", "train"]
 
 _HEAD_PARAMS = {
     # CLI option -> the heads it applies to (and their parameter name).
@@ -60,7 +60,7 @@ _HEAD_PARAMS = {
 )
 @click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), help="logreg/linear-svm.")
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), help="ridge.")
-@click.option("-k", "k", type=click.IntRange(min=1), help="knn neighbours.")
+@click.option("-k", "k", type=click.IntRange(min=1), help="knn neighbors.")
 @click.option("--vote", type=click.Choice(["weighted", "majority"]), help="knn vote.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="knn/ncm.")
 @click.option("--hidden", type=click.IntRange(min=1), help="mlp hidden units.")
@@ -215,86 +215,3 @@ def predict(head_dir, sources, top_k, fmt, cache_dir, device, batch_size, worker
             click.echo(f"  failed: {failure.path}: {failure.reason}", err=True)
         click.echo(f"{result.missing} images could not be classified", err=True)
         click.get_current_context().exit(EXIT_SOME_FAILED)
-
-
-@click.group()
-def index() -> None:
-    """Nearest-neighbour indexes over embeddings (FAISS)."""
-
-
-@index.command("build")
-@click.argument("sources", nargs=-1, required=True)
-@embedding_options
-@click.option(
-    "--kind",
-    type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq"]),
-    default="auto",
-    show_default=True,
-)
-@click.option(
-    "--max-memory",
-    help="Memory budget for the vectors, e.g. 2G (auto then compresses them: SQ8, else PQ).",
-)
-@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True)
-@click.option("-o", "--out", default="index", show_default=True, help="Index directory.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index_build(sources, kind, max_memory, target_recall, out, quiet, **params) -> None:
-    """Build a FAISS index over the embeddings of SOURCES."""
-    from headstart.classify.index import parse_size
-    from headstart.classify.workflow import build_index_from_sources
-
-    embed, cache_dir = extract_options(params)
-    budget = parse_size(max_memory) if max_memory else None
-    built = build_index_from_sources(
-        sources,
-        embed,
-        cache_dir,
-        out,
-        kind=kind,
-        max_memory=budget,
-        target_recall=target_recall,
-        progress=not quiet,
-    )
-    click.echo(
-        f"indexed {built.count} vectors: {built.spec.describe()}, recall@10 "
-        f"{built.recall:.3f} against exact search ({built.seconds:.1f} s) -> {out}"
-    )
-
-
-@click.command()
-@click.argument("index_dir")
-@click.argument("queries", nargs=-1)
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--key", "keys", multiple=True, help="A cached content key to query; repeatable.")
-@click.option(
-    "--duplicates",
-    type=click.FloatRange(-1, 1),
-    help="List pairs of indexed items at least this similar instead.",
-)
-@runtime_options
-def knn(
-    index_dir, queries, k, keys, duplicates, cache_dir, device, batch_size, workers, quiet
-) -> None:
-    """Nearest neighbours in INDEX_DIR of QUERIES (images, folders) or of --key values."""
-    from headstart.classify.index import load_index
-    from headstart.classify.tables import neighbour_lines
-    from headstart.classify.workflow import query_index
-
-    if duplicates is not None:
-        loaded = load_index(index_dir)
-        pairs = loaded.near_duplicates(duplicates)
-        for i, j, similarity in pairs:
-            click.echo(f"{similarity:.4f}\t{loaded.paths[i]}\t{loaded.paths[j]}")
-        click.echo(f"{len(pairs)} pairs with similarity >= {duplicates}", err=True)
-        return
-    _, found = query_index(
-        index_dir,
-        cache_dir,
-        sources=queries,
-        keys=keys,
-        k=k,
-        runtime=runtime(device, batch_size, workers),
-        progress=not quiet,
-    )
-    for line in neighbour_lines(found):
-        click.echo(line)

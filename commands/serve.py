@@ -8,7 +8,7 @@ import socket
 
 import click
 
-from headstart.cli_options import DEFAULT_DEVICE, DEVICE_HELP
+from headstart.commands.options import DEFAULT_DEVICE, DEVICE_HELP
 from headstart.errors import HeadstartError
 
 __all__ = ["serve"]
@@ -59,7 +59,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option(
     "--expose-paths",
     is_flag=True,
-    help="Include indexed items' file paths in neighbour answers (off: ids only).",
+    help="Include indexed items' file paths in neighbor answers (off: ids only).",
 )
 def serve(
     head_dir,
