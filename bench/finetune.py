@@ -29,8 +29,9 @@ from headstart.extract import ExtractOptions, resolve_recipe
 from headstart.extract.features import build_feature_model
 from headstart.extract.preprocess import normalize
 from headstart.finetune.data import LabelledImages
-from headstart.finetune.loop import LoopSettings, Trainer
+from headstart.finetune.loop import Trainer
 from headstart.finetune.network import ClassifierNetwork, training_memory_format
+from headstart.finetune.settings import LoopSettings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini" / "train"
 
@@ -68,7 +69,7 @@ def headstart_trainer(batch: int, memory_format: torch.memory_format | None, wor
     fmt = memory_format or training_memory_format(recipe.device, recipe.precision)
     network = ClassifierNetwork(features, nn.Linear(512, 10), recipe.preprocess, fmt)
     empty = LabelledImages(["unused"], [0], recipe.preprocess)
-    settings = LoopSettings(batch_size=batch, precision=recipe.precision)
+    settings = LoopSettings(batch_size=batch, precision=recipe.precision, workers=0)
     trainer = Trainer(network, empty, empty, settings, workdir, recipe.device)
     return trainer, recipe.precision, fmt
 

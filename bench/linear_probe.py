@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from headstart.classify.sweep import GRIDS, refit, sweep
+from headstart.classify.linear import LogisticRegressionHead
+from headstart.classify.sweep import refit, sweep
 
 
 def embedding_like(n: int, d: int, k: int, signal: float, seed: int = 0):
@@ -51,7 +52,7 @@ def main() -> None:
         X[args.train :],
         y[args.train :],
     )
-    Cs = GRIDS["logreg"][1]
+    Cs = LogisticRegressionHead.grid[1]
     print(
         f"{args.train} train + {args.val} validation vectors x {args.dim}, 10 classes; "
         f"C grid {', '.join(f'{c:.0e}' for c in Cs)}; torch {torch.__version__}, "

@@ -5,19 +5,48 @@ attributes ending in ``_`` and returns ``self``, ``predict``/``predict_proba`` c
 fitted and the feature count matches. Every head also says how to save itself as plain arrays
 (:meth:`Head.fitted_arrays`) and how to come back from them (:meth:`Head.from_arrays`), which is
 what lets a head be stored and loaded without pickle.
+
+The registry is the one place a head is declared: each class says which of its parameters users
+may set (:class:`HeadOption`, from which the command line builds its options and help) and what
+``--sweep`` tries (``grid``). Adding a head is writing its class and registering it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from headstart.errors import HeadstartError
 
-__all__ = ["Head", "get_head", "list_heads", "register_head"]
+__all__ = ["Head", "HeadOption", "get_head", "head_options", "list_heads", "register_head"]
+
+
+@dataclass(frozen=True)
+class HeadOption:
+    """A hyper-parameter a head lets users set by name (``--C``, ``-k``, ``--vote``...).
+
+    Heads that share a parameter name share one option, so their declarations must agree.
+    """
+
+    param: str  # the ``__init__`` argument it sets
+    kind: type  # float, int or str
+    help: str
+    minimum: float | None = None  # inclusive unless ``above_minimum``
+    above_minimum: bool = False
+    choices: tuple[str, ...] = ()
+    flag: str | None = None  # the option's spelling [default: --param]
+
+    @property
+    def spelling(self) -> str:
+        return self.flag or f"--{self.param.replace('_', '-')}"
 
 
 class Head(ClassifierMixin, BaseEstimator):
@@ -25,6 +54,17 @@ class Head(ClassifierMixin, BaseEstimator):
 
     #: Whether ``predict_proba`` gives calibrated probabilities (log-loss is meaningful).
     probabilistic = True
+    #: The registry name (``--head NAME``), set by :func:`register_head`.
+    head_name: ClassVar[str]
+    #: The parameters users may set by name, on the command line among others.
+    options: ClassVar[tuple[HeadOption, ...]] = ()
+    #: (parameter, values) that ``--sweep`` scores on validation; None: nothing to tune.
+    grid: ClassVar[tuple[str, tuple] | None] = None
+
+    @classmethod
+    def accepts(cls, param: str) -> bool:
+        """Whether ``param`` is one of this head's constructor arguments (``device``...)."""
+        return param in inspect.signature(cls.__init__).parameters
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most likely class of each row."""
@@ -33,29 +73,18 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def _check_features(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self)
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise HeadstartError(
-                f"{type(self).__name__} was fitted on {self.n_features_in_} features, "
-                f"got an array of shape {X.shape}"
-            )
-        return X
+        with _user_error():
+            return validate_data(self, X, reset=False, dtype=np.float32)
 
     def _encode(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Validate training data, set ``classes_``/``n_features_in_``, return (X, class index)."""
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y)
-        if X.ndim != 2 or len(X) != len(y):
-            raise HeadstartError(
-                f"expected X of shape (n, d) and n labels, got {X.shape}, {y.shape}"
-            )
-        if not np.isfinite(X).all():
-            raise HeadstartError("embeddings contain NaN or infinite values")
+        with _user_error():
+            X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
+            check_classification_targets(y)
         self.classes_, index = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             found = ", ".join(map(str, self.classes_)) or "none"
             raise HeadstartError(f"need at least two classes to train, got only: {found}")
-        self.n_features_in_ = X.shape[1]
         return X, index.astype(np.int64)
 
     def fitted_arrays(self) -> dict[str, np.ndarray]:
@@ -72,6 +101,19 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def _user_error() -> Iterator[None]:
+    """scikit-learn's input checks, as the one-line errors the command line reports."""
+    try:
+        yield
+    except HeadstartError:
+        raise
+    except ValueError as exc:
+        # One line, with its advice ("Reshape your data ...") but without the array it dumps.
+        lines = [line for line in str(exc).splitlines() if not line.startswith("array=")]
+        raise HeadstartError(" ".join(lines)) from None
 
 
 _HEADS: dict[str, type[Head]] = {}
@@ -99,8 +141,23 @@ def get_head(name: str) -> type[Head]:
 
 
 def list_heads() -> list[str]:
+    """Every registered head's name, in registration order."""
     _load_builtin_heads()
     return list(_HEADS)
+
+
+def head_options() -> list[tuple[HeadOption, tuple[str, ...]]]:
+    """Every option the registered heads declare, once, with the names of the heads taking it."""
+    merged: dict[str, tuple[HeadOption, tuple[str, ...]]] = {}
+    for name in list_heads():
+        for option in _HEADS[name].options:
+            if not _HEADS[name].accepts(option.param):
+                raise TypeError(f"head {name!r} declares {option.param!r}, not an argument of it")
+            known, takers = merged.get(option.param, (option, ()))
+            if known != option:
+                raise TypeError(f"heads {takers} and {name!r} declare {option.param!r} differently")
+            merged[option.param] = (known, (*takers, name))
+    return list(merged.values())
 
 
 def _load_builtin_heads() -> None:

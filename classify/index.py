@@ -34,6 +34,7 @@ from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import file_key
 from headstart.cache.store import FingerprintStore
 from headstart.classify.neighbors import exact_search, l2_normalize
+from headstart.classify.settings import INDEX_KINDS, TARGET_RECALL
 from headstart.errors import HeadstartError
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "headstart-index/1"
-KINDS = ("auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq")
 COMPRESSED_KINDS = ("ivfsq", "ivfpq")
 IVF_KINDS = ("ivf", *COMPRESSED_KINDS)
 FLAT_BELOW = 100_000
@@ -137,8 +137,8 @@ def parse_size(text: str) -> int:
 
 def choose_spec(n: int, d: int, kind: str = "auto", max_memory: int | None = None) -> IndexSpec:
     """The index for ``n`` vectors of ``d`` dimensions, following the FAISS guidelines."""
-    if kind not in KINDS:
-        raise HeadstartError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
+    if kind not in INDEX_KINDS:
+        raise HeadstartError(f"unknown index kind {kind!r}; choose from {', '.join(INDEX_KINDS)}")
     nlist = int(2 ** round(math.log2(max(4 * math.sqrt(n), 16))))
     nlist = max(1, min(nlist, 65536, n // 39 or 1))  # FAISS wants >= 39 training points a list
     full_size = n * d * 4
@@ -191,7 +191,11 @@ class Vectors:
 
 
 def build_index(
-    vectors: np.ndarray | Vectors, spec: IndexSpec, *, target_recall: float = 0.95, seed: int = 0
+    vectors: np.ndarray | Vectors,
+    spec: IndexSpec,
+    *,
+    target_recall: float = TARGET_RECALL,
+    seed: int = 0,
 ) -> tuple[Any, IndexSpec, float]:
     """Build, fill and tune an index; returns (index, tuned spec, recall@10).
 

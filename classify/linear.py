@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from sklearn.linear_model import RidgeClassifier
 from sklearn.svm import LinearSVC
 
-from headstart.classify.heads import Head, register_head
-from headstart.device import resolve_device
+from headstart.classify.heads import Head, HeadOption, register_head
+from headstart.device import AUTO, resolve_device
 
 __all__ = [
     "LinearSVMHead",
@@ -33,6 +33,9 @@ __all__ = [
     "logistic_path",
     "refit_logistic",
 ]
+
+# Shared by the heads with an inverse regularisation strength, so they share one option.
+_C = HeadOption("C", float, "Inverse regularisation strength.", minimum=0, above_minimum=True)
 
 _BLOCK_ROWS = 1024  # a block of 2048-wide rows (8 MB) stays in cache between its two products
 _PRECONDITIONER_ROWS = 4096
@@ -61,12 +64,18 @@ class Standardizer:
 class _LinearHead(Head):
     """Prediction shared by the linear heads: standardise, then ``X W^T + b``."""
 
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
+    def class_scores(self, X: np.ndarray) -> np.ndarray:
+        """One score per class (the logits), shape (n, n_classes), also for two classes."""
         X = self._check_features(X)
         return (X - self.mean_) / self.scale_ @ self.coef_.T + self.intercept_
 
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """scikit-learn's convention: one column per class, one score for two classes."""
+        scores = self.class_scores(X)
+        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        scores = torch.from_numpy(np.ascontiguousarray(self.decision_function(X), np.float32))
+        scores = torch.from_numpy(np.ascontiguousarray(self.class_scores(X), np.float32))
         return scores.softmax(dim=1).numpy()
 
     def fitted_arrays(self) -> dict[str, np.ndarray]:
@@ -105,8 +114,11 @@ class LogisticRegressionHead(_LinearHead):
         (100, 10)
     """
 
+    options = (_C,)
+    grid = ("C", tuple(float(c) for c in np.logspace(-5, 2, 8)))
+
     def __init__(
-        self, C: float = 1.0, *, max_iter: int = 1000, tol: float = 1e-6, device: str = "auto"
+        self, C: float = 1.0, *, max_iter: int = 1000, tol: float = 1e-6, device: str = AUTO
     ) -> None:
         self.C = C
         self.max_iter = max_iter
@@ -130,6 +142,8 @@ class LinearSVMHead(_LinearHead):
     margins: a ranking, not calibrated probabilities."""
 
     probabilistic = False
+    options = (_C,)
+    grid = ("C", tuple(float(c) for c in np.logspace(-5, 1, 7)))
 
     def __init__(self, C: float = 1.0, *, max_iter: int = 2000) -> None:
         self.C = C
@@ -139,6 +153,7 @@ class LinearSVMHead(_LinearHead):
         X, index = self._encode(X, y)
         standardizer = Standardizer.fit(X)
         model = LinearSVC(C=self.C, max_iter=self.max_iter).fit(standardizer(X), index)
+        self.n_iter_ = model.n_iter_
         self._set_linear(standardizer, model.coef_, model.intercept_)
         return self
 
@@ -149,6 +164,8 @@ class RidgeHead(_LinearHead):
     its ``predict_proba`` is a softmax of scores, not calibrated probabilities."""
 
     probabilistic = False
+    options = (HeadOption("alpha", float, "L2 strength.", minimum=0, above_minimum=True),)
+    grid = ("alpha", tuple(float(a) for a in np.logspace(-1, 5, 7)))
 
     def __init__(self, alpha: float = 1.0) -> None:
         self.alpha = alpha
@@ -286,7 +303,7 @@ def logistic_path(
     patience: int = 2,
     tol: float = 1e-4,
     max_evals: int = 15,
-    device: str = "auto",
+    device: str = AUTO,
 ) -> Iterator[PathPoint]:
     """Fit logistic heads for increasing ``Cs``, each warm-started from the last.
 

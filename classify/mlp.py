@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.classify.heads import Head, register_head
+from headstart.classify.heads import Head, HeadOption, register_head
 from headstart.classify.linear import Standardizer
-from headstart.device import resolve_device
+from headstart.device import AUTO, resolve_device
 
 __all__ = ["MLPHead"]
 
@@ -23,6 +23,12 @@ class MLPHead(Head):
         >>> MLPHead(hidden=512, epochs=30).fit(X, y).score(X_val, y_val)  # doctest: +SKIP
     """
 
+    options = (
+        HeadOption("hidden", int, "Hidden units.", minimum=1),
+        HeadOption("epochs", int, "Training epochs.", minimum=1),
+    )
+    grid = ("weight_decay", (1e-4, 1e-2))
+
     def __init__(
         self,
         hidden: int = 512,
@@ -32,7 +38,7 @@ class MLPHead(Head):
         weight_decay: float = 1e-4,
         dropout: float = 0.1,
         batch_size: int = 256,
-        device: str = "auto",
+        device: str = AUTO,
         random_state: int = 0,
     ) -> None:
         self.hidden = hidden
@@ -48,31 +54,35 @@ class MLPHead(Head):
         X, index = self._encode(X, y)
         standardizer = Standardizer.fit(X)
         device = resolve_device(self.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.random_state)
-            network = self._network(X.shape[1], len(self.classes_)).to(device)
         data = torch.from_numpy(standardizer(X)).to(device)
         targets = torch.from_numpy(index).to(device)
-        optimizer = torch.optim.AdamW(
-            network.parameters(), lr=self.lr, weight_decay=self.weight_decay
-        )
-        steps = self.epochs * -(-len(data) // self.batch_size)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
-        order = torch.Generator().manual_seed(self.random_state)
-        network.train()
-        for _ in range(self.epochs):
-            for rows in torch.randperm(len(data), generator=order).split(self.batch_size):
-                rows = rows.to(device)
-                loss = nn.functional.cross_entropy(network(data[rows]), targets[rows])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
+        # Initialisation, batch order and dropout all draw from the seeded generators, so a
+        # refit gives the same head; the caller's random state is left as it was.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.random_state)
+            network = self._network(X.shape[1], len(self.classes_)).to(device)
+            self._train(network, data, targets)
         self.mean_, self.scale_ = standardizer.mean, standardizer.scale
         first, last = network[0], network[3]
         self.w1_, self.b1_ = first.weight.detach().cpu().numpy(), first.bias.detach().cpu().numpy()
         self.w2_, self.b2_ = last.weight.detach().cpu().numpy(), last.bias.detach().cpu().numpy()
         return self
+
+    def _train(self, network: nn.Sequential, data: torch.Tensor, targets: torch.Tensor) -> None:
+        optimizer = torch.optim.AdamW(
+            network.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
+        steps = self.epochs * -(-len(data) // self.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+        network.train()
+        for _ in range(self.epochs):
+            for rows in torch.randperm(len(data)).split(self.batch_size):
+                rows = rows.to(data.device)
+                loss = nn.functional.cross_entropy(network(data[rows]), targets[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = self._check_features(X)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headstart.classify.heads import Head, register_head
+from headstart.classify.heads import Head, HeadOption, register_head
 from headstart.errors import HeadstartError
 
 __all__ = ["KNNHead", "NearestClassMeanHead", "exact_search", "knn_votes", "l2_normalize"]
@@ -60,6 +60,12 @@ def knn_votes(
     return (scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)
 
 
+# knn's weighted vote and ncm's probabilities soften cosine similarities alike: one option.
+_TEMPERATURE = HeadOption(
+    "temperature", float, "Softmax temperature of cosines.", minimum=0, above_minimum=True
+)
+
+
 @register_head("knn")
 class KNNHead(Head):
     """k-nearest-neighbor vote over the training vectors, by cosine similarity.
@@ -67,6 +73,13 @@ class KNNHead(Head):
     Example:
         >>> KNNHead(k=20, vote="weighted").fit(X, y).predict(X_new)  # doctest: +SKIP
     """
+
+    options = (
+        HeadOption("k", int, "Neighbors that vote.", minimum=1, flag="-k"),
+        HeadOption("vote", str, "How neighbors vote.", choices=("weighted", "majority")),
+        _TEMPERATURE,
+    )
+    grid = ("k", (10, 20, 100, 200))
 
     def __init__(self, k: int = 20, *, vote: str = "weighted", temperature: float = 0.07) -> None:
         self.k = k
@@ -107,6 +120,8 @@ class KNNHead(Head):
 @register_head("ncm")
 class NearestClassMeanHead(Head):
     """Nearest class mean by cosine similarity; probabilities are ``softmax(cos / T)``."""
+
+    options = (_TEMPERATURE,)
 
     def __init__(self, *, temperature: float = 0.07) -> None:
         self.temperature = temperature

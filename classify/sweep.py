@@ -19,18 +19,9 @@ from headstart.classify.heads import Head, get_head
 from headstart.classify.linear import LogisticRegressionHead, logistic_path, refit_logistic
 from headstart.classify.metrics import Metrics, score
 from headstart.classify.neighbors import KNNHead, knn_votes
+from headstart.device import AUTO
 
-__all__ = ["GRIDS", "LeaderboardRow", "fit_and_score", "refit", "sweep"]
-
-# Head -> (hyper-parameter, values tried by --sweep); None: nothing to tune.
-GRIDS: dict[str, tuple[str, tuple] | None] = {
-    "logreg": ("C", tuple(float(c) for c in np.logspace(-5, 2, 8))),
-    "linear-svm": ("C", tuple(float(c) for c in np.logspace(-5, 1, 7))),
-    "ridge": ("alpha", tuple(float(a) for a in np.logspace(-1, 5, 7))),
-    "knn": ("k", (10, 20, 100, 200)),
-    "ncm": None,
-    "mlp": ("weight_decay", (1e-4, 1e-2)),
-}
+__all__ = ["LeaderboardRow", "fit_and_score", "refit", "sweep"]
 
 
 @dataclass
@@ -65,7 +56,7 @@ def sweep(
         elif name == "knn":
             rows.extend(_knn_rows(X, y, X_val, y_val, params))
         else:
-            grid = GRIDS.get(name)
+            grid = get_head(name).grid
             values = grid[1] if grid else (None,)
             for value in values:
                 extra = {grid[0]: value} if grid else {}
@@ -102,8 +93,8 @@ def fit_and_score(
 
 
 def _logreg_rows(X, y, X_val, y_val, params: dict) -> list[LeaderboardRow]:
-    Cs = GRIDS["logreg"][1]
-    device = params.get("device", "auto")
+    Cs = LogisticRegressionHead.grid[1]
+    device = params.get("device", AUTO)
     rows = []
     for point in logistic_path(X, y, X_val, y_val, Cs, device=device):
         head = point.head
@@ -127,7 +118,7 @@ def _logreg_rows(X, y, X_val, y_val, params: dict) -> list[LeaderboardRow]:
 
 
 def _knn_rows(X, y, X_val, y_val, params: dict) -> list[LeaderboardRow]:
-    ks = [k for k in GRIDS["knn"][1] if k <= len(X)] or [len(X)]
+    ks = [k for k in KNNHead.grid[1] if k <= len(X)] or [len(X)]
     started = time.perf_counter()
     base = KNNHead(k=max(ks), **{p: v for p, v in params.items() if p != "k"}).fit(X, y)
     similarities, labels = base.neighbors(X_val, max(ks))

@@ -34,6 +34,7 @@ from headstart.classify.index import (
 )
 from headstart.classify.metrics import Metrics, per_class_report, score
 from headstart.classify.persist import LoadedHead, load_head, save_head
+from headstart.classify.settings import NEIGHBORS, TARGET_RECALL, TrainOptions
 from headstart.classify.sweep import LeaderboardRow, fit_and_score, refit, sweep
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, options_for_fingerprint
@@ -47,20 +48,6 @@ __all__ = [
     "query_index",
     "train_head",
 ]
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Which heads, how validated, and whether to sweep their hyper-parameters."""
-
-    heads: tuple[str, ...] = ("logreg",)
-    params: dict[str, dict] = field(default_factory=dict)
-    val_sources: tuple[str, ...] = ()
-    val_split: float = 0.2
-    sweep: bool = False
-    seed: int = 0
-    plot: bool = False
-    refit: bool = True  # after a sweep; off keeps validation unseen (e.g. for fine-tuning next)
 
 
 @dataclass
@@ -244,7 +231,7 @@ def build_index_from_sources(
     *,
     kind: str = "auto",
     max_memory: int | None = None,
-    target_recall: float = 0.95,
+    target_recall: float = TARGET_RECALL,
     progress: bool = False,
 ) -> BuiltIndex:
     data = embed_sources(sources, embed, cache_dir, progress=progress)
@@ -282,7 +269,7 @@ def query_index(
     *,
     sources: Sequence[str] = (),
     keys: Sequence[str] = (),
-    k: int = 10,
+    k: int = NEIGHBORS,
     runtime: dict | None = None,
     progress: bool = False,
 ) -> tuple[LoadedIndex, list[Neighbor]]:

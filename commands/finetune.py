@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from headstart.commands.options import (
     EXIT_INTERRUPTED,
+    default_of,
     embedding_options,
     extract_options,
     validation_options,
 )
+from headstart.finetune.settings import FinetuneOptions, LoopSettings
 
 __all__ = ["finetune"]
+
+_loop = functools.partial(default_of, LoopSettings)
+_options = functools.partial(default_of, FinetuneOptions)
 
 
 @click.command("finetune")
@@ -27,70 +34,78 @@ __all__ = ["finetune"]
     "--C",
     "probe_C",
     type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
+    default=_options("probe_C"),
     show_default=True,
     help="Inverse L2 strength of the stage-1 logreg probe.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=_loop("epochs"), show_default=True)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
-    default=1e-4,
+    default=_loop("lr"),
     show_default=True,
     help="Backbone learning rate (AdamW).",
 )
 @click.option(
     "--head-lr-mult",
     type=click.FloatRange(min=0),
-    default=10.0,
+    default=_loop("head_lr_mult"),
     show_default=True,
     help="Classifier learning rate as a multiple of --lr.",
 )
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=_loop("weight_decay"),
+    show_default=True,
+)
 @click.option(
     "--warmup",
     type=click.FloatRange(0, 1),
-    default=0.05,
+    default=_loop("warmup"),
     show_default=True,
     help="Fraction of the steps spent warming the learning rate up.",
 )
 @click.option(
-    "--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True
+    "--label-smoothing",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=_loop("label_smoothing"),
+    show_default=True,
 )
 @click.option(
     "--freeze-bn/--train-bn",
-    default=True,
+    default=not _loop("train_bn"),
     show_default=True,
     help="Keep BatchNorm in inference mode (running statistics fixed).",
 )
 @click.option(
     "--unfreeze",
-    default="all",
+    default=_options("unfreeze"),
     show_default=True,
     help="all, none (classifier only) or last:N backbone blocks.",
 )
 @click.option(
     "--augment",
     type=click.Choice(["none", "standard"]),
-    default="standard",
+    default=_options("augment"),
     show_default=True,
     help="standard: random resized crop and horizontal flip.",
 )
 @click.option(
     "--accumulate",
     type=click.IntRange(min=1),
-    default=1,
+    default=_loop("accumulate"),
     show_default=True,
     help="Split each batch into this many passes (gradients add up).",
 )
 @click.option(
     "--patience",
     type=click.IntRange(min=0),
-    default=3,
+    default=_loop("patience"),
     show_default=True,
     help="Stop after this many epochs without a better validation accuracy (0: never).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=_loop("seed"), show_default=True)
 @click.option(
     "-o", "--out", "run_dir", default="finetune-run", show_default=True, help="Run directory."
 )
@@ -123,18 +138,12 @@ def finetune(
 ) -> None:
     """Fine-tune the backbone end to end on labelled SOURCES, starting from a linear probe
     trained on their cached embeddings (LP-FT)."""
-    from headstart.finetune import (
-        FinetuneOptions,
-        LoopSettings,
-        TrainingInterrupted,
-    )
-    from headstart.finetune import (
-        finetune as run_finetune,
-    )
+    from headstart.finetune import TrainingInterrupted
+    from headstart.finetune import finetune as run_finetune
 
-    batch_size = params.pop("batch_size") or 32
-    workers = params.pop("workers")
-    embed, cache_dir = extract_options(params, batch_size=None, workers=workers)
+    # Unset, the loop's own batch size and decoding processes apply (not the embedding's).
+    speed = {"batch_size": params.pop("batch_size"), "workers": params.pop("workers")}
+    embed, cache_dir = extract_options(params, batch_size=None, workers=speed["workers"])
     loop = LoopSettings(
         epochs=epochs,
         lr=lr,
@@ -142,13 +151,12 @@ def finetune(
         weight_decay=weight_decay,
         warmup=warmup,
         label_smoothing=label_smoothing,
-        batch_size=batch_size,
         accumulate=accumulate,
         patience=patience,
         train_bn=not freeze_bn,
         precision=embed.precision,
-        workers=2 if workers is None else workers,
         seed=seed,
+        **{name: value for name, value in speed.items() if value is not None},
     )
     options = FinetuneOptions(
         tuple(val_sources), val_split, head_dir, probe_C, unfreeze, augment, loop

@@ -10,8 +10,11 @@ import json
 
 import click
 
+from headstart.classify.settings import TrainOptions
 from headstart.commands.options import (
+    DEFAULT_DEVICE,
     EXIT_SOME_FAILED,
+    default_of,
     embedding_options,
     extract_options,
     runtime,
@@ -22,29 +25,63 @@ from headstart.errors import HeadstartError
 
 __all__ = ["evaluate", "predict", "train"]
 
-_HEAD_PARAMS = {
-    # CLI option -> the heads it applies to (and their parameter name).
-    "C": {"logreg": "C", "linear-svm": "C"},
-    "alpha": {"ridge": "alpha"},
-    "k": {"knn": "k"},
-    "vote": {"knn": "vote"},
-    "temperature": {"knn": "temperature", "ncm": "temperature"},
-    "hidden": {"mlp": "hidden"},
-    "epochs": {"mlp": "epochs"},
-}
+
+class _HeadsCommand(click.Command):
+    """A command whose head options come from the head registry: one per parameter the heads
+    declare, with the heads it applies to in its help. The registry is read when the command is
+    parsed or its help shown, so other verbs never import the heads (torch, scikit-learn)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._registry_read = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._registry_read:
+            self._registry_read = True
+            before = next(i for i, p in enumerate(self.params) if p.name == "seed")
+            self.params[before:before] = _registry_options({p.name for p in self.params})
+        return super().get_params(ctx)
 
 
-@click.command()
+def _registry_options(taken: set[str]) -> list[click.Option]:
+    from headstart.classify.heads import head_options, list_heads
+
+    options = [
+        click.Option(
+            ["--head", "heads"],
+            multiple=True,
+            default=default_of(TrainOptions, "heads"),
+            show_default=True,
+            help=f"{', '.join(list_heads())}, or all; repeatable.",
+        )
+    ]
+    for option, takers in head_options():
+        if option.param in taken:
+            raise TypeError(f"head parameter {option.param!r} clashes with an option of train")
+        options.append(
+            click.Option(
+                [option.spelling, option.param],
+                type=_click_type(option),
+                help=f"{option.help} [{'/'.join(takers)}]",
+            )
+        )
+    return options
+
+
+def _click_type(option) -> click.ParamType:
+    if option.choices:
+        return click.Choice(option.choices)
+    bounds = {"min": option.minimum, "min_open": option.above_minimum}
+    if option.kind is int:
+        return click.IntRange(**bounds)
+    if option.kind is float:
+        return click.FloatRange(**bounds)
+    return click.STRING
+
+
+@click.command(cls=_HeadsCommand)
 @click.argument("sources", nargs=-1, required=True)
 @embedding_options
-@click.option(
-    "--head",
-    "heads",
-    multiple=True,
-    default=["logreg"],
-    show_default=True,
-    help="logreg, linear-svm, ridge, knn, ncm, mlp, or all; repeatable.",
-)
 @validation_options
 @click.option(
     "--sweep",
@@ -53,66 +90,38 @@ _HEAD_PARAMS = {
 )
 @click.option(
     "--refit/--no-refit",
-    default=True,
+    default=default_of(TrainOptions, "refit"),
     show_default=True,
     help="After --sweep, refit the chosen head on train+val (--no-refit keeps validation unseen, "
     "e.g. for fine-tuning from the head next).",
 )
-@click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), help="logreg/linear-svm.")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), help="ridge.")
-@click.option("-k", "k", type=click.IntRange(min=1), help="knn neighbors.")
-@click.option("--vote", type=click.Choice(["weighted", "majority"]), help="knn vote.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="knn/ncm.")
-@click.option("--hidden", type=click.IntRange(min=1), help="mlp hidden units.")
-@click.option("--epochs", type=click.IntRange(min=1), help="mlp epochs.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Validation split seed.")
+@click.option(
+    "--seed",
+    type=int,
+    default=default_of(TrainOptions, "seed"),
+    show_default=True,
+    help="Validation split seed.",
+)
 @click.option("-o", "--out", default="head", show_default=True, help="Directory for the head.")
 @click.option("--plot", is_flag=True, help="Also write confusion.png and embedding_map.png.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train(
-    sources,
-    heads,
-    val_sources,
-    val_split,
-    sweep,
-    refit,
-    C,
-    alpha,
-    k,
-    vote,
-    temperature,
-    hidden,
-    epochs,
-    seed,
-    out,
-    plot,
-    quiet,
-    **params,
+    sources, heads, val_sources, val_split, sweep, refit, seed, out, plot, quiet, **params
 ) -> None:
     """Train a head on the embeddings of labelled SOURCES (extracting what is missing)."""
-    from headstart.classify.heads import list_heads
+    from headstart.classify.heads import get_head, head_options, list_heads
     from headstart.classify.tables import leaderboard_table
     from headstart.classify.workflow import TrainOptions, train_head
 
     names = list_heads() if "all" in heads else list(dict.fromkeys(heads))
-    given = {
-        "C": C,
-        "alpha": alpha,
-        "k": k,
-        "vote": vote,
-        "temperature": temperature,
-        "hidden": hidden,
-        "epochs": epochs,
-    }
-    head_params: dict[str, dict] = {name: {} for name in names}
-    for option, value in given.items():
-        for name, param in _HEAD_PARAMS[option].items():
-            if value is not None and name in head_params:
-                head_params[name][param] = value
-    if params["device"] != "auto":
-        for name in ("logreg", "mlp"):
-            if name in head_params:
-                head_params[name]["device"] = params["device"]
+    given = {option.param: params.pop(option.param) for option, _ in head_options()}
+    head_params: dict[str, dict] = {}
+    for name in names:
+        head = get_head(name)
+        chosen = {p: v for p, v in given.items() if v is not None and head.accepts(p)}
+        if params["device"] != DEFAULT_DEVICE and head.accepts("device"):
+            chosen["device"] = params["device"]
+        head_params[name] = chosen
     embed, cache_dir = extract_options(params)
     options = TrainOptions(
         tuple(names), head_params, tuple(val_sources), val_split, sweep, seed, plot, refit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from headstart.classify.settings import INDEX_KINDS, NEIGHBORS, TARGET_RECALL
 from headstart.commands.options import embedding_options, extract_options, runtime, runtime_options
 
 __all__ = ["index", "knn"]
@@ -19,15 +20,17 @@ def index() -> None:
 @embedding_options
 @click.option(
     "--kind",
-    type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq"]),
-    default="auto",
+    type=click.Choice(INDEX_KINDS),
+    default=INDEX_KINDS[0],
     show_default=True,
 )
 @click.option(
     "--max-memory",
     help="Memory budget for the vectors, e.g. 2G (auto then compresses them: SQ8, else PQ).",
 )
-@click.option("--target-recall", type=click.FloatRange(0, 1), default=0.95, show_default=True)
+@click.option(
+    "--target-recall", type=click.FloatRange(0, 1), default=TARGET_RECALL, show_default=True
+)
 @click.option("-o", "--out", default="index", show_default=True, help="Index directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def index_build(sources, kind, max_memory, target_recall, out, quiet, **params) -> None:
@@ -56,7 +59,7 @@ def index_build(sources, kind, max_memory, target_recall, out, quiet, **params) 
 @click.command()
 @click.argument("index_dir")
 @click.argument("queries", nargs=-1)
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=NEIGHBORS, show_default=True)
 @click.option("--key", "keys", multiple=True, help="A cached content key to query; repeatable.")
 @click.option(
     "--duplicates",

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
+
+from headstart.classify.settings import TrainOptions
+from headstart.device import AUTO, PRECISIONS
+from headstart.extract.options import ExtractOptions
 
 __all__ = [
     "CACHE_ENV",
@@ -12,6 +18,7 @@ __all__ = [
     "DEVICE_HELP",
     "EXIT_INTERRUPTED",
     "EXIT_SOME_FAILED",
+    "default_of",
     "embedding_options",
     "extract_options",
     "runtime",
@@ -23,7 +30,18 @@ EXIT_SOME_FAILED = 3
 EXIT_INTERRUPTED = 130
 CACHE_ENV, DEFAULT_CACHE = "HEADSTART_CACHE", ".headstart"
 CACHE_HELP = f"Cache directory [env {CACHE_ENV}; default ./{DEFAULT_CACHE}]."
-DEFAULT_DEVICE, DEVICE_HELP = "auto", "auto, cpu, cuda or cuda:N."
+DEFAULT_DEVICE, DEVICE_HELP = AUTO, f"{AUTO}, cpu, cuda or cuda:N."
+
+
+def default_of(settings: type, name: str) -> object:
+    """The default a settings dataclass declares for its field ``name``: an option shows it
+    and passes it on, but never restates it."""
+    for entry in dataclasses.fields(settings):
+        if entry.name == name:
+            if entry.default is dataclasses.MISSING:
+                raise TypeError(f"{settings.__name__}.{name} has no plain default")
+            return entry.default
+    raise TypeError(f"{settings.__name__} has no field {name!r}")
 
 
 def _triple(ctx: click.Context, param: click.Parameter, text: str | None):
@@ -48,7 +66,7 @@ def embedding_options(command):
         click.option(
             "-w",
             "--weights",
-            default="DEFAULT",
+            default=default_of(ExtractOptions, "weights"),
             show_default=True,
             help="DEFAULT, a torchvision enum name, none (random init) or a file.",
         ),
@@ -67,8 +85,8 @@ def embedding_options(command):
         click.option("--device", default=DEFAULT_DEVICE, show_default=True, help=DEVICE_HELP),
         click.option(
             "--precision",
-            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-            default="auto",
+            type=click.Choice([AUTO, *PRECISIONS]),
+            default=default_of(ExtractOptions, "precision"),
             show_default=True,
         ),
         click.option("-j", "--workers", type=click.IntRange(min=0), help="Decoding processes."),
@@ -90,7 +108,7 @@ def embedding_options(command):
         click.option(
             "--store-dtype",
             type=click.Choice(["float16", "float32"]),
-            default="float16",
+            default=default_of(ExtractOptions, "store_dtype"),
             show_default=True,
             help="On-disk precision (float16 falls back to float32 on overflow).",
         ),
@@ -98,14 +116,14 @@ def embedding_options(command):
             "--shard-size",
             "shard_rows",
             type=click.IntRange(min=1),
-            default=4096,
+            default=default_of(ExtractOptions, "shard_rows"),
             show_default=True,
             help="Rows per shard file.",
         ),
         click.option(
             "--flush-seconds",
             type=click.FloatRange(min=0),
-            default=30.0,
+            default=default_of(ExtractOptions, "flush_seconds"),
             show_default=True,
             help="Publish buffered rows at least this often.",
         ),
@@ -163,7 +181,7 @@ def validation_options(command):
         click.option(
             "--val-split",
             type=click.FloatRange(0, 1, min_open=True, max_open=True),
-            default=0.2,
+            default=default_of(TrainOptions, "val_split"),
             show_default=True,
             help="Held-out fraction when no --val is given.",
         ),

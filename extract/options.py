@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from headstart.device import AUTO
 from headstart.extract.parts import Partition
 
 __all__ = ["ExtractOptions", "PreprocessOverrides"]
@@ -33,8 +34,8 @@ class ExtractOptions:
     layer: str | None = None
     classifier: str | None = None
     preprocess: PreprocessOverrides = field(default_factory=PreprocessOverrides)
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = AUTO
+    precision: str = AUTO
     batch_size: int | None = None
     workers: int | None = None
     compile: bool | None = None

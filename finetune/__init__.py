@@ -19,9 +19,9 @@ __all__ = [
 
 _HOMES = {
     "EpochRecord": "loop",
-    "LoopSettings": "loop",
+    "LoopSettings": "settings",
     "TrainingInterrupted": "loop",
-    "FinetuneOptions": "run",
+    "FinetuneOptions": "settings",
     "FinetuneResult": "run",
     "finetune": "run",
 }

@@ -34,29 +34,13 @@ from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import EpochSampler, LabelledImages, make_loader
 from headstart.finetune.network import ClassifierNetwork, parameter_groups, set_train_mode
 from headstart.finetune.schedule import warmup_cosine
+from headstart.finetune.settings import LoopSettings
 
-__all__ = ["EpochRecord", "LoopSettings", "Trainer", "TrainingInterrupted"]
+__all__ = ["EpochRecord", "Trainer", "TrainingInterrupted"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT, BEST, METRICS = "checkpoint.pt", "best.pt", "metrics.jsonl"
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    epochs: int = 10
-    lr: float = 1e-4
-    head_lr_mult: float = 10.0
-    weight_decay: float = 0.01
-    warmup: float = 0.05  # fraction of all steps
-    label_smoothing: float = 0.0
-    batch_size: int = 32
-    accumulate: int = 1
-    patience: int = 3  # epochs without a better validation accuracy; 0: never stop early
-    train_bn: bool = False
-    precision: str = "fp32"
-    workers: int = 0
-    seed: int = 0
 
 
 @dataclass

@@ -80,7 +80,7 @@ def training_memory_format(device: torch.device, precision: str) -> torch.memory
 
 
 def fold_linear_head(head) -> nn.Linear:
-    """A Linear layer computing ``head.decision_function`` on raw features.
+    """A Linear layer computing ``head.class_scores`` on raw features.
 
     ``((x - mean) / scale) @ W.T + b == x @ (W / scale).T + (b - (W / scale) @ mean)``.
     """

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recip
 from headstart.extract.features import build_feature_model
 from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import LabelledImages
-from headstart.finetune.loop import BEST, CHECKPOINT, EpochRecord, LoopSettings, Trainer
+from headstart.finetune.loop import BEST, CHECKPOINT, EpochRecord, Trainer
 from headstart.finetune.network import (
     ClassifierNetwork,
     apply_unfreeze,
@@ -44,8 +44,9 @@ from headstart.finetune.network import (
     parse_unfreeze,
     training_memory_format,
 )
+from headstart.finetune.settings import FinetuneOptions
 
-__all__ = ["FinetuneOptions", "FinetuneResult", "finetune"]
+__all__ = ["FinetuneResult", "finetune"]
 
 CONFIG, BACKBONE, HEAD, PROBE, CURVE = (
     "config.json",
@@ -54,19 +55,6 @@ CONFIG, BACKBONE, HEAD, PROBE, CURVE = (
     "probe",
     "learning_curve.png",
 )
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    """Stage 1 (probe) and stage 2 (fine-tune) settings besides the model and the loop's."""
-
-    val_sources: tuple[str, ...] = ()
-    val_split: float = 0.2
-    head_dir: str | None = None
-    probe_C: float = 1.0
-    unfreeze: str = "all"
-    augment: str = "standard"
-    loop: LoopSettings = field(default_factory=LoopSettings)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from headstart.classify.heads import Head
 from headstart.classify.index import LoadedIndex, load_index
 from headstart.classify.neighbors import l2_normalize
 from headstart.classify.persist import load_head
+from headstart.device import AUTO
 from headstart.errors import HeadstartError
 from headstart.extract import options_for_fingerprint, resolve_recipe
 from headstart.extract.decode import decode_image
@@ -74,7 +75,7 @@ def check_artifacts(head_dir: str | os.PathLike[str], index_dir: str | os.PathLi
 
 
 def load_engine(
-    head_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str] | None, device: str = "auto"
+    head_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str] | None, device: str = AUTO
 ) -> Engine:
     """Build the backbone the head was trained on, and warm it up."""
     loaded, index = check_artifacts(head_dir, index_dir)

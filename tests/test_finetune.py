@@ -157,12 +157,13 @@ def test_network_at_step_zero_answers_as_the_linear_head(
     from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
     from headstart.extract.features import build_feature_model
     from headstart.finetune.data import LabelledImages
-    from headstart.finetune.loop import LoopSettings, Trainer
+    from headstart.finetune.loop import Trainer
     from headstart.finetune.network import (
         ClassifierNetwork,
         fold_linear_head,
         training_memory_format,
     )
+    from headstart.finetune.settings import LoopSettings
 
     # As `headstart finetune` does it: the probe on embeddings made at ``precision``, then the
     # network (the folded probe on the backbone) answering at that same precision.
@@ -186,10 +187,10 @@ def test_network_at_step_zero_answers_as_the_linear_head(
         training_memory_format(recipe.device, precision),
     )
     images = LabelledImages(data.paths, [0] * len(data.paths), recipe.preprocess)
-    settings = LoopSettings(precision=precision)
+    settings = LoopSettings(precision=precision, workers=0)
     trainer = Trainer(network, images, images, settings, tmp_path, recipe.device)
     logits, _ = trainer.predict(images)  # what epoch 0 of a run scores
-    expected = head.decision_function(data.X)
+    expected = head.class_scores(data.X)
     predicted = head.classes_[logits.argmax(1)]
     assert expected.std() > 0.05  # a real head, not constant scores
     if precision == "fp32":
@@ -467,8 +468,9 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_step(pretrained, tmp_path:
     from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
     from headstart.extract.features import build_feature_model
     from headstart.finetune.data import LabelledImages
-    from headstart.finetune.loop import LoopSettings, Trainer
+    from headstart.finetune.loop import Trainer
     from headstart.finetune.network import ClassifierNetwork
+    from headstart.finetune.settings import LoopSettings
 
     recipe = resolve_recipe(
         ExtractOptions(
@@ -488,7 +490,7 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_step(pretrained, tmp_path:
         torch.manual_seed(0)
         features = build_feature_model(recipe.backbone).module
         network = ClassifierNetwork(features, nn.Linear(4, 2), recipe.preprocess)
-        settings = LoopSettings(batch_size=32, lr=1e-2, warmup=0.0, precision="fp32")
+        settings = LoopSettings(batch_size=32, lr=1e-2, warmup=0.0, precision="fp32", workers=0)
         trainer = Trainer(network, images, images, settings, tmp_path, recipe.device)
         if limit is not None:
             forward = network.forward

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from headstart.cache import Fingerprint
 from headstart.classify.heads import get_head, list_heads
@@ -28,7 +29,7 @@ def blobs(n: int = 600, d: int = 32, k: int = 4, spread: float = 0.6, seed: int 
     return X, np.array([f"class{i}" for i in y])
 
 
-@pytest.mark.parametrize("name", ["logreg", "linear-svm", "ridge", "knn", "ncm", "mlp"])
+@pytest.mark.parametrize("name", list_heads())
 def test_every_head_learns_separable_embeddings(name: str) -> None:
     X, y = blobs(n=1000)
     X_test, y_test = X[600:], y[600:]
@@ -41,6 +42,49 @@ def test_every_head_learns_separable_embeddings(name: str) -> None:
     assert clone(head).get_params() == head.get_params()
 
 
+# Every registered head keeps scikit-learn's whole estimator contract; no check is excused.
+@parametrize_with_checks([get_head(name)() for name in list_heads()])
+def test_every_head_passes_scikit_learn_estimator_checks(estimator, check) -> None:
+    check(estimator)
+
+
+def test_head_options_come_from_the_registry() -> None:
+    """Each declared option reaches `train`, with the heads it applies to named in its help;
+    a head registered later gets its option with no other edit."""
+    script = (
+        "from click.testing import CliRunner\n"
+        "from headstart.classify.heads import HeadOption, register_head, head_options\n"
+        "from headstart.classify.neighbors import NearestClassMeanHead\n"
+        "from headstart.cli import main\n"
+        "@register_head('toy')\n"
+        "class Toy(NearestClassMeanHead):\n"
+        "    options = (HeadOption('depth', int, 'Tree depth.', minimum=1),)\n"
+        "    def __init__(self, *, depth=3, temperature=0.07):\n"
+        "        self.depth, self.temperature = depth, temperature\n"
+        "print(CliRunner().invoke(main, ['train', '--help']).output)\n"
+        "for option, takers in head_options():\n"
+        "    print(option.spelling, '/'.join(takers))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    help_text = " ".join(run.stdout.split())
+    listed = help_text.split("--head TEXT ")[1].split(", or all")[0]
+    assert sorted(listed.split(", ")) == sorted([*list_heads(), "toy"])
+    assert "--depth INTEGER RANGE Tree depth. [toy]" in help_text
+    assert "--temperature FLOAT RANGE Softmax temperature of cosines. [knn/ncm]" in help_text
+    declared = dict(line.split(" ", 1) for line in run.stdout.splitlines()[-8:])
+    assert declared == {
+        "--C": "logreg/linear-svm",
+        "--alpha": "ridge",
+        "-k": "knn",
+        "--vote": "knn",
+        "--temperature": "knn/ncm",
+        "--hidden": "mlp",
+        "--epochs": "mlp",
+        "--depth": "toy",
+    }
+
+
 def test_heads_check_they_are_fitted_and_the_width() -> None:
     from sklearn.exceptions import NotFittedError
 
@@ -48,11 +92,13 @@ def test_heads_check_they_are_fitted_and_the_width() -> None:
     with pytest.raises(NotFittedError):
         LogisticRegressionHead().predict(X)
     head = LogisticRegressionHead().fit(X, y)
-    with pytest.raises(HeadstartError, match="fitted on 32 features"):
+    with pytest.raises(
+        HeadstartError, match="X has 10 features, but LogisticRegressionHead is expecting 32"
+    ):
         head.predict(X[:, :10])
 
 
-@pytest.mark.parametrize("name", ["logreg", "knn", "ncm", "mlp"])
+@pytest.mark.parametrize("name", list_heads())
 def test_one_class_is_refused_by_its_name(name: str) -> None:
     X, _ = blobs(n=20)
     with pytest.raises(HeadstartError, match=r"at least two classes to train, got only: cat$"):

@@ -1,0 +1,45 @@
+"""What a fine-tuning run is asked to do, as plain settings.
+
+They import nothing heavy, so the ``finetune`` command reads its options' defaults from them: each
+default is declared here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from headstart.classify.settings import VAL_SPLIT
+
+__all__ = ["FinetuneOptions", "LoopSettings"]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How stage 2 trains: the schedule, the batch, early stopping, the data loader."""
+
+    epochs: int = 10
+    lr: float = 1e-4
+    head_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of all steps
+    label_smoothing: float = 0.0
+    batch_size: int = 32
+    accumulate: int = 1
+    patience: int = 3  # epochs without a better validation accuracy; 0: never stop early
+    train_bn: bool = False
+    precision: str = "fp32"
+    workers: int = 2  # decoding processes
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Stage 1 (probe) and stage 2 (fine-tune) settings besides the model and the loop's."""
+
+    val_sources: tuple[str, ...] = ()
+    val_split: float = VAL_SPLIT
+    head_dir: str | None = None
+    probe_C: float = 1.0
+    unfreeze: str = "all"
+    augment: str = "standard"
+    loop: LoopSettings = field(default_factory=LoopSettings)
