@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 
 import click
 
-from headstart.commands.options import DEFAULT_DEVICE, DEVICE_HELP
+from headstart.commands.options import DEVICE_HELP, default_of
 from headstart.errors import HeadstartError
+from headstart.serve.settings import ServeSettings
 
 __all__ = ["serve"]
 
 log = logging.getLogger(__name__)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_serve = functools.partial(default_of, ServeSettings)
 
 
 @click.command()
@@ -25,28 +28,28 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @click.option(
     "--max-batch",
     type=click.IntRange(min=1),
-    default=32,
+    default=_serve("max_batch"),
     show_default=True,
     help="Most images per backbone batch (1 turns micro-batching off).",
 )
 @click.option(
     "--max-wait-ms",
     type=click.FloatRange(min=0),
-    default=5.0,
+    default=_serve("max_wait_ms"),
     show_default=True,
     help="How long a batch waits for more requests.",
 )
 @click.option(
     "--max-upload-mb",
     type=click.FloatRange(min=0, min_open=True),
-    default=20.0,
+    default=_serve("max_upload_mb"),
     show_default=True,
     help="Largest request body.",
 )
 @click.option(
     "--max-images",
     type=click.IntRange(min=1),
-    default=64,
+    default=_serve("max_images"),
     show_default=True,
     help="Most images in one request.",
 )
@@ -55,7 +58,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
     metavar="VAR",
     help="Require 'Authorization: Bearer KEY', KEY read from this variable.",
 )
-@click.option("--device", default=DEFAULT_DEVICE, show_default=True, help=DEVICE_HELP)
+@click.option("--device", default=_serve("device"), show_default=True, help=DEVICE_HELP)
 @click.option(
     "--expose-paths",
     is_flag=True,
@@ -77,7 +80,7 @@ def serve(
     """Serve a head (and an index) over HTTP: /v1/classify, /v1/embed, /v1/neighbors."""
     import uvicorn
 
-    from headstart.serve.app import ServeSettings, create_app
+    from headstart.serve.app import create_app
     from headstart.serve.engine import check_artifacts
 
     api_key = None

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import httpx
@@ -14,10 +15,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import FAST_ARGS, make_colour_folder, write_image
+from prometheus_client.parser import text_string_to_metric_families
 
 from headstart.classify.workflow import predict_with_head, query_index
 from headstart.cli import main
+from headstart.commands.options import DEFAULT_DEVICE
+from headstart.commands.serve import serve
 from headstart.serve import Client, ServiceError
+from headstart.serve.settings import ServeSettings
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -240,20 +245,13 @@ def test_concurrent_requests_are_batched_and_all_answered(server: str, trained: 
     assert len(answers) == 50
     assert sum(label == expected[name] for name, label in answers) >= 45
     text = httpx.get(f"{server}/metrics", headers=AUTH).text
-    batches = float(
-        next(
-            line.split()[-1]
-            for line in text.splitlines()
-            if line.startswith("headstart_batch_size_count")
-        )
-    )
-    singles = float(
-        next(
-            line.split()[-1]
-            for line in text.splitlines()
-            if line.startswith('headstart_batch_size_bucket{le="1.0"}')
-        )
-    )
+    samples = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    batches = samples["headstart_batch_size_count", None]
+    singles = samples["headstart_batch_size_bucket", "1.0"]
     assert batches > singles  # some forward passes carried more than one image
 
 
@@ -318,3 +316,46 @@ def test_no_index_means_404(trained: Path) -> None:
         image = write_image(trained / "query.jpg", 3)
         answer = client.post("/v1/neighbors", files=[("file", ("q.jpg", image.read_bytes()))])
     assert answer.status_code == 404 and "no index" in answer.json()["error"]
+
+
+def test_every_route_is_labelled_by_its_path_in_the_metrics() -> None:
+    from fastapi.testclient import TestClient
+
+    from headstart.serve.app import create_app
+
+    def no_model(head_dir, index_dir, device):
+        raise RuntimeError("labelling needs no model")
+
+    app = create_app(ServeSettings(head_dir="unused"), engine_loader=no_model)
+    documented = [
+        (method.upper(), path) for path, calls in app.openapi()["paths"].items() for method in calls
+    ]
+    pages = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    calls = documented + [("GET", page) for page in pages]
+    paths = {path for _, path in calls}
+    assert paths >= {"/healthz", "/readyz", "/metrics", "/v1/info", "/v1/classify", "/v1/embed"}
+    assert paths >= {"/v1/neighbors", "/docs", "/openapi.json"}
+    with TestClient(app) as client:
+        for method, path in calls:
+            client.request(method, path)
+        client.get("/no/such/route")
+        text = client.get("/metrics").text
+    for path in paths:
+        assert f'headstart_requests_total{{endpoint="{path}",' in text, path
+    assert 'headstart_requests_total{endpoint="other",status="404"}' in text
+
+
+def test_serve_help_shows_the_settings_defaults() -> None:
+    shown = " ".join(run("serve", "--help").output.split())  # undo the help's line wrapping
+    parsed = serve.make_context("serve", ["--head", "h"]).params  # what a bare command line gets
+    defaults = {f.name: f.default for f in fields(ServeSettings) if f.default is not MISSING}
+    shared = defaults.keys() & parsed.keys()
+    assert shared >= {"device", "max_batch", "max_wait_ms", "max_upload_mb", "max_images"}
+    for option in serve.params:
+        if option.name not in shared:
+            continue
+        assert parsed[option.name] == defaults[option.name], option.name
+        if option.show_default and not option.is_flag:
+            entry = shown.split(f" {option.opts[0]} ", 1)[1].split(" --", 1)[0]
+            assert f"[default: {defaults[option.name]}" in entry, option.name
+    assert defaults["device"] == DEFAULT_DEVICE  # serve picks a device as the other verbs do

@@ -1,0 +1,107 @@
+"""What the model computes: /v1/classify, /v1/embed and /v1/neighbors.
+
+Decoding runs in a thread pool and the backbone in the batcher's inference thread, so the event
+loop only routes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from headstart.extract.decode import DecodeError
+from headstart.serve.dependencies import ReadyEngine, Service, authorised
+from headstart.serve.engine import Engine
+from headstart.serve.parsing import (
+    Images,
+    ImagesBody,
+    NeighborsBody,
+    QueryK,
+    body_doc,
+    read_images,
+    read_query,
+)
+from headstart.serve.state import ServiceState
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
+
+
+@router.post("/classify", openapi_extra=body_doc(ImagesBody, many=True))
+async def classify(
+    request: Request, engine: ReadyEngine, service: Service, top_k: QueryK = None
+) -> dict:
+    """One or several images -> the top-k labels of each, with probabilities."""
+    images, body_top_k = await read_images(request, service.settings.max_images)
+    k = min(top_k or body_top_k, len(engine.head.classes_))
+    proba = await run_in_threadpool(engine.classify, await _embed(service, engine, images))
+    names = np.asarray(engine.head.classes_).astype(str)
+    results = []
+    for number, ((name, _), row) in enumerate(zip(images, proba, strict=True)):
+        order = np.argsort(-row)[:k]
+        top = [{"label": names[j], "probability": float(row[j])} for j in order]
+        results.append({"image": number, "filename": name, "label": top[0]["label"], "top": top})
+    return {"fingerprint": engine.fingerprint.id, "results": results}
+
+
+@router.post("/embed", openapi_extra=body_doc(ImagesBody, many=True))
+async def embed_images(request: Request, engine: ReadyEngine, service: Service) -> dict:
+    """Images -> embedding vectors (float32), with the fingerprint that made them."""
+    images, _ = await read_images(request, service.settings.max_images)
+    vectors = await _embed(service, engine, images)
+    return {
+        "fingerprint": engine.fingerprint.id,
+        "dim": engine.dim,
+        "embeddings": vectors.astype(np.float32).tolist(),
+    }
+
+
+@router.post("/neighbors", openapi_extra=body_doc(NeighborsBody, many=False))
+async def neighbors(
+    request: Request, engine: ReadyEngine, service: Service, k: QueryK = None
+) -> dict:
+    """An image or an embedding vector -> the k nearest items of the index."""
+    index = engine.index
+    if index is None:
+        raise HTTPException(404, "no index is loaded; start the server with --index")
+    vector, images, body_k = await read_query(request)
+    if images is not None:
+        vector = await _embed(service, engine, images)
+    elif vector.shape[1] != engine.dim:
+        raise HTTPException(
+            422, f"the vector has {vector.shape[1]} values; the index expects {engine.dim}"
+        )
+    similarities, rows = await run_in_threadpool(engine.neighbors, vector, k or body_k)
+    found = []
+    for similarity, row in zip(similarities[0], rows[0], strict=True):
+        if row < 0:
+            continue
+        item = {
+            "id": int(row),
+            "label": index.labels[row],
+            "key": index.keys[row],
+            "similarity": float(similarity),
+        }
+        if service.settings.expose_paths:
+            item["path"] = index.paths[row]
+        found.append(item)
+    return {"fingerprint": engine.fingerprint.id, "neighbors": found}
+
+
+async def _embed(service: ServiceState, engine: Engine, images: Images) -> np.ndarray:
+    """Decode the images off the event loop, then embed them in the batcher's next batch."""
+
+    def decode_all() -> torch.Tensor:
+        pixels = []
+        for number, (name, data) in enumerate(images):
+            try:
+                pixels.append(engine.decode(data))
+            except DecodeError as exc:
+                label = f" ({name})" if name else ""
+                raise HTTPException(422, f"image {number}{label}: {exc}") from None
+        return torch.stack(pixels)
+
+    return await service.batcher.submit(await run_in_threadpool(decode_all))

@@ -1,0 +1,146 @@
+"""Reading a request's images (multipart files or base64 JSON) and neighbor queries.
+
+Every refusal is an ``HTTPException`` with the status and the one-line reason the client sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "Images",
+    "ImagesBody",
+    "NeighborsBody",
+    "QueryK",
+    "body_doc",
+    "describe_problems",
+    "read_images",
+    "read_query",
+]
+
+# How many labels or neighbors one answer may hold, asked in the JSON body or the query string.
+_MAX_K = 1000
+QueryK = Annotated[int | None, Query(ge=1, le=_MAX_K)]
+
+# (filename, bytes) of each image of a request; the filename is "" for base64 images.
+Images = list[tuple[str, bytes]]
+
+
+class ImagesBody(BaseModel):
+    """JSON form of a request: base64-encoded image files."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(min_length=1)
+    top_k: int = Field(default=5, ge=1, le=_MAX_K)
+
+
+class NeighborsBody(BaseModel):
+    """JSON form of a neighbors request: one base64 image, or an embedding vector."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = None
+    vector: list[float] | None = None
+    k: int = Field(default=10, ge=1, le=_MAX_K)
+
+
+def body_doc(json_model: type[BaseModel], many: bool) -> dict:
+    """OpenAPI extras for an endpoint that reads its body itself: multipart file(s) or JSON."""
+    field = "files" if many else "file"
+    schema = (
+        {"type": "array", "items": {"type": "string", "format": "binary"}}
+        if many
+        else {"type": "string", "format": "binary"}
+    )
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {field: schema}}
+                },
+                "application/json": {"schema": json_model.model_json_schema()},
+            },
+        }
+    }
+
+
+async def read_images(request: Request, limit: int) -> tuple[Images, int]:
+    """(filename, bytes) of every image in a multipart or JSON request, and its top_k."""
+    kind = request.headers.get("content-type", "")
+    images: Images = []
+    top_k = 5
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=limit + 1)
+        for _, value in form.multi_items():
+            if hasattr(value, "read"):
+                images.append((value.filename or "", await value.read()))
+    elif kind.startswith("application/json"):
+        body = _parse(ImagesBody, await _json(request))
+        top_k = body.top_k
+        images = [("", _base64(text, f"images[{i}]")) for i, text in enumerate(body.images)]
+    elif not await request.body():
+        raise HTTPException(400, 'empty request: send multipart files or JSON {"images": [...]}')
+    else:
+        raise HTTPException(415, f"unsupported content type {kind!r}; use multipart or JSON")
+    if not images:
+        raise HTTPException(400, "no images in the request: send multipart files or JSON images")
+    if len(images) > limit:
+        raise HTTPException(413, f"{len(images)} images in one request; the limit is {limit}")
+    for number, (name, data) in enumerate(images):
+        if not data:
+            raise HTTPException(422, f"image {number} ({name or 'unnamed'}) is empty")
+    return images, top_k
+
+
+async def read_query(request: Request) -> tuple[np.ndarray | None, Images | None, int]:
+    """A neighbors request: (vector, None, k) or (None, [one image], k)."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        images, _ = await read_images(request, 1)
+        return None, images, 10
+    body = _parse(NeighborsBody, await _json(request))
+    if (body.vector is None) == (body.image is None):
+        raise HTTPException(422, "give exactly one of 'image' (base64) or 'vector'")
+    if body.image is not None:
+        return None, [("", _base64(body.image, "image"))], body.k
+    vector = np.asarray(body.vector, dtype=np.float32)[None]
+    if not np.isfinite(vector).all():
+        raise HTTPException(422, "the vector must hold finite numbers")
+    return vector, None, body.k
+
+
+def describe_problems(errors: Iterable[dict[str, Any]]) -> str:
+    """Validation errors in one line: 'images: Field required; pictures: Extra inputs ...'."""
+    lines = []
+    for error in list(errors)[:3]:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        message = error.get("msg", "invalid")
+        lines.append(f"{where}: {message}" if where else str(message))
+    return "; ".join(lines) or "invalid request"
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise HTTPException(400, "the body is not valid JSON") from None
+
+
+def _parse(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HTTPException(422, describe_problems(exc.errors())) from None
+
+
+def _base64(text: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, f"{where} is not valid base64") from None

@@ -1,0 +1,55 @@
+"""Liveness, readiness and what the service runs: /healthz, /readyz, /v1/info."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from headstart import __version__
+from headstart.serve.dependencies import ReadyEngine, Service, authorised
+from headstart.serve.engine import public_model_name
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """Alive (the process answers)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(service: Service) -> JSONResponse:
+    """Ready: the model is loaded and warmed up."""
+    if service.engine is None:
+        return JSONResponse({"ready": False, "error": service.load_error or "loading"}, 503)
+    return JSONResponse({"ready": True})
+
+
+@router.get("/v1/info", dependencies=[Depends(authorised)])
+async def info(engine: ReadyEngine, service: Service) -> dict:
+    """The model fingerprint, classes, embedding width, index size and versions."""
+    recipe = engine.fingerprint.recipe
+    return {
+        "fingerprint": engine.fingerprint.id,
+        "model": public_model_name(engine.fingerprint),
+        "weights": recipe.get("weights"),
+        "layer": recipe.get("layer"),
+        "precision": recipe.get("precision"),
+        "head": engine.head.head_name,
+        "classes": np.asarray(engine.head.classes_).astype(str).tolist(),
+        "dim": engine.dim,
+        "index_size": engine.index.index.ntotal if engine.index is not None else None,
+        "max_batch": service.settings.max_batch,
+        "versions": {
+            "headstart": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
