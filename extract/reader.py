@@ -3,15 +3,17 @@
 Each file is read once: the same bytes are hashed (the cache key) and decoded. A file that
 cannot be read or decoded becomes a :class:`FailureRecord` in the batch instead of an error,
 so one bad image in a million costs that image only. When the work is split into parts, a file
-whose key another part owns is hashed and passed over without decoding.
+whose key another part owns is hashed and passed over without decoding. Decoding is timed
+where it happens, in the worker processes, and each batch carries its items' seconds, summed.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -31,26 +33,34 @@ __all__ = ["DecodedBatch", "ImageFileDataset", "iter_batches", "make_loader"]
 @dataclass
 class DecodedItem:
     """One work item after reading: a file record and pixels, a failure, or neither (the file
-    belongs to another part)."""
+    belongs to another part). ``decode_seconds``: decoding and resizing it took."""
 
     file: FileRecord | None = None
     pixels: torch.Tensor | None = None
     failure: FailureRecord | None = None
+    decode_seconds: float = 0.0
 
 
 @dataclass
 class DecodedBatch:
     """``pixels[i]`` belongs to ``files[i]``; ``failures`` are the items that did not decode;
-    ``others`` counts files left to the part that owns their key."""
+    ``others`` counts files left to the part that owns their key; ``decode_seconds`` is the
+    time its items took to decode and resize, added up."""
 
     pixels: torch.Tensor
     files: list[FileRecord] = field(default_factory=list)
     failures: list[FailureRecord] = field(default_factory=list)
     others: int = 0
+    decode_seconds: float = 0.0
+
+    @property
+    def item_count(self) -> int:
+        """The work items this batch accounts for: decoded, failed, or left to another part."""
+        return len(self.files) + len(self.failures) + self.others
 
     def pin_memory(self) -> DecodedBatch:
         # DataLoader's pin-memory thread calls this on custom batch types.
-        return DecodedBatch(self.pixels.pin_memory(), self.files, self.failures, self.others)
+        return replace(self, pixels=self.pixels.pin_memory())
 
 
 class ImageFileDataset(Dataset):
@@ -83,13 +93,14 @@ class ImageFileDataset(Dataset):
         if self.partition is not None and not self.partition.owns_key(key):
             return DecodedItem()
         record = FileRecord(item.path, st.st_size, st.st_mtime_ns, key, item.label)
+        began = time.perf_counter()
         try:
             image = decode_image(data, min_side=self.preprocess.resize_size)
             pixels = to_uint8_tensor(image, self.preprocess)
         except DecodeError as exc:
             failure = FailureRecord(item.path, st.st_size, st.st_mtime_ns, str(exc), item.label)
-            return DecodedItem(failure=failure)
-        return DecodedItem(file=record, pixels=pixels)
+            return DecodedItem(failure=failure, decode_seconds=time.perf_counter() - began)
+        return DecodedItem(file=record, pixels=pixels, decode_seconds=time.perf_counter() - began)
 
 
 def collate(items: list[DecodedItem]) -> DecodedBatch:
@@ -101,7 +112,8 @@ def collate(items: list[DecodedItem]) -> DecodedBatch:
         else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
     )
     others = sum(item.file is None and item.failure is None for item in items)
-    return DecodedBatch(pixels, [item.file for item in good], failures, others)
+    decode_seconds = sum(item.decode_seconds for item in items)
+    return DecodedBatch(pixels, [item.file for item in good], failures, others, decode_seconds)
 
 
 def make_loader(

@@ -2,7 +2,8 @@
 
 Whatever happens, rows already computed are published before :func:`extract` returns or raises
 (Ctrl-C included), and the catalog is committed batch by batch, so a rerun embeds only what is
-missing.
+missing. The decisions along the way live in :mod:`.policies`; the time each stage takes goes
+into the summary (see :mod:`.stages`), and is logged at INFO (``headstart -v``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,14 +30,19 @@ from headstart.extract.memo import RecipeMemo, RememberedRecipe, request_key
 from headstart.extract.options import ExtractOptions, PreprocessOverrides
 from headstart.extract.parts import Coordinator, Partition, local_device
 from headstart.extract.plan import PlanCounts, plan_work
+from headstart.extract.policies import CompilePolicy, fresh_rows, record_failures
 from headstart.extract.sources import ListingSkips, iter_images
+from headstart.extract.stages import STAGES, StageClock, describe_stages
 from headstart.extract.worklist import WorkList
 
 if TYPE_CHECKING:
     import torch
+    from tqdm import tqdm
 
     from headstart.extract.backbones import Backbone
+    from headstart.extract.mapper import Embedder, PendingEmbedding
     from headstart.extract.preprocess import Preprocess
+    from headstart.extract.reader import DecodedBatch
 
 # torch and the model libraries are imported where a model is resolved or run, not here: an
 # unchanged rerun whose recipe is remembered plans, finds nothing to embed and never needs them.
@@ -53,13 +59,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RECIPE_FORMAT = 1
-_FAILURE_EXAMPLES = 10
-# torch.compile costs 20-40 s once per process and pays off for heavy per-image compute
-# (oneDNN weight prepacking, BatchNorm folding). Decided on the measured eager rate: compile when
-# images take at least this long each and the rest of the run would take at least this long.
-_COMPILE_MIN_SECONDS_PER_IMAGE = 0.010
-_COMPILE_MIN_REMAINING_SECONDS = 120.0
-_COMPILE_PROBE_BATCHES = 3
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,8 @@ class ExtractSummary:
     answers for: all of them in one process, only its own share in a ``--part`` run, the
     whole job's after a torchrun job has summed its ranks' shares. ``skipped`` are the
     entries the listing could not look into (unreadable folders), counted apart from ``listed``.
+    ``stage_seconds`` says where the embedding went (see :mod:`.stages`): read, decode (summed
+    over the ``loader_workers`` worker processes), forward and write.
     """
 
     fingerprint: Fingerprint
@@ -103,6 +104,8 @@ class ExtractSummary:
     compiled: bool = False
     compile_seconds: float = 0.0
     failure_examples: list[FailureRecord] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    loader_workers: int = 0
     skipped: ListingSkips = field(default_factory=ListingSkips)
     fallback_reason: str | None = None
     parts: int = 1
@@ -134,20 +137,10 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
     switches to random initialisation (and a fingerprint saying so).
     """
     from headstart.device import resolve_device, resolve_precision
-    from headstart.extract.backbones import WeightsUnavailable, get_backbone
-    from headstart.extract.classifier import NO_CLASSIFIER
-    from headstart.extract.features import POOLING, with_classifier
+    from headstart.extract.features import with_classifier
     from headstart.extract.preprocess import resolve_preprocess
 
-    backbone = get_backbone(options.model, options.weights)
-    inputs = _files_read(backbone, options.fallback_random)
-    fallback_reason = None
-    if options.fallback_random and backbone.weights.ensure_available is not None:
-        try:
-            backbone.weights.ensure_available()
-        except WeightsUnavailable as exc:
-            fallback_reason = str(exc)
-            backbone = get_backbone(options.model, "none")
+    backbone, fallback_reason, inputs = _chosen_backbone(options)
     device = resolve_device(options.device)
     precision = resolve_precision(options.precision, device)
     preprocess = resolve_preprocess(options.preprocess, backbone.weights.preprocess)
@@ -155,12 +148,51 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
         backbone = with_classifier(backbone, options.classifier, preprocess.crop_size)
     elif options.classifier is not None:
         raise HeadstartError("--layer and --classifier both say where to embed; give one")
-    recipe = {
+    weights_spec = "none" if fallback_reason else options.weights
+    source = {"model": options.model, "weights": weights_spec, "origin": backbone.weights.origin}
+    recipe = _recipe_of(backbone, options.layer, preprocess, precision)
+    return Recipe(
+        backbone,
+        preprocess,
+        device,
+        precision,
+        options.layer,
+        Fingerprint(recipe, source),
+        fallback_reason,
+        inputs,
+    )
+
+
+def _chosen_backbone(
+    options: ExtractOptions,
+) -> tuple[Backbone, str | None, tuple[str, ...] | None]:
+    """The requested backbone, or with ``fallback_random`` and its weights out of reach the
+    randomly initialised one and why; and the files that decided (see :func:`_files_read`)."""
+    from headstart.extract.backbones import WeightsUnavailable, get_backbone
+
+    backbone = get_backbone(options.model, options.weights)
+    inputs = _files_read(backbone, options.fallback_random)
+    if options.fallback_random and backbone.weights.ensure_available is not None:
+        try:
+            backbone.weights.ensure_available()
+        except WeightsUnavailable as exc:
+            return get_backbone(options.model, "none"), str(exc), inputs
+    return backbone, None, inputs
+
+
+def _recipe_of(
+    backbone: Backbone, layer: str | None, preprocess: Preprocess, precision: str
+) -> dict[str, object]:
+    """What decides the numbers: the fingerprint's recipe."""
+    from headstart.extract.classifier import NO_CLASSIFIER
+    from headstart.extract.features import POOLING
+
+    recipe: dict[str, object] = {
         "format": RECIPE_FORMAT,
         "model": backbone.name,
         "model_code": backbone.code_identity,
         "weights": backbone.weights.identity,
-        "layer": options.layer,
+        "layer": layer,
         "pooling": POOLING,
         "preprocess": preprocess.to_dict(),
         "precision": precision,
@@ -168,19 +200,7 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
     if backbone.head_rule == "find-classifier":
         cut = backbone.classifier
         recipe["classifier"] = None if cut in (None, NO_CLASSIFIER) else cut
-    weights_spec = "none" if fallback_reason else options.weights
-    source = {"model": options.model, "weights": weights_spec, "origin": backbone.weights.origin}
-    fingerprint = Fingerprint(recipe, source)
-    return Recipe(
-        backbone,
-        preprocess,
-        device,
-        precision,
-        options.layer,
-        fingerprint,
-        fallback_reason,
-        inputs,
-    )
+    return recipe
 
 
 def _files_read(backbone: Backbone, fallback_random: bool) -> tuple[str, ...] | None:
@@ -273,42 +293,33 @@ def _extract(
     if known.fallback_reason and leader:
         log.warning("%s; continuing with random initialisation", known.fallback_reason)
     with cache.catalog() as catalog, tempfile.TemporaryDirectory(prefix="headstart-") as tmp:
-        while True:
-            planned = _plan(sources, options, cache, known, catalog, Path(tmp), partition, leader)
-            if recipe is not None or not len(planned.work):
-                break
-            # There is work for a model after all: resolve the request for real, and plan
-            # again in the rare case the remembered recipe no longer holds.
-            recipe = resolve_recipe(options)
-            if recipe.fingerprint.id == known.fingerprint.id:
-                break
-            log.info("the remembered recipe of this request is out of date; resolved again")
-            planned.work.close()
-            memo.forget(key)
-            known = recipe.remembered()
+        request = _Request(sources, options, cache, catalog, Path(tmp), partition, leader)
+        planned, recipe = _plan_for_recipe(request, known, recipe, memo, key)
         if coordinator is not None:
             # No rank records a key before all have planned: a rank that planned later would
             # see another's fresh records and its counts would no longer add up with theirs.
             coordinator.wait_for_all()
         if recipe is not None and recipe.inputs is not None:
             memo.remember(key, recipe.remembered(), list(recipe.inputs))
-        summary, work = planned.summary, planned.work
-        if len(work):
-            embed_started = time.perf_counter()
-            _embed(
-                work,
-                recipe,
-                options,
-                planned.store,
-                catalog,
-                planned.seen,
-                summary,
-                progress and leader,
-                partition,
+        if len(planned.work):
+            _embed_timed(
+                _RunContext(recipe, options, catalog, partition, progress and leader), planned
             )
-            summary.embed_seconds = time.perf_counter() - embed_started
-        work.close()
-    return summary
+        planned.work.close()
+    return planned.summary
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What a run was asked to do, and where it keeps its answers while planning."""
+
+    sources: Sequence[str]
+    options: ExtractOptions
+    cache: EmbeddingCache
+    catalog: FileCatalog
+    scratch: Path
+    partition: Partition | None
+    leader: bool
 
 
 @dataclass
@@ -319,36 +330,52 @@ class _Planned:
     work: WorkList
 
 
-def _plan(
-    sources: Sequence[str],
-    options: ExtractOptions,
-    cache: EmbeddingCache,
+def _plan_for_recipe(
+    request: _Request,
     known: RememberedRecipe,
-    catalog: FileCatalog,
-    scratch: Path,
-    partition: Partition | None,
-    leader: bool,
-) -> _Planned:
+    recipe: Recipe | None,
+    memo: RecipeMemo,
+    key: str | None,
+) -> tuple[_Planned, Recipe | None]:
+    """Plan with the remembered recipe; when there is work for a model after all, resolve the
+    request for real, and plan again in the rare case the remembered recipe no longer holds."""
+    while True:
+        planned = _plan(request, known)
+        if recipe is not None or not len(planned.work):
+            return planned, recipe
+        recipe = resolve_recipe(request.options)
+        if recipe.fingerprint.id == known.fingerprint.id:
+            return planned, recipe
+        log.info("the remembered recipe of this request is out of date; resolved again")
+        planned.work.close()
+        memo.forget(key)
+        known = recipe.remembered()
+
+
+def _plan(request: _Request, known: RememberedRecipe) -> _Planned:
     """List the sources and put what the fingerprint's store lacks on a work list."""
-    store = cache.open(known.fingerprint)  # may not exist yet: created once a model runs
-    for path, reason in store.unreadable.items() if leader else ():
+    store = request.cache.open(known.fingerprint)  # may not exist yet: created once a model runs
+    for path, reason in store.unreadable.items() if request.leader else ():
         log.warning(
             "cache shard %s cannot be read (%s); its images are embedded again (move the "
             "file away; `headstart cache verify` checks a cache)",
             path,
             reason,
         )
-    summary = ExtractSummary(known.fingerprint, cache.root, fallback_reason=known.fallback_reason)
-    summary.parts, summary.leader = (partition.count if partition else 1), leader
+    summary = ExtractSummary(
+        known.fingerprint, request.cache.root, fallback_reason=known.fallback_reason
+    )
+    partition = request.partition
+    summary.parts, summary.leader = (partition.count if partition else 1), request.leader
     seen = store.key_set()
-    work = WorkList(scratch)
+    work = WorkList(request.scratch)
     try:
         counts: PlanCounts = plan_work(
-            iter_images(sources, summary.skipped),
-            catalog,
+            iter_images(request.sources, summary.skipped),
+            request.catalog,
             seen,
             work,
-            retry_failed=options.retry_failed,
+            retry_failed=request.options.retry_failed,
             partition=partition,
         )
     finally:
@@ -367,128 +394,212 @@ def _sum_over_ranks(summary: ExtractSummary, coordinator: Coordinator) -> None:
         setattr(summary, name, total)
 
 
-def _embed(
-    work: WorkList,
-    recipe: Recipe,
-    options: ExtractOptions,
-    store: FingerprintStore,
-    catalog: FileCatalog,
-    seen: KeySet,
-    summary: ExtractSummary,
-    progress: bool,
-    partition: Partition | None = None,
-) -> None:
-    import torch
-    from tqdm import tqdm
+@dataclass(frozen=True)
+class _RunContext:
+    """What stays fixed while a run embeds its work list."""
 
-    from headstart.extract.features import build_feature_model
-    from headstart.extract.mapper import Embedder, PendingEmbedding
-    from headstart.extract.reader import ImageFileDataset, iter_batches, make_loader
+    recipe: Recipe
+    options: ExtractOptions
+    catalog: FileCatalog
+    partition: Partition | None
+    progress: bool
 
+    @property
+    def on_cuda(self) -> bool:
+        return self.recipe.device.type == "cuda"
+
+    @property
+    def batch_size(self) -> int:
+        return self.options.batch_size or (128 if self.on_cuda else 32)
+
+    @property
+    def workers(self) -> int:
+        if self.options.workers is not None:
+            return self.options.workers
+        cores = os.cpu_count() or 1
+        # On CPU the model wants the cores; decoding needs a fraction of them.
+        return min(16, cores) if self.on_cuda else max(1, min(4, cores // 2))
+
+
+def _embed_timed(run: _RunContext, planned: _Planned) -> None:
+    """Embed, then say how long it took and where the time went (shown with -v)."""
+    summary = planned.summary
+    began = time.perf_counter()
+    _embed(run, planned)
+    summary.embed_seconds = time.perf_counter() - began
+    log.info("%s", describe_stages(summary.stage_seconds, summary.loader_workers))
+
+
+def _embed(run: _RunContext, planned: _Planned) -> None:
+    """Reader -> mapper -> writer over the work list, one batch in flight while the next is
+    read. Rows already embedded are stored whatever happens, Ctrl-C included."""
     started = time.perf_counter()
+    summary, clock = planned.summary, StageClock(planned.summary.stage_seconds)
+    summary.loader_workers = run.workers
+    summary.compiled = bool(run.options.compile)  # explicit: compiled at startup
+    embedder = _start_embedder(run, planned.store)
+    mapper = _Mapper(embedder, _compile_policy(run, len(planned.work)), summary, clock)
+    writer = _InFlight(_shard_writer(run, planned.store), clock)
+    with _progress_bar(run, len(planned.work)) as bar:
+        try:
+            for batch in _read_batches(run, planned.work, clock):
+                keys, pixels = _admit(batch, run.catalog, planned, clock)
+                if len(keys):
+                    writer.push(mapper.submit(pixels), keys)
+                    summary.embedded += len(keys)
+                    if summary.startup_images:
+                        mapper.consider_compiling()
+                    else:
+                        _end_startup(summary, started)
+                bar.update(batch.item_count)
+        finally:
+            writer.finish()
+            summary.compiled = summary.compiled and embedder.compiled  # a failed compile falls back
+
+
+def _start_embedder(run: _RunContext, store: FingerprintStore) -> Embedder:
+    """Build the model and make room for its embeddings."""
+    # The module, not the class: benchmarks swap in a recording Embedder there.
+    from headstart.extract import mapper
+    from headstart.extract.features import build_feature_model
+
+    recipe = run.recipe
     features = build_feature_model(recipe.backbone, recipe.layer)
     store.cache.create(recipe.fingerprint)
-    on_cuda = recipe.device.type == "cuda"
-    embedder = Embedder(
+    return mapper.Embedder(
         features.module,
         recipe.preprocess,
         recipe.device,
         recipe.precision,
-        compile=bool(options.compile),
+        compile=bool(run.options.compile),
     )
-    summary.compiled, compiling = bool(options.compile), False  # explicit: compiled at startup
-    policy = _CompilePolicy(len(work)) if options.compile is None and not on_cuda else None
-    batch_size = options.batch_size or (128 if on_cuda else 32)
-    workers = options.workers if options.workers is not None else _default_workers(on_cuda)
-    loader = make_loader(
-        ImageFileDataset(work, recipe.preprocess, partition),
-        batch_size=batch_size,
-        workers=workers,
-        pin_memory=on_cuda,
-    )
-    in_flight: tuple[PendingEmbedding, np.ndarray] | None = None
-    bar = tqdm(
-        total=len(work), unit="img", disable=not progress, dynamic_ncols=True, smoothing=0.05
-    )
-    writer = ShardWriter(
+
+
+def _compile_policy(run: _RunContext, total: int) -> CompilePolicy | None:
+    """A policy to decide on compiling mid-run, when the options leave it open (on CPU only)."""
+    return CompilePolicy(total) if run.options.compile is None and not run.on_cuda else None
+
+
+def _shard_writer(run: _RunContext, store: FingerprintStore) -> ShardWriter:
+    options = run.options
+    return ShardWriter(
         store,
         shard_rows=options.shard_rows,
         max_age_s=options.flush_seconds,
         dtype=options.store_dtype,
     )
-    try:
-        for batch in iter_batches(loader):
-            catalog.record(batch.files, batch.failures)
-            summary.failed += len(batch.failures)
-            room = _FAILURE_EXAMPLES - len(summary.failure_examples)
-            summary.failure_examples.extend(batch.failures[: max(room, 0)])
-            keys = np.array([f.key for f in batch.files], dtype=KEY_DTYPE)
-            fresh = _unseen(keys, seen)
-            summary.from_cache += int((~fresh).sum())
-            if fresh.any():
-                seen.add(keys[fresh])
-                began = time.perf_counter()
-                pending = embedder.submit(batch.pixels[torch.from_numpy(fresh)])
-                if compiling:
-                    summary.compile_seconds, compiling = time.perf_counter() - began, False
-                if in_flight is not None:
-                    writer.add(in_flight[1], in_flight[0].result())
-                in_flight = (pending, keys[fresh])
-                summary.embedded += int(fresh.sum())
-                if not summary.startup_images:
-                    summary.startup_seconds = time.perf_counter() - started
-                    summary.startup_images = summary.embedded
-                elif (
-                    policy is not None and (verdict := policy.decide(summary.embedded)) is not None
-                ):
-                    if verdict:
-                        embedder.compile_now()  # compiles during the next batch
-                    summary.compiled, compiling, policy = verdict, verdict, None
-            bar.update(len(batch.files) + len(batch.failures) + batch.others)
-    finally:
-        bar.close()
-        if in_flight is not None:
-            writer.add(in_flight[1], in_flight[0].result())
-        writer.close()
-        summary.compiled = summary.compiled and embedder.compiled  # a failed compile falls back
 
 
-class _CompilePolicy:
-    """Times the eager pipeline over a few batches after the first, then decides whether
-    compiling would pay off for the rest of the run."""
+def _progress_bar(run: _RunContext, total: int) -> tqdm:
+    from tqdm import tqdm
 
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.batches = 0
-        self.began: tuple[float, int] | None = None
-
-    def decide(self, embedded: int) -> bool | None:
-        """None while still measuring; then whether to compile."""
-        now = time.perf_counter()
-        if self.began is None:
-            self.began = (now, embedded)
-            return None
-        self.batches += 1
-        if self.batches < _COMPILE_PROBE_BATCHES:
-            return None
-        per_image = (now - self.began[0]) / max(embedded - self.began[1], 1)
-        remaining = per_image * (self.total - embedded)
-        return (
-            per_image >= _COMPILE_MIN_SECONDS_PER_IMAGE
-            and remaining >= _COMPILE_MIN_REMAINING_SECONDS
-        )
+    return tqdm(
+        total=total, unit="img", disable=not run.progress, dynamic_ncols=True, smoothing=0.05
+    )
 
 
-def _unseen(keys: np.ndarray, seen: KeySet) -> np.ndarray:
-    """Keys neither stored nor embedded earlier in this run, first occurrence only."""
-    fresh = ~seen.contains(keys)
-    _, first = np.unique(keys, return_index=True)
-    in_batch_first = np.zeros(len(keys), dtype=bool)
-    in_batch_first[first] = True
-    return fresh & in_batch_first
+def _read_batches(run: _RunContext, work: WorkList, clock: StageClock) -> Iterator[DecodedBatch]:
+    """The reader: decoded batches of the work list in order. Waiting for one counts as read;
+    the decoding it carries (done in the loader's workers) as decode."""
+    from headstart.extract.reader import ImageFileDataset, iter_batches, make_loader
+
+    loader = make_loader(
+        ImageFileDataset(work, run.recipe.preprocess, run.partition),
+        batch_size=run.batch_size,
+        workers=run.workers,
+        pin_memory=run.on_cuda,
+    )
+    for batch in clock.timed("read", iter_batches(loader)):
+        clock.add("decode", batch.decode_seconds)
+        yield batch
 
 
-def _default_workers(on_cuda: bool) -> int:
-    cores = os.cpu_count() or 1
-    # On CPU the model wants the cores; decoding needs a fraction of them.
-    return min(16, cores) if on_cuda else max(1, min(4, cores // 2))
+def _admit(
+    batch: DecodedBatch, catalog: FileCatalog, planned: _Planned, clock: StageClock
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Record a batch in the catalog and the summary; the keys and pixels left to embed."""
+    import torch
+
+    with clock.timing("write"):
+        catalog.record(batch.files, batch.failures)
+    summary = planned.summary
+    record_failures(summary, batch.failures)
+    keys = np.array([f.key for f in batch.files], dtype=KEY_DTYPE)
+    fresh = fresh_rows(keys, planned.seen)
+    summary.from_cache += int((~fresh).sum())
+    planned.seen.add(keys[fresh])
+    return keys[fresh], batch.pixels[torch.from_numpy(fresh)]
+
+
+def _end_startup(summary: ExtractSummary, started: float) -> None:
+    """The first embedded batch ends the startup: building the model, the first forward pass."""
+    summary.startup_seconds = time.perf_counter() - started
+    summary.startup_images = summary.embedded
+
+
+class _Mapper:
+    """The mapper: submits batches to the embedder (timed as forward), and compiles the model
+    mid-run when the compile policy says it pays off."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        policy: CompilePolicy | None,
+        summary: ExtractSummary,
+        clock: StageClock,
+    ) -> None:
+        self.embedder = embedder
+        self.policy = policy
+        self.summary = summary
+        self.clock = clock
+        self.compiling = False  # the next batch compiles the model
+
+    def submit(self, pixels: torch.Tensor) -> PendingEmbedding:
+        began = time.perf_counter()
+        pending = self.embedder.submit(pixels)
+        seconds = time.perf_counter() - began
+        self.clock.add("forward", seconds)
+        if self.compiling:
+            self.summary.compile_seconds, self.compiling = seconds, False
+        return pending
+
+    def consider_compiling(self) -> None:
+        """Ask the policy after a batch; once it answers yes, the next batch compiles."""
+        verdict = self.policy.decide(self.summary.embedded) if self.policy else None
+        if verdict is None:
+            return
+        if verdict:
+            self.embedder.compile_now()
+        self.summary.compiled, self.compiling, self.policy = verdict, verdict, None
+
+
+class _InFlight:
+    """The writer, one batch behind: a submitted batch is held while the next one is read and
+    submitted, so a GPU computes while the host reads (on CUDA submit returns early)."""
+
+    def __init__(self, writer: ShardWriter, clock: StageClock) -> None:
+        self.writer = writer
+        self.clock = clock
+        self.held: tuple[PendingEmbedding, np.ndarray] | None = None
+
+    def push(self, pending: PendingEmbedding, keys: np.ndarray) -> None:
+        """Store the batch held so far, and hold this one."""
+        self._store_held()
+        self.held = (pending, keys)
+
+    def finish(self) -> None:
+        """Store the held batch and publish every row, after an error or Ctrl-C too."""
+        try:
+            self._store_held()
+        finally:
+            with self.clock.timing("write"):
+                self.writer.close()
+
+    def _store_held(self) -> None:
+        if self.held is None:
+            return
+        (pending, keys), self.held = self.held, None
+        with self.clock.timing("forward"):  # waits for the device to finish the batch
+            vectors = pending.result()
+        with self.clock.timing("write"):
+            self.writer.add(keys, vectors)
