@@ -200,8 +200,9 @@ def finetune_check(smoke: bool) -> bool:
     from headstart.extract import resolve_recipe
     from headstart.extract.preprocess import normalize
     from headstart.finetune.data import LabelledImages
-    from headstart.finetune.loop import LoopSettings, Trainer
+    from headstart.finetune.loop import Trainer
     from headstart.finetune.network import ClassifierNetwork, training_memory_format
+    from headstart.finetune.settings import LoopSettings
 
     size, batch, steps = (64, 8, 2) if smoke else (224, 64, 15)
     recipe = resolve_recipe(ExtractOptions("resnet18", "none"))
@@ -221,7 +222,7 @@ def finetune_check(smoke: bool) -> bool:
         )
         unused = LabelledImages(["unused"], [0], recipe.preprocess)
         settings = LoopSettings(
-            batch_size=batch, precision=precision, lr=lr, warmup=0.0, train_bn=train_bn
+            batch_size=batch, precision=precision, lr=lr, warmup=0.0, train_bn=train_bn, workers=0
         )
         return Trainer(network, unused, unused, settings, Path(tempfile.mkdtemp()), device)
 
@@ -288,7 +289,7 @@ def main() -> None:
             data = work / "subset"
             for path in sorted(args.data.rglob("*.JPEG"))[:24]:
                 (data / path.parent.name).mkdir(parents=True, exist_ok=True)
-                (data / path.parent.name / path.name).symlink_to(path)
+                (data / path.parent.name / path.name).symlink_to(path.resolve())
         started = time.perf_counter()
         paths = make_collection(data, work / "collection", args.copies)
         print(f"wrote {len(paths)} images in {time.perf_counter() - started:.1f} s")
