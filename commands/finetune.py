@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,9 +12,13 @@ from headstart.commands.options import (
     default_of,
     embedding_options,
     extract_options,
+    take_settings,
     validation_options,
 )
 from headstart.finetune.settings import FinetuneOptions, LoopSettings
+
+if TYPE_CHECKING:
+    from headstart.finetune import EpochRecord, FinetuneResult
 
 __all__ = ["finetune"]
 
@@ -113,68 +118,22 @@ _options = functools.partial(default_of, FinetuneOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def finetune(
-    ctx: click.Context,
-    sources,
-    val_sources,
-    val_split,
-    head_dir,
-    probe_C,
-    epochs,
-    lr,
-    head_lr_mult,
-    weight_decay,
-    warmup,
-    label_smoothing,
-    freeze_bn,
-    unfreeze,
-    augment,
-    accumulate,
-    patience,
-    seed,
-    run_dir,
-    resume,
-    quiet,
-    **params,
+    ctx: click.Context, sources, run_dir: str, resume: bool, quiet: bool, **params
 ) -> None:
     """Fine-tune the backbone end to end on labelled SOURCES, starting from a linear probe
     trained on their cached embeddings (LP-FT)."""
     from headstart.finetune import TrainingInterrupted
     from headstart.finetune import finetune as run_finetune
 
-    # Unset, the loop's own batch size and decoding processes apply (not the embedding's).
-    speed = {"batch_size": params.pop("batch_size"), "workers": params.pop("workers")}
-    embed, cache_dir = extract_options(params, batch_size=None, workers=speed["workers"])
+    # Options are named after the settings fields they set. -b and -j, unset, leave the loop its
+    # own batch size and decoding processes; -j also sets the embedding's, and the loop trains
+    # at the embedding's precision.
+    freeze_bn = params.pop("freeze_bn")
     loop = LoopSettings(
-        epochs=epochs,
-        lr=lr,
-        head_lr_mult=head_lr_mult,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        label_smoothing=label_smoothing,
-        accumulate=accumulate,
-        patience=patience,
-        train_bn=not freeze_bn,
-        precision=embed.precision,
-        seed=seed,
-        **{name: value for name, value in speed.items() if value is not None},
+        train_bn=not freeze_bn, **take_settings(params, LoopSettings, keep={"precision", "workers"})
     )
-    options = FinetuneOptions(
-        tuple(val_sources), val_split, head_dir, probe_C, unfreeze, augment, loop
-    )
-
-    def report(record) -> None:
-        if record.epoch == 0:
-            click.echo(
-                f"epoch 0 (linear probe): validation accuracy {record.val_accuracy:.4f}, "
-                f"loss {record.val_loss:.4f}"
-            )
-            return
-        click.echo(
-            f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation accuracy "
-            f"{record.val_accuracy:.4f}, loss {record.val_loss:.4f}, "
-            f"{record.images_per_second:.1f} images/s"
-        )
-
+    options = FinetuneOptions(loop=loop, **take_settings(params, FinetuneOptions))
+    embed, cache_dir = extract_options(params)
     try:
         result = run_finetune(
             sources,
@@ -184,7 +143,7 @@ def finetune(
             run_dir,
             resume=resume,
             progress=not quiet,
-            on_epoch=report,
+            on_epoch=_print_epoch,
         )
     except TrainingInterrupted as stop:
         click.echo(
@@ -193,6 +152,24 @@ def finetune(
             err=True,
         )
         ctx.exit(EXIT_INTERRUPTED)
+    _print_result(result, embed.model)
+
+
+def _print_epoch(record: EpochRecord) -> None:
+    if record.epoch == 0:
+        click.echo(
+            f"epoch 0 (linear probe): validation accuracy {record.val_accuracy:.4f}, "
+            f"loss {record.val_loss:.4f}"
+        )
+        return
+    click.echo(
+        f"epoch {record.epoch}: train loss {record.train_loss:.4f}, validation accuracy "
+        f"{record.val_accuracy:.4f}, loss {record.val_loss:.4f}, "
+        f"{record.images_per_second:.1f} images/s"
+    )
+
+
+def _print_result(result: FinetuneResult, model: str) -> None:
     if result.resumed_from is not None:
         epoch, step = result.resumed_from
         click.echo(f"resumed after epoch {epoch}, step {step}")
@@ -209,6 +186,4 @@ def finetune(
     click.echo(
         f"wrote {result.backbone_path} and {result.head_dir} (embeddings {result.fingerprint.id})"
     )
-    click.echo(
-        f"use it: headstart extract SOURCE --model {embed.model} --weights {result.backbone_path}"
-    )
+    click.echo(f"use it: headstart extract SOURCE --model {model} --weights {result.backbone_path}")

@@ -23,6 +23,7 @@ __all__ = [
     "extract_options",
     "runtime",
     "runtime_options",
+    "take_settings",
     "validation_options",
 ]
 
@@ -136,6 +137,19 @@ def embedding_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def take_settings(params: dict, settings: type, keep: frozenset | set = frozenset()) -> dict:
+    """The option values named after fields of the ``settings`` dataclass, out of ``params``
+    (unless named in ``keep``: options two settings share). An unset option (None) is left
+    out, so the field's own default applies."""
+    taken = {}
+    for entry in dataclasses.fields(settings):
+        if entry.name in params:
+            value = params[entry.name] if entry.name in keep else params.pop(entry.name)
+            if value is not None:
+                taken[entry.name] = value
+    return taken
 
 
 def extract_options(params: dict, **extra):

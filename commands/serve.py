@@ -9,7 +9,7 @@ import socket
 
 import click
 
-from headstart.commands.options import DEVICE_HELP, default_of
+from headstart.commands.options import DEVICE_HELP, default_of, take_settings
 from headstart.errors import HeadstartError
 from headstart.serve.settings import ServeSettings
 
@@ -64,51 +64,34 @@ _serve = functools.partial(default_of, ServeSettings)
     is_flag=True,
     help="Include indexed items' file paths in neighbor answers (off: ids only).",
 )
-def serve(
-    head_dir,
-    index_dir,
-    host,
-    port,
-    max_batch,
-    max_wait_ms,
-    max_upload_mb,
-    max_images,
-    api_key_env,
-    device,
-    expose_paths,
-) -> None:
+def serve(host: str, port: int, api_key_env: str | None, **params) -> None:
     """Serve a head (and an index) over HTTP: /v1/classify, /v1/embed, /v1/neighbors."""
     import uvicorn
 
     from headstart.serve.app import create_app
     from headstart.serve.engine import check_artifacts
 
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise HeadstartError(f"--api-key-env {api_key_env}: that variable is not set or empty")
-    check_artifacts(head_dir, index_dir)  # a mismatched pair never starts
+    # The other options are named after the ServeSettings fields they set.
+    settings = ServeSettings(api_key=_api_key(api_key_env), **take_settings(params, ServeSettings))
+    check_artifacts(settings.head_dir, settings.index_dir)  # a mismatched pair never starts
     _check_can_listen(host, port)
-    if host not in _LOOPBACK and api_key is None:
+    if host not in _LOOPBACK and settings.api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach it can use it", host)
-    settings = ServeSettings(
-        head_dir=head_dir,
-        index_dir=index_dir,
-        device=device,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        max_upload_mb=max_upload_mb,
-        max_images=max_images,
-        api_key=api_key,
-        expose_paths=expose_paths,
-    )
-    click.echo(f"serving {head_dir} on http://{host}:{port} (API docs at /docs)", err=True)
+    click.echo(f"serving {settings.head_dir} on http://{host}:{port} (API docs at /docs)", err=True)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     except SystemExit as exc:  # uvicorn exits 3 when it cannot start: not our "some files failed"
         if exc.code:
             raise HeadstartError(f"the server could not start on {host}:{port}") from None
+
+
+def _api_key(variable: str | None) -> str | None:
+    if not variable:
+        return None
+    key = os.environ.get(variable)
+    if not key:
+        raise HeadstartError(f"--api-key-env {variable}: that variable is not set or empty")
+    return key
 
 
 def _check_can_listen(host: str, port: int) -> None:

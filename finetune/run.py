@@ -26,19 +26,21 @@ import torch
 
 from headstart.atomic import atomic_path, write_text_atomic
 from headstart.cache.fingerprint import Fingerprint
-from headstart.classify.data import embed_sources, train_and_validation
+from headstart.classify.data import Embedded, embed_sources, train_and_validation
+from headstart.classify.heads import Head
 from headstart.classify.linear import LogisticRegressionHead
 from headstart.classify.metrics import Metrics, score
 from headstart.classify.persist import load_head, save_head
 from headstart.device import resolve_device, resolve_precision
 from headstart.errors import HeadstartError
-from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
+from headstart.extract import ExtractOptions, PreprocessOverrides, Recipe, resolve_recipe
 from headstart.extract.features import build_feature_model
 from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import LabelledImages
 from headstart.finetune.loop import BEST, CHECKPOINT, EpochRecord, Trainer
 from headstart.finetune.network import (
     ClassifierNetwork,
+    UnfreezeSpec,
     apply_unfreeze,
     fold_linear_head,
     parse_unfreeze,
@@ -88,13 +90,63 @@ def finetune(
         raise HeadstartError("fine-tuning trains the pre-logits embedding; drop --layer")
     unfreeze = parse_unfreeze(options.unfreeze)
     run_dir = Path(run_dir)
-    config = _config(sources, embed, options)
+    _open_run_dir(run_dir, _config(sources, embed, options), resume)
+    probe = _linear_probe(sources, embed, cache_dir, options, run_dir, resume, progress)
+    recipe = resolve_recipe(embed)
+    network, trainable = _network_from_probe(recipe, probe.head, options, unfreeze)
+    trainer = _trainer(network, probe, recipe, options, run_dir, progress)
+    resumed_from = None
+    if resume:
+        trainer.resume()
+        resumed_from = (trainer.state.epoch, trainer.state.step)
+    history = trainer.fit(on_epoch)
+    published = _publish(network, history, probe, embed, recipe, run_dir)
+    best, backbone_path, head_dir, fingerprint = published
+    return FinetuneResult(
+        run_dir=run_dir,
+        probe_metrics=probe.metrics,
+        best=best,
+        history=history,
+        trainable_blocks=trainable,
+        backbone_path=backbone_path,
+        head_dir=head_dir,
+        fingerprint=fingerprint,
+        n_train=len(trainer.train_set),
+        n_val=len(trainer.val_set),
+        resumed_from=resumed_from,
+    )
+
+
+def _open_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
+    """A new run writes its config; a resumed one must have the same config."""
     _check_run_dir(run_dir, config, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         _write_json(run_dir / CONFIG, config)
 
-    # Stage 1: the linear probe on frozen, cached embeddings.
+
+@dataclass
+class _Probe:
+    """Stage 1's outcome: the linear head on frozen embeddings, and the split it was scored on."""
+
+    head: Head
+    metrics: Metrics
+    train: Embedded
+    val: Embedded
+    train_labels: np.ndarray
+    val_labels: np.ndarray
+
+
+def _linear_probe(
+    sources: Sequence[str],
+    embed: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    options: FinetuneOptions,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+) -> _Probe:
+    """Stage 1: the linear probe on frozen, cached embeddings (or the head the user gave)."""
     data = embed_sources(sources, embed, cache_dir, progress=progress)
     train, val = train_and_validation(
         data,
@@ -111,66 +163,79 @@ def finetune(
         head = load_head(options.head_dir, fingerprint=data.fingerprint).head
     else:
         head = LogisticRegressionHead(C=options.probe_C).fit(train.X, train_labels)
-    probe_metrics = score(val_labels, head.predict_proba(val.X), head.classes_)
+    metrics = score(val_labels, head.predict_proba(val.X), head.classes_)
     if options.head_dir is None and not resume:
         save_head(
             head,
             run_dir / PROBE,
             fingerprint=data.fingerprint,
-            metrics=probe_metrics.as_dict(),
+            metrics=metrics.as_dict(),
             notes={"stage": "linear probe before fine-tuning"},
         )
+    return _Probe(head, metrics, train, val, train_labels, val_labels)
 
-    # Stage 2: the backbone, unfrozen, with the probe as its classifier.
-    recipe = resolve_recipe(embed)
-    classes = np.asarray(head.classes_).astype(str)
+
+def _network_from_probe(
+    recipe: Recipe, head: Head, options: FinetuneOptions, unfreeze: UnfreezeSpec
+) -> tuple[ClassifierNetwork, list[str]]:
+    """Stage 2's network: the backbone, unfrozen as asked, with the probe as its classifier."""
     features = build_feature_model(recipe.backbone).module
-    loop = dataclasses.replace(
-        options.loop, precision=resolve_precision(options.loop.precision, recipe.device)
-    )
+    precision = resolve_precision(options.loop.precision, recipe.device)
     network = ClassifierNetwork(
         features,
         fold_linear_head(head),
         recipe.preprocess,
-        training_memory_format(recipe.device, loop.precision),
+        training_memory_format(recipe.device, precision),
     )
-    trainable = apply_unfreeze(network, unfreeze)
+    return network, apply_unfreeze(network, unfreeze)
+
+
+def _trainer(
+    network: ClassifierNetwork,
+    probe: _Probe,
+    recipe: Recipe,
+    options: FinetuneOptions,
+    run_dir: Path,
+    progress: bool,
+) -> Trainer:
+    loop = dataclasses.replace(
+        options.loop, precision=resolve_precision(options.loop.precision, recipe.device)
+    )
+    classes = np.asarray(probe.head.classes_).astype(str)
     train_set = LabelledImages(
-        train.paths,
-        _class_index(train_labels, classes),
+        probe.train.paths,
+        _class_index(probe.train_labels, classes),
         recipe.preprocess,
         augment=options.augment,
         seed=loop.seed,
     )
-    val_set = LabelledImages(val.paths, _class_index(val_labels, classes), recipe.preprocess)
-    trainer = Trainer(network, train_set, val_set, loop, run_dir, recipe.device, progress=progress)
-    resumed_from = None
-    if resume:
-        trainer.resume()
-        resumed_from = (trainer.state.epoch, trainer.state.step)
-    history = trainer.fit(on_epoch)
+    val_set = LabelledImages(
+        probe.val.paths,
+        _class_index(probe.val_labels, classes),
+        recipe.preprocess,
+    )
+    return Trainer(network, train_set, val_set, loop, run_dir, recipe.device, progress=progress)
 
-    # Outputs from the best state (epoch 0, the probe itself, when nothing beat it).
+
+def _publish(
+    network: ClassifierNetwork,
+    history: list[EpochRecord],
+    probe: _Probe,
+    embed: ExtractOptions,
+    recipe: Recipe,
+    run_dir: Path,
+) -> tuple[EpochRecord, Path, Path, Fingerprint]:
+    """The outputs, from the best state (epoch 0, the probe itself, when nothing beat it):
+    (best epoch, backbone file, head directory, fingerprint of the fine-tuned embeddings)."""
     network.load_state_dict(load_state(run_dir / BEST))
     best = max(history, key=lambda r: (r.val_accuracy, -r.epoch))
     backbone_path = run_dir / BACKBONE
     save_state(backbone_path, _backbone_state(network))
     fingerprint = _finetuned_fingerprint(embed, recipe.preprocess, backbone_path)
+    classes = np.asarray(probe.head.classes_).astype(str)
     head_dir = _save_finetuned_head(network, classes, run_dir / HEAD, fingerprint, best)
     _plot_curve(history, run_dir / CURVE)
-    return FinetuneResult(
-        run_dir,
-        probe_metrics,
-        best,
-        history,
-        trainable,
-        backbone_path,
-        head_dir,
-        fingerprint,
-        len(train_set),
-        len(val_set),
-        resumed_from,
-    )
+    return best, backbone_path, head_dir, fingerprint
 
 
 def _config(sources: Sequence[str], embed: ExtractOptions, options: FinetuneOptions) -> dict:
