@@ -203,44 +203,11 @@ def build_index(
     tuning are merged block by block, so an IVF-PQ index can cover more vectors than memory
     holds as float32.
     """
-    import faiss
-
     if isinstance(vectors, np.ndarray):
         vectors = Vectors(vectors)
-    n, d = vectors.count, vectors.dim
-    if spec.kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif spec.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    else:
-        quantizer = faiss.IndexFlatIP(d)
-        if spec.kind == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, d, spec.nlist, faiss.METRIC_INNER_PRODUCT)
-        elif spec.kind == "ivfsq":
-            index = faiss.IndexIVFScalarQuantizer(
-                quantizer, d, spec.nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-            )
-        else:
-            index = faiss.IndexIVFPQ(
-                quantizer, d, spec.nlist, spec.pq_m, spec.pq_nbits, faiss.METRIC_INNER_PRODUCT
-            )
-        # FAISS wants >= 39 training vectors per centroid: per IVF list, and per PQ code.
-        wanted = 39 * max(spec.nlist, 2**spec.pq_nbits if spec.kind == "ivfpq" else 0)
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=min(n, wanted), replace=False))
-        if len(sample) < wanted:
-            # Said once here, if at all, rather than by FAISS once per quantizer it trains.
-            index.cp.min_points_per_centroid = 1
-            if spec.kind == "ivfpq":
-                index.pq.cp.min_points_per_centroid = 1
-                log.warning(
-                    "product quantisation trained on %d vectors (FAISS advises %d): expect low "
-                    "recall; --kind ivf or flat suits a collection this small",
-                    len(sample),
-                    wanted,
-                )
-        index.cp.seed = seed
-        index.train(vectors.take(sample))  # FAISS's Python wrapper keeps the quantizer alive
+    index = _empty_index(spec, vectors.dim)
+    if spec.kind in IVF_KINDS:
+        _train_quantizers(index, vectors, spec, seed)
     for _, block in vectors.blocks():
         index.add(block)
     spec, recall = _tune(index, vectors, spec, target_recall, seed)
@@ -252,6 +219,45 @@ def build_index(
             target_recall,
         )
     return index, spec, recall
+
+
+def _empty_index(spec: IndexSpec, d: int):
+    """The FAISS index ``spec`` describes, over inner products, before training and adding."""
+    import faiss
+
+    ip = faiss.METRIC_INNER_PRODUCT
+    if spec.kind == "flat":
+        return faiss.IndexFlatIP(d)
+    if spec.kind == "hnsw":
+        return faiss.IndexHNSWFlat(d, spec.hnsw_m, ip)
+    quantizer = faiss.IndexFlatIP(d)  # FAISS's Python wrapper keeps it alive with the index
+    if spec.kind == "ivf":
+        return faiss.IndexIVFFlat(quantizer, d, spec.nlist, ip)
+    if spec.kind == "ivfsq":
+        qt_8bit = faiss.ScalarQuantizer.QT_8bit
+        return faiss.IndexIVFScalarQuantizer(quantizer, d, spec.nlist, qt_8bit, ip)
+    return faiss.IndexIVFPQ(quantizer, d, spec.nlist, spec.pq_m, spec.pq_nbits, ip)
+
+
+def _train_quantizers(index, vectors: Vectors, spec: IndexSpec, seed: int) -> None:
+    """Train an IVF index's coarse (and product) quantizer on a sample of the vectors."""
+    # FAISS wants >= 39 training vectors per centroid: per IVF list, and per PQ code.
+    wanted = 39 * max(spec.nlist, 2**spec.pq_nbits if spec.kind == "ivfpq" else 0)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(vectors.count, size=min(vectors.count, wanted), replace=False))
+    if len(sample) < wanted:
+        # Said once here, if at all, rather than by FAISS once per quantizer it trains.
+        index.cp.min_points_per_centroid = 1
+        if spec.kind == "ivfpq":
+            index.pq.cp.min_points_per_centroid = 1
+            log.warning(
+                "product quantisation trained on %d vectors (FAISS advises %d): expect low "
+                "recall; --kind ivf or flat suits a collection this small",
+                len(sample),
+                wanted,
+            )
+    index.cp.seed = seed
+    index.train(vectors.take(sample))
 
 
 def _exact_neighbors(vectors: Vectors, queries: np.ndarray, k: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE
 from headstart.cache.store import EmbeddingCache
 from headstart.classify.data import (
@@ -77,8 +78,7 @@ def train_head(
     for name in options.heads:
         get_head(name)  # unknown names fail before any embedding
     data = embed_sources(sources, embed, cache_dir, progress=progress)
-    labels = data.require_labels("training")
-    counts = class_counts(labels)
+    counts = class_counts(data.require_labels("training"))
     rare = [name for name, count in counts.items() if count < 2]
     if rare:
         raise HeadstartError(f"classes need at least 2 images each; too few: {', '.join(rare)}")
@@ -92,39 +92,43 @@ def train_head(
         purpose="training",
         progress=progress,
     )
-    train_labels, val_labels = train.labels.astype(str), val.require_labels("validation")
-    if options.sweep:
-        rows = sweep(
-            options.heads, train.X, train_labels, val.X, val_labels, base_params=options.params
-        )
-    else:
-        rows = [
-            _single(name, options.params.get(name, {}), train.X, train_labels, val.X, val_labels)
-            for name in options.heads
-        ]
+    rows = _leaderboard(options, train, val)
     chosen = max(rows, key=lambda r: (r.metrics.accuracy, r.metrics.balanced_accuracy))
     head = chosen.estimator
     refitted = options.sweep and options.refit
     if refitted:
-        head = refit(
-            chosen, np.concatenate([train.X, val.X]), np.concatenate([train_labels, val_labels])
-        )
+        both = np.concatenate([train.labels, val.labels]).astype(str)
+        head = refit(chosen, np.concatenate([train.X, val.X]), both)
     result = TrainResult(
         head, chosen, rows, counts, len(train.X), len(val.X), refitted, data.missing
     )
     if out is not None:
-        notes = {
-            "validation": list(options.val_sources) or f"stratified split {options.val_split}",
-            "refit_on_train_and_validation": refitted,
-            "class_counts": counts,
-            "leaderboard": [_row_record(r) for r in rows],
-        }
-        result.head_dir = save_head(
-            head, out, fingerprint=data.fingerprint, metrics=chosen.metrics.as_dict(), notes=notes
-        )
+        result.head_dir = _save(result, options, data.fingerprint, Path(out))
         if options.plot:
-            result.plots = _plots(chosen.estimator, train, val, val_labels, Path(out))
+            result.plots = _plots(chosen.estimator, train, val, Path(out))
     return result
+
+
+def _leaderboard(options: TrainOptions, train: Embedded, val: Embedded) -> list[LeaderboardRow]:
+    """Every asked head scored on validation: each at its given parameters, or swept."""
+    y, y_val = train.labels.astype(str), val.require_labels("validation")
+    if options.sweep:
+        return sweep(options.heads, train.X, y, val.X, y_val, base_params=options.params)
+    return [
+        _single(name, options.params.get(name, {}), train.X, y, val.X, y_val)
+        for name in options.heads
+    ]
+
+
+def _save(result: TrainResult, options: TrainOptions, fingerprint: Fingerprint, out: Path) -> Path:
+    notes = {
+        "validation": list(options.val_sources) or f"stratified split {options.val_split}",
+        "refit_on_train_and_validation": result.refit,
+        "class_counts": result.class_counts,
+        "leaderboard": [_row_record(r) for r in result.rows],
+    }
+    metrics = result.chosen.metrics.as_dict()
+    return save_head(result.head, out, fingerprint=fingerprint, metrics=metrics, notes=notes)
 
 
 def _single(name: str, params: dict, X, y, X_val, y_val) -> LeaderboardRow:
@@ -144,9 +148,10 @@ def _row_record(row: LeaderboardRow) -> dict:
     }
 
 
-def _plots(head: Head, train: Embedded, val: Embedded, val_labels, out: Path) -> list[Path]:
+def _plots(head: Head, train: Embedded, val: Embedded, out: Path) -> list[Path]:
     from headstart.classify.plots import plot_confusion, plot_embedding_map
 
+    val_labels = val.labels.astype(str)
     confusion = plot_confusion(
         val_labels, head.predict(val.X), head.classes_, out / "confusion.png"
     )

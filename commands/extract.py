@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import signal
+from typing import TYPE_CHECKING
 
 import click
 
 from headstart.commands.options import EXIT_SOME_FAILED, embedding_options, extract_options
 from headstart.pathnames import printable
+
+if TYPE_CHECKING:
+    from headstart.extract import ExtractOptions, ExtractSummary
 
 __all__ = ["extract"]
 
@@ -48,8 +52,18 @@ def extract(
     # the job's failed files are reported but the status stays 0.
     under_torchrun = options.part is None and summary.parts > 1
     status = EXIT_SOME_FAILED if (failed or skipped) and not under_torchrun else 0
-    if not summary.leader:  # under torchrun, rank 0 speaks for the job
-        return
+    if summary.leader:  # under torchrun, rank 0 speaks for the job
+        _print_summary(summary, options, cache_dir, under_torchrun)
+    if status:
+        click.get_current_context().exit(status)
+
+
+def _print_summary(
+    summary: ExtractSummary, options: ExtractOptions, cache_dir: str, under_torchrun: bool
+) -> None:
+    """The run's two lines on stdout; files that could not be used, on stderr."""
+    failed = summary.failed + summary.skipped_failed
+    skipped = summary.skipped.count
     fp = summary.fingerprint
     of_parts = f" ({summary.parts} parts)" if under_torchrun else ""
     click.echo(f"fingerprint {fp.id}  {fp.describe()}  (cache {cache_dir}){of_parts}")
@@ -78,5 +92,3 @@ def extract(
             f"list them with: headstart info {cache_dir} --failures",
             err=True,
         )
-    if status:
-        click.get_current_context().exit(status)

@@ -54,56 +54,83 @@ def plan_work(
     counts = PlanCounts()
     for chunk in _chunks(items, _CHUNK):
         paths = [item.path for item in chunk]
-        known = catalog.lookup(paths)
-        failed = catalog.lookup_failures(paths)
-        relabelled: list[FileRecord] = []
-        unreadable: list[FailureRecord] = []
-        candidates: list[tuple[ImageItem, FileRecord]] = []
-        for item in chunk:
-            st, stat_error = stat_file(item.path)
-            signature = (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
-            entry = known.get(item.path)
-            if entry is not None and (entry.size, entry.mtime_ns) != signature:
-                entry = None  # the file changed since its key was recorded
-            # A known key decides which part plans the file; a file not hashed yet is read by
-            # every part and decoded only by its key's owner (the reader checks). A file with
-            # no key to go by (unreadable, or failed before) is its path's owner's to report.
-            counts.listed += 1
-            if partition is not None and entry is not None and not partition.owns_key(entry.key):
-                continue
-            counted = entry is not None or partition is None or partition.owns_path(item.path)
-            failure = failed.get(item.path)
-            if failure is not None and failure.matches(*signature) and not retry_failed:
-                counts.known_failures += int(counted)
-                continue
-            if stat_error is not None:
-                if counted:
-                    size, mtime_ns = signature
-                    unreadable.append(
-                        FailureRecord(item.path, size, mtime_ns, stat_error, item.label)
-                    )
-                continue
-            if entry is not None:
-                candidates.append((item, entry))
-            else:
-                work.append(item)
-                counts.pending += 1
-        if candidates:
-            in_store = cached.contains(np.array([e.key for _, e in candidates], dtype="S64"))
-            for (item, entry), hit in zip(candidates, in_store, strict=True):
-                if not hit:
-                    work.append(item)
-                    counts.pending += 1
-                    continue
-                counts.cached += 1
-                if entry.label != item.label:
-                    relabelled.append(
-                        FileRecord(entry.path, entry.size, entry.mtime_ns, entry.key, item.label)
-                    )
+        known, failed = catalog.lookup(paths), catalog.lookup_failures(paths)
+        candidates, unreadable = _sort_chunk(
+            chunk, known, failed, work, counts, retry_failed, partition
+        )
+        relabelled = _settle_known(candidates, cached, work, counts)
         counts.new_failures += len(unreadable)
         if relabelled or unreadable:
             catalog.record(relabelled, unreadable)
     return counts
+
+
+def _sort_chunk(
+    chunk: list[ImageItem],
+    known: dict[str, FileRecord],
+    failed: dict[str, FailureRecord],
+    work: WorkList,
+    counts: PlanCounts,
+    retry_failed: bool,
+    partition: Partition | None,
+) -> tuple[list[tuple[ImageItem, FileRecord]], list[FailureRecord]]:
+    """Put new and changed files on ``work``; return the files with a known key (to look up in
+    the store) and those that cannot even be stat'ed."""
+    candidates: list[tuple[ImageItem, FileRecord]] = []
+    unreadable: list[FailureRecord] = []
+    for item in chunk:
+        st, stat_error = stat_file(item.path)
+        signature = (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
+        entry = known.get(item.path)
+        if entry is not None and (entry.size, entry.mtime_ns) != signature:
+            entry = None  # the file changed since its key was recorded
+        # A known key decides which part plans the file; a file not hashed yet is read by
+        # every part and decoded only by its key's owner (the reader checks). A file with
+        # no key to go by (unreadable, or failed before) is its path's owner's to report.
+        counts.listed += 1
+        if partition is not None and entry is not None and not partition.owns_key(entry.key):
+            continue
+        counted = entry is not None or partition is None or partition.owns_path(item.path)
+        failure = failed.get(item.path)
+        if failure is not None and failure.matches(*signature) and not retry_failed:
+            counts.known_failures += int(counted)
+            continue
+        if stat_error is not None:
+            if counted:
+                size, mtime_ns = signature
+                unreadable.append(FailureRecord(item.path, size, mtime_ns, stat_error, item.label))
+            continue
+        if entry is not None:
+            candidates.append((item, entry))
+        else:
+            work.append(item)
+            counts.pending += 1
+    return candidates, unreadable
+
+
+def _settle_known(
+    candidates: list[tuple[ImageItem, FileRecord]],
+    cached: KeySet,
+    work: WorkList,
+    counts: PlanCounts,
+) -> list[FileRecord]:
+    """Files with a known key: counted as cached when the store has it, else put on ``work``.
+    Returns the cached ones whose label the listing changed, to record."""
+    if not candidates:
+        return []
+    relabelled: list[FileRecord] = []
+    in_store = cached.contains(np.array([e.key for _, e in candidates], dtype="S64"))
+    for (item, entry), hit in zip(candidates, in_store, strict=True):
+        if not hit:
+            work.append(item)
+            counts.pending += 1
+            continue
+        counts.cached += 1
+        if entry.label != item.label:
+            relabelled.append(
+                FileRecord(entry.path, entry.size, entry.mtime_ns, entry.key, item.label)
+            )
+    return relabelled
 
 
 def _chunks(items: Iterable[ImageItem], size: int) -> Iterator[list[ImageItem]]:
