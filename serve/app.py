@@ -8,7 +8,10 @@ concern (``*_routes.py``) and reach the service's state through ``dependencies.p
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from headstart import __version__
 from headstart.serve import inference_routes, metrics_routes, status_routes
@@ -17,6 +20,7 @@ from headstart.serve.error_handlers import add_error_handlers
 from headstart.serve.lifespan import EngineLoader, lifespan_for
 from headstart.serve.limits import BodySizeLimit
 from headstart.serve.metrics import ServiceMetrics
+from headstart.serve.parsing import document_limits
 from headstart.serve.request_metrics import observe_requests
 from headstart.serve.settings import ServeSettings
 from headstart.serve.state import ServiceState
@@ -36,6 +40,15 @@ def create_app(settings: ServeSettings, *, engine_loader: EngineLoader = load_en
     # which is what /metrics labels it by.
     for routes in (status_routes, metrics_routes, inference_routes):
         app.include_router(routes.router)
+    app.openapi = functools.partial(_openapi, app, settings)
     # Added last so it runs first: oversized bodies are refused before anything reads them.
     app.add_middleware(BodySizeLimit, max_bytes=int(settings.max_upload_mb * 2**20))
     return app
+
+
+def _openapi(app: FastAPI, settings: ServeSettings) -> dict:
+    """The OpenAPI document, with this service's limits in it; made once."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        app.openapi_schema = document_limits(document, settings.max_images, settings.max_upload_mb)
+    return app.openapi_schema

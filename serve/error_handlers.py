@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from headstart.serve.parsing import describe_problems
 
@@ -24,5 +25,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    # Starlette's class: it also catches what Starlette raises itself (a malformed multipart
+    # body, an unknown path, a wrong method), which FastAPI's subclass would let through.
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -23,14 +23,23 @@ from headstart.serve.parsing import (
     read_images,
     read_query,
 )
+from headstart.serve.schemas import Classification, Embeddings, Neighbors, refusals
 from headstart.serve.state import ServiceState
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])
 
+# What a request carrying images can be refused with.
+_IMAGE_REFUSALS = (400, 401, 413, 415, 422, 503)
 
-@router.post("/classify", openapi_extra=body_doc(ImagesBody, many=True))
+
+@router.post(
+    "/classify",
+    response_model=None,
+    responses={200: {"model": Classification}, **refusals(*_IMAGE_REFUSALS)},
+    openapi_extra=body_doc(ImagesBody, many=True),
+)
 async def classify(
     request: Request, engine: ReadyEngine, service: Service, top_k: QueryK = None
 ) -> dict:
@@ -47,7 +56,12 @@ async def classify(
     return {"fingerprint": engine.fingerprint.id, "results": results}
 
 
-@router.post("/embed", openapi_extra=body_doc(ImagesBody, many=True))
+@router.post(
+    "/embed",
+    response_model=None,
+    responses={200: {"model": Embeddings}, **refusals(*_IMAGE_REFUSALS)},
+    openapi_extra=body_doc(ImagesBody, many=True),
+)
 async def embed_images(request: Request, engine: ReadyEngine, service: Service) -> dict:
     """Images -> embedding vectors (float32), with the fingerprint that made them."""
     images, _ = await read_images(request, service.settings.max_images)
@@ -59,7 +73,12 @@ async def embed_images(request: Request, engine: ReadyEngine, service: Service) 
     }
 
 
-@router.post("/neighbors", openapi_extra=body_doc(NeighborsBody, many=False))
+@router.post(
+    "/neighbors",
+    response_model=None,
+    responses={200: {"model": Neighbors}, **refusals(*_IMAGE_REFUSALS, 404)},
+    openapi_extra=body_doc(NeighborsBody, many=False),
+)
 async def neighbors(
     request: Request, engine: ReadyEngine, service: Service, k: QueryK = None
 ) -> dict:

@@ -6,13 +6,26 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from headstart.serve.dependencies import Service, authorised
+from headstart.serve.schemas import PROMETHEUS_TEXT, refusals
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 
-@router.get("/metrics", dependencies=[Depends(authorised)])
-async def prometheus(service: Service) -> Response:
+class PrometheusText(Response):
+    media_type = PROMETHEUS_TEXT
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(authorised)],
+    response_class=PrometheusText,
+    responses={
+        200: {"content": {PROMETHEUS_TEXT: {"schema": {"type": "string"}}}},
+        **refusals(401),
+    },
+)
+async def prometheus(service: Service) -> PrometheusText:
     """Prometheus text format: requests, latency, batch sizes."""
-    return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+    return PrometheusText(service.metrics.render())

@@ -21,6 +21,7 @@ __all__ = [
     "QueryK",
     "body_doc",
     "describe_problems",
+    "document_limits",
     "read_images",
     "read_query",
 ]
@@ -28,47 +29,86 @@ __all__ = [
 # How many labels or neighbors one answer may hold, asked in the JSON body or the query string.
 _MAX_K = 1000
 QueryK = Annotated[int | None, Query(ge=1, le=_MAX_K)]
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # vectors are compared in float32
 
 # (filename, bytes) of each image of a request; the filename is "" for base64 images.
 Images = list[tuple[str, bytes]]
+
+
+# An image file as standard base64 (RFC 4648, padded): what the JSON forms carry.
+Base64Image = Annotated[
+    str,
+    Field(
+        pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        min_length=4,
+        description="An image file (JPEG, PNG, WebP, ...), base64-encoded.",
+    ),
+]
 
 
 class ImagesBody(BaseModel):
     """JSON form of a request: base64-encoded image files."""
 
     model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(min_length=1)
+    images: list[Base64Image] = Field(min_length=1)
     top_k: int = Field(default=5, ge=1, le=_MAX_K)
 
 
 class NeighborsBody(BaseModel):
     """JSON form of a neighbors request: one base64 image, or an embedding vector."""
 
-    model_config = ConfigDict(extra="forbid")
-    image: str | None = None
-    vector: list[float] | None = None
+    # Exactly one of the two, as the schema says; None is never sent, only left out.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["vector"]}]},
+    )
+    image: Base64Image = None  # type: ignore[assignment]
+    vector: list[Annotated[float, Field(ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)]] = Field(  # type: ignore[assignment]
+        default=None, min_length=1
+    )
     k: int = Field(default=10, ge=1, le=_MAX_K)
 
 
 def body_doc(json_model: type[BaseModel], many: bool) -> dict:
     """OpenAPI extras for an endpoint that reads its body itself: multipart file(s) or JSON."""
     field = "files" if many else "file"
-    schema = (
-        {"type": "array", "items": {"type": "string", "format": "binary"}}
-        if many
-        else {"type": "string", "format": "binary"}
-    )
+    binary = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": binary, "minItems": 1} if many else binary
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {"type": "object", "properties": {field: schema}}
+                    "schema": {
+                        "type": "object",
+                        "properties": {field: schema},
+                        "required": [field],
+                    }
                 },
                 "application/json": {"schema": json_model.model_json_schema()},
             },
         }
     }
+
+
+def document_limits(openapi: dict, max_images: int, max_upload_mb: float) -> dict:
+    """Write one service's limits into its OpenAPI document: the most images a request may
+    carry (multipart ``files`` and JSON ``images``) and the largest body."""
+    for path in ("/v1/classify", "/v1/embed"):
+        body = openapi["paths"][path]["post"]["requestBody"]
+        body["content"]["multipart/form-data"]["schema"]["properties"]["files"]["maxItems"] = (
+            max_images
+        )
+        body["content"]["application/json"]["schema"]["properties"]["images"]["maxItems"] = (
+            max_images
+        )
+    for item in openapi["paths"].values():
+        for operation in item.values():
+            if "requestBody" in operation:
+                operation["requestBody"]["description"] = (
+                    f"At most {max_upload_mb:g} MB (413 above)."
+                )
+    return openapi
 
 
 async def read_images(request: Request, limit: int) -> tuple[Images, int]:
@@ -119,7 +159,13 @@ def describe_problems(errors: Iterable[dict[str, Any]]) -> str:
     """Validation errors in one line: 'images: Field required; pictures: Extra inputs ...'."""
     lines = []
     for error in list(errors)[:3]:
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        where = ""
+        for part in error.get("loc", ()):
+            if part != "body":
+                where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else part
+        if error.get("type") == "string_pattern_mismatch":  # the one pattern: Base64Image
+            lines.append(f"{where} is not valid base64")
+            continue
         message = error.get("msg", "invalid")
         lines.append(f"{where}: {message}" if where else str(message))
     return "; ".join(lines) or "invalid request"

@@ -12,19 +12,24 @@ from fastapi.responses import JSONResponse
 from headstart import __version__
 from headstart.serve.dependencies import ReadyEngine, Service, authorised
 from headstart.serve.engine import public_model_name
+from headstart.serve.schemas import Health, Info, Readiness, refusals
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 async def healthz() -> dict:
     """Alive (the process answers)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Loading, or the model failed to load."}},
+)
 async def readyz(service: Service) -> JSONResponse:
     """Ready: the model is loaded and warmed up."""
     if service.engine is None:
@@ -32,7 +37,12 @@ async def readyz(service: Service) -> JSONResponse:
     return JSONResponse({"ready": True})
 
 
-@router.get("/v1/info", dependencies=[Depends(authorised)])
+@router.get(
+    "/v1/info",
+    dependencies=[Depends(authorised)],
+    response_model=Info,
+    responses=refusals(401, 503),
+)
 async def info(engine: ReadyEngine, service: Service) -> dict:
     """The model fingerprint, classes, embedding width, index size and versions."""
     recipe = engine.fingerprint.recipe
