@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from headstart.atomic import write_text_atomic
 from headstart.classify.metrics import score
 from headstart.device import autocast
 from headstart.errors import HeadstartError
@@ -283,8 +284,10 @@ class Trainer:
             state.epoch += 1
             state.step, state.loss_sum, state.images, state.skipped = 0, 0.0, 0, 0
         state.history.append(record.as_dict())
-        with open(self.run_dir / METRICS, "w") as f:  # rewritten whole: a resume never duplicates
-            f.writelines(json.dumps(h) + "\n" for h in state.history)
+        # Rewritten whole, so a resume never duplicates a line.
+        write_text_atomic(
+            self.run_dir / METRICS, "".join(json.dumps(h) + "\n" for h in state.history)
+        )
         self._save()
 
     def train_step(self, pixels: torch.Tensor, labels: torch.Tensor) -> float:
