@@ -10,6 +10,7 @@ import json
 
 import click
 
+from headstart.atomic import write_text_atomic
 from headstart.classify.settings import TrainOptions
 from headstart.commands.options import (
     DEFAULT_DEVICE,
@@ -19,6 +20,7 @@ from headstart.commands.options import (
     extract_options,
     runtime,
     runtime_options,
+    take_settings,
     validation_options,
 )
 from headstart.errors import HeadstartError
@@ -105,13 +107,11 @@ def _click_type(option) -> click.ParamType:
 @click.option("-o", "--out", default="head", show_default=True, help="Directory for the head.")
 @click.option("--plot", is_flag=True, help="Also write confusion.png and embedding_map.png.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def train(
-    sources, heads, val_sources, val_split, sweep, refit, seed, out, plot, quiet, **params
-) -> None:
+def train(sources, heads, out: str, quiet: bool, **params) -> None:
     """Train a head on the embeddings of labelled SOURCES (extracting what is missing)."""
     from headstart.classify.heads import get_head, head_options, list_heads
     from headstart.classify.tables import leaderboard_table
-    from headstart.classify.workflow import TrainOptions, train_head
+    from headstart.classify.workflow import train_head
 
     names = list_heads() if "all" in heads else list(dict.fromkeys(heads))
     given = {option.param: params.pop(option.param) for option, _ in head_options()}
@@ -122,10 +122,11 @@ def train(
         if params["device"] != DEFAULT_DEVICE and head.accepts("device"):
             chosen["device"] = params["device"]
         head_params[name] = chosen
-    embed, cache_dir = extract_options(params)
+    # The other options are named after the TrainOptions fields they set.
     options = TrainOptions(
-        tuple(names), head_params, tuple(val_sources), val_split, sweep, seed, plot, refit
+        heads=tuple(names), params=head_params, **take_settings(params, TrainOptions)
     )
+    embed, cache_dir = extract_options(params)
     result = train_head(sources, embed, cache_dir, options, out, progress=not quiet)
     counts = result.class_counts
     ratio = max(counts.values()) / min(counts.values())
@@ -181,8 +182,7 @@ def evaluate(head_dir, sources, json_out, cache_dir, device, batch_size, workers
         document["unknown_classes"] = result.unknown
         document["missing"] = result.missing
         try:
-            with open(json_out, "w", encoding="utf-8") as stream:
-                json.dump(document, stream, indent=2)
+            write_text_atomic(json_out, json.dumps(document, indent=2))
         except OSError as exc:
             raise HeadstartError(f"cannot write {json_out}: {exc.strerror or exc}") from None
     if result.unknown:
