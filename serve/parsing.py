@@ -93,21 +93,19 @@ def body_doc(json_model: type[BaseModel], many: bool) -> dict:
 
 def document_limits(openapi: dict, max_images: int, max_upload_mb: float) -> dict:
     """Write one service's limits into its OpenAPI document: the most images a request may
-    carry (multipart ``files`` and JSON ``images``) and the largest body."""
-    for path in ("/v1/classify", "/v1/embed"):
-        body = openapi["paths"][path]["post"]["requestBody"]
-        body["content"]["multipart/form-data"]["schema"]["properties"]["files"]["maxItems"] = (
-            max_images
-        )
-        body["content"]["application/json"]["schema"]["properties"]["images"]["maxItems"] = (
-            max_images
-        )
+    carry (multipart ``files``, JSON ``images``) and the largest body, on every operation that
+    takes a body."""
     for item in openapi["paths"].values():
         for operation in item.values():
-            if "requestBody" in operation:
-                operation["requestBody"]["description"] = (
-                    f"At most {max_upload_mb:g} MB (413 above)."
-                )
+            body = operation.get("requestBody")
+            if body is None:
+                continue
+            body["description"] = f"At most {max_upload_mb:g} MB (413 above)."
+            for content in body["content"].values():
+                properties = content["schema"].get("properties", {})
+                for name in ("files", "images"):
+                    if properties.get(name, {}).get("type") == "array":
+                        properties[name]["maxItems"] = max_images
     return openapi
 
 
