@@ -46,7 +46,7 @@ from headstart.finetune.network import (
     parse_unfreeze,
     training_memory_format,
 )
-from headstart.finetune.settings import FinetuneOptions
+from headstart.finetune.settings import FinetuneOptions, LoopSettings
 
 __all__ = ["FinetuneResult", "finetune"]
 
@@ -93,8 +93,11 @@ def finetune(
     _open_run_dir(run_dir, _config(sources, embed, options), resume)
     probe = _linear_probe(sources, embed, cache_dir, options, run_dir, resume, progress)
     recipe = resolve_recipe(embed)
-    network, trainable = _network_from_probe(recipe, probe.head, options, unfreeze)
-    trainer = _trainer(network, probe, recipe, options, run_dir, progress)
+    loop = dataclasses.replace(
+        options.loop, precision=resolve_precision(options.loop.precision, recipe.device)
+    )
+    network, trainable = _network_from_probe(recipe, probe.head, loop.precision, unfreeze)
+    trainer = _trainer(network, probe, recipe, loop, options.augment, run_dir, progress)
     resumed_from = None
     if resume:
         trainer.resume()
@@ -176,11 +179,10 @@ def _linear_probe(
 
 
 def _network_from_probe(
-    recipe: Recipe, head: Head, options: FinetuneOptions, unfreeze: UnfreezeSpec
+    recipe: Recipe, head: Head, precision: str, unfreeze: UnfreezeSpec
 ) -> tuple[ClassifierNetwork, list[str]]:
     """Stage 2's network: the backbone, unfrozen as asked, with the probe as its classifier."""
     features = build_feature_model(recipe.backbone).module
-    precision = resolve_precision(options.loop.precision, recipe.device)
     network = ClassifierNetwork(
         features,
         fold_linear_head(head),
@@ -194,19 +196,17 @@ def _trainer(
     network: ClassifierNetwork,
     probe: _Probe,
     recipe: Recipe,
-    options: FinetuneOptions,
+    loop: LoopSettings,
+    augment: str,
     run_dir: Path,
     progress: bool,
 ) -> Trainer:
-    loop = dataclasses.replace(
-        options.loop, precision=resolve_precision(options.loop.precision, recipe.device)
-    )
     classes = np.asarray(probe.head.classes_).astype(str)
     train_set = LabelledImages(
         probe.train.paths,
         _class_index(probe.train_labels, classes),
         recipe.preprocess,
-        augment=options.augment,
+        augment=augment,
         seed=loop.seed,
     )
     val_set = LabelledImages(
