@@ -35,6 +35,7 @@ from headstart.cache.keys import file_key
 from headstart.cache.store import FingerprintStore
 from headstart.classify.neighbors import exact_search, l2_normalize
 from headstart.classify.settings import INDEX_KINDS, TARGET_RECALL
+from headstart.classify.thumbnails import ThumbnailStore, ThumbnailSummary
 from headstart.errors import HeadstartError
 
 __all__ = [
@@ -95,6 +96,7 @@ class LoadedIndex:
     labels: list[str | None]
     keys: list[str]
     document: dict[str, Any]
+    thumbnails: ThumbnailStore | None = None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, rows) of the ``k`` nearest items of each query."""
@@ -349,8 +351,12 @@ def save_index(
     paths: list[str],
     labels: list[str | None],
     keys: list[str],
+    thumbnails: ThumbnailSummary | None = None,
 ) -> Path:
-    """Write the index, its items and ``index.json`` (last, so it marks completeness)."""
+    """Write the index, its items and ``index.json`` (last, so it marks completeness).
+
+    ``thumbnails`` describes the ones already written into ``directory``, if any.
+    """
     import faiss
 
     directory = Path(directory)
@@ -378,6 +384,7 @@ def save_index(
         "fingerprint": fingerprint.to_dict(),
         "index_sha256": file_key(str(directory / "index.faiss")),
         "items_sha256": file_key(str(directory / "items.csv")),
+        "thumbnails": thumbnails.to_dict() if thumbnails else None,
         "created_unix": time.time(),
     }
     write_text_atomic(directory / "index.json", json.dumps(document, indent=2) + "\n")
@@ -416,4 +423,5 @@ def load_index(directory: str | os.PathLike[str]) -> LoadedIndex:
         labels=[r["label"] or None for r in rows],
         keys=[r["key"] for r in rows],
         document=document,
+        thumbnails=ThumbnailStore(directory, len(rows)) if document.get("thumbnails") else None,
     )

@@ -37,6 +37,7 @@ from headstart.classify.metrics import Metrics, per_class_report, score
 from headstart.classify.persist import LoadedHead, load_head, save_head
 from headstart.classify.settings import NEIGHBORS, TARGET_RECALL, TrainOptions
 from headstart.classify.sweep import LeaderboardRow, fit_and_score, refit, sweep
+from headstart.classify.thumbnails import ThumbnailSummary, write_thumbnails
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, options_for_fingerprint
 
@@ -226,6 +227,7 @@ class BuiltIndex:
     count: int
     seconds: float
     missing: int
+    thumbnails: ThumbnailSummary | None = None
 
 
 def build_index_from_sources(
@@ -237,6 +239,7 @@ def build_index_from_sources(
     kind: str = "auto",
     max_memory: int | None = None,
     target_recall: float = TARGET_RECALL,
+    thumbnails: bool = True,
     progress: bool = False,
 ) -> BuiltIndex:
     data = embed_sources(sources, embed, cache_dir, progress=progress)
@@ -245,6 +248,8 @@ def build_index_from_sources(
     spec = choose_spec(vectors.count, vectors.dim, kind, max_memory)
     index, spec, recall = build_index(vectors, spec, target_recall=target_recall)
     keys = [k.decode() for k in data.keys.tolist()]
+    # Written before index.json, which marks the directory complete.
+    thumbnail_summary = write_thumbnails(out, data.paths) if thumbnails else None
     save_index(
         out,
         index,
@@ -254,9 +259,12 @@ def build_index_from_sources(
         paths=data.paths,
         labels=list(data.labels),
         keys=keys,
+        thumbnails=thumbnail_summary,
     )
     elapsed = time.perf_counter() - started
-    return BuiltIndex(Path(out), spec, recall, vectors.count, elapsed, data.missing)
+    return BuiltIndex(
+        Path(out), spec, recall, vectors.count, elapsed, data.missing, thumbnail_summary
+    )
 
 
 @dataclass

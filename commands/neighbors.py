@@ -31,9 +31,16 @@ def index() -> None:
 @click.option(
     "--target-recall", type=click.FloatRange(0, 1), default=TARGET_RECALL, show_default=True
 )
+@click.option(
+    "--thumbnails/--no-thumbnails",
+    default=True,
+    show_default=True,
+    help="Keep a 96 px JPEG of each item in the index, for the service's page to show; "
+    "--no-thumbnails keeps no image content.",
+)
 @click.option("-o", "--out", default="index", show_default=True, help="Index directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index_build(sources, kind, max_memory, target_recall, out, quiet, **params) -> None:
+def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet, **params) -> None:
     """Build a FAISS index over the embeddings of SOURCES."""
     from headstart.classify.index import parse_size
     from headstart.classify.workflow import build_index_from_sources
@@ -48,12 +55,18 @@ def index_build(sources, kind, max_memory, target_recall, out, quiet, **params) 
         kind=kind,
         max_memory=budget,
         target_recall=target_recall,
+        thumbnails=thumbnails,
         progress=not quiet,
     )
     click.echo(
         f"indexed {built.count} vectors: {built.spec.describe()}, recall@10 "
         f"{built.recall:.3f} against exact search ({built.seconds:.1f} s) -> {out}"
     )
+    if built.thumbnails and built.thumbnails.missing:
+        click.echo(
+            f"{built.thumbnails.missing} items have no thumbnail (unreadable when indexed)",
+            err=True,
+        )
 
 
 @click.command()

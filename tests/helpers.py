@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,19 @@ def make_colour_folder(root: Path, per_class: int, start_seed: int = 0) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels.astype(np.uint8)).save(path)
     return root
+
+
+def free_port() -> int:
+    """A free loopback port (closed again: a server the test starts binds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: object):
+    """``headstart ARGS...`` in process; exceptions propagate, so a traceback fails the test."""
+    from click.testing import CliRunner
+
+    from headstart.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)

@@ -1,0 +1,154 @@
+"""Small JPEG thumbnails of an index's items, so neighbours can be shown without server paths.
+
+An index directory keeps them in two files: ``thumbnails.bin``, the JPEGs one after another in
+row order, and ``thumbnails.npy``, the ``n + 1`` offsets into it (row ``i`` is
+``bin[offsets[i]:offsets[i + 1]]``; an empty slice means the image could not be read). Two
+files rather than one per item because an index may hold millions of items. Writing streams:
+one chunk of images is read and shrunk at a time, on a few threads (Pillow's JPEG decoder
+releases the GIL, and reduced-size DCT decoding keeps it cheap).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from headstart.atomic import atomic_path
+from headstart.errors import HeadstartError
+from headstart.extract.decode import DecodeError, decode_image
+
+__all__ = [
+    "THUMBNAIL_SIDE",
+    "ThumbnailStore",
+    "ThumbnailSummary",
+    "make_thumbnail",
+    "write_thumbnails",
+]
+
+THUMBNAIL_SIDE = 96
+_DATA, _OFFSETS = "thumbnails.bin", "thumbnails.npy"
+_QUALITY = 80
+_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class ThumbnailSummary:
+    """What ``write_thumbnails`` stored: recorded in ``index.json``."""
+
+    side: int
+    count: int
+    missing: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "side": self.side,
+            "count": self.count,
+            "missing": self.missing,
+            "bytes": self.bytes,
+        }
+
+
+def make_thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
+    """An upright RGB JPEG, its longer side at most ``side`` px; DecodeError if unreadable."""
+    image = decode_image(data, min_side=side)
+    image.thumbnail((side, side), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=_QUALITY, optimize=True)
+    return out.getvalue()
+
+
+def write_thumbnails(
+    directory: str | os.PathLike[str],
+    paths: Iterable[str],
+    *,
+    side: int = THUMBNAIL_SIDE,
+    workers: int | None = None,
+) -> ThumbnailSummary:
+    """Write the thumbnails of ``paths`` (in row order) into ``directory``.
+
+    An image that cannot be read any more (moved, damaged) gets an empty entry and is counted
+    as missing; it never stops the index.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(8, os.cpu_count() or 1)
+    offsets = [0]
+    missing = 0
+    with (
+        atomic_path(directory / _DATA) as temporary,
+        open(temporary, "wb") as out,
+        ThreadPoolExecutor(workers, thread_name_prefix="headstart-thumbnails") as pool,
+    ):
+        for chunk in _chunks(paths, _CHUNK):
+            for thumbnail in pool.map(lambda path: _thumbnail_of(path, side), chunk):
+                missing += thumbnail is None
+                if thumbnail:
+                    out.write(thumbnail)
+                offsets.append(offsets[-1] + len(thumbnail or b""))
+    with atomic_path(directory / _OFFSETS) as temporary:
+        np.save(temporary, np.asarray(offsets, dtype=np.int64))
+    return ThumbnailSummary(side, len(offsets) - 1, missing, offsets[-1])
+
+
+class ThumbnailStore:
+    """Reads one thumbnail at a time from an index directory; safe to share between threads."""
+
+    def __init__(self, directory: str | os.PathLike[str], count: int) -> None:
+        directory = Path(directory)
+        self._data_path = directory / _DATA
+        try:
+            self._offsets = np.load(directory / _OFFSETS, allow_pickle=False)
+            size = self._data_path.stat().st_size
+        except (OSError, ValueError) as exc:
+            raise HeadstartError(f"{directory}: cannot read its thumbnails ({exc})") from None
+        offsets = self._offsets
+        if (
+            offsets.ndim != 1
+            or len(offsets) != count + 1
+            or offsets[0] != 0
+            or offsets[-1] != size
+            or np.any(np.diff(offsets) < 0)
+        ):
+            raise HeadstartError(
+                f"{directory}: thumbnails do not match the index (altered or damaged); "
+                "rebuild it with headstart index build"
+            )
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def get(self, row: int) -> bytes | None:
+        """The JPEG of item ``row``; None when it has none (unreadable when indexed)."""
+        if not 0 <= row < len(self):
+            raise IndexError(row)
+        start, end = int(self._offsets[row]), int(self._offsets[row + 1])
+        if start == end:
+            return None
+        # A fresh descriptor per read: os.pread on a shared one would also do, but a thumbnail
+        # read is rare next to a forward pass and this keeps no file open between requests.
+        with open(self._data_path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+
+def _thumbnail_of(path: str, side: int) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return make_thumbnail(f.read(), side)
+    except (OSError, DecodeError):
+        return None
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[Sequence[str]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
