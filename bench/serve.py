@@ -196,7 +196,8 @@ def main() -> None:
         )
     print(
         f"single client latency: batching on p50 {on[1][1][0]:.0f} ms p99 {on[1][1][1]:.0f} ms; "
-        f"off p50 {off[1][1][0]:.0f} ms p99 {off[1][1][1]:.0f} ms"
+        f"off p50 {off[1][1][0]:.0f} ms p99 {off[1][1][1]:.0f} ms; "
+        f"on/off {on[1][1][0] / off[1][1][0]:.2f} (an idle service dispatches at once: <= 1.10)"
     )
     print(
         f"backbone alone: batch 1 {alone[1]:.1f} img/s, batch 32 {alone[32]:.1f} img/s "

@@ -1,8 +1,12 @@
 """Dynamic micro-batching: requests that arrive together share one forward pass.
 
-Requests queue up on the event loop; a collector takes the first, then keeps taking until the
-batch holds ``max_batch`` images or ``max_wait`` has passed, and runs the batch in a single
-inference thread so the event loop keeps accepting requests meanwhile.
+An idle service must not pay for batching, and a busy one must gain from it. While the last
+batch served a single request (one client, or light traffic) the service counts as idle: a
+request runs at once, unless others are being decoded, which it waits for (never longer than
+``max_wait``). Once a batch has served several, the service is busy and the collector gathers
+until the batch holds ``max_batch`` images or ``max_wait`` has passed. Requests that arrive
+while a batch runs queue up for the next one. The batch runs in a single inference thread, so the
+event loop keeps accepting requests meanwhile.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,13 +23,15 @@ import torch
 
 __all__ = ["MicroBatcher"]
 
+_Waiting = tuple[torch.Tensor, asyncio.Future]
+
 
 class MicroBatcher:
     """Gathers (n, 3, H, W) uint8 image groups into batches for ``run_batch``.
 
     Example:
         >>> batcher = MicroBatcher(engine.embed, max_batch=32, max_wait=0.005)  # doctest: +SKIP
-        >>> vectors = await batcher.submit(pixels)
+        >>> vectors = await batcher.submit(decode_images())
     """
 
     def __init__(
@@ -39,7 +46,10 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
+        self._waiting: deque[_Waiting] = deque()
+        self._preparing = 0  # requests whose images are being decoded: on their way
+        self._changed = asyncio.Event()
+        self._last_batch_requests = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headstart-infer")
         self._task: asyncio.Task | None = None
 
@@ -53,36 +63,63 @@ class MicroBatcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, pixels: torch.Tensor) -> np.ndarray:
-        """Embed a group of images; returns when the batch holding them has run."""
+    async def submit(self, pixels: Awaitable[torch.Tensor] | torch.Tensor) -> np.ndarray:
+        """Embed a group of images; returns when the batch holding them has run.
+
+        ``pixels`` may still be on its way (an awaitable, such as decoding in a thread): the
+        collector then knows a request is coming and waits for it rather than run a batch
+        without it.
+        """
+        if not isinstance(pixels, torch.Tensor):
+            self._preparing += 1
+            try:
+                pixels = await pixels
+            finally:
+                self._preparing -= 1
+                self._changed.set()
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((pixels, future))
+        self._waiting.append((pixels, future))
+        self._changed.set()
         return await future
 
     async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            pending = [await self._queue.get()]
-            count = len(pending[0][0])
-            deadline = loop.time() + self.max_wait
-            while count < self.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                if count + len(item[0]) > self.max_batch:
-                    await self._run(pending)  # the newcomer starts the next batch
-                    pending, count = [item], len(item[0])
-                    deadline = loop.time() + self.max_wait
-                    continue
-                pending.append(item)
-                count += len(item[0])
-            await self._run(pending)
+            await self._until(lambda: bool(self._waiting))
+            if self._last_batch_requests > 1:
+                # Busy: gather for as long as max_wait allows; that is where batching pays.
+                await self._until(self._full, timeout=self.max_wait)
+            elif self._preparing:
+                # Idle, but others are being decoded: wait for them, not for strangers.
+                await self._until(lambda: self._full() or not self._preparing, self.max_wait)
+            batch = self._take()
+            self._last_batch_requests = len(batch)
+            await self._run(batch)
 
-    async def _run(self, pending: list[tuple[torch.Tensor, asyncio.Future]]) -> None:
+    def _full(self) -> bool:
+        return sum(len(pixels) for pixels, _ in self._waiting) >= self.max_batch
+
+    async def _until(self, condition: Callable[[], bool], timeout: float | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not condition():
+            self._changed.clear()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _take(self) -> list[_Waiting]:
+        """The oldest requests that fit in ``max_batch`` images (at least one, however large)."""
+        batch = [self._waiting.popleft()]
+        count = len(batch[0][0])
+        while self._waiting and count + len(self._waiting[0][0]) <= self.max_batch:
+            pixels, future = self._waiting.popleft()
+            batch.append((pixels, future))
+            count += len(pixels)
+        return batch
+
+    async def _run(self, pending: list[_Waiting]) -> None:
         live = [(pixels, future) for pixels, future in pending if not future.cancelled()]
         if not live:
             return

@@ -123,4 +123,5 @@ async def _embed(service: ServiceState, engine: Engine, images: Images) -> np.nd
                 raise HTTPException(422, f"image {number}{label}: {exc}") from None
         return torch.stack(pixels)
 
-    return await service.batcher.submit(await run_in_threadpool(decode_all))
+    # Handed over still decoding, so the batcher knows this request is on its way.
+    return await service.batcher.submit(run_in_threadpool(decode_all))

@@ -115,3 +115,74 @@ def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on() -> None:
 
     failed, answer = run(flaky, body)
     assert failed == "boom" and float(answer[0, 0]) == 2.0
+
+
+async def decoded_after(seconds: float, pixels: torch.Tensor) -> torch.Tensor:
+    """Stands in for decoding in a thread: the request is on its way for ``seconds``."""
+    await asyncio.sleep(seconds)
+    return pixels
+
+
+def test_an_idle_service_does_not_hold_a_lone_request_for_max_wait() -> None:
+    # max_wait is long here, so any gathering would show in the latency.
+    model = SlowModel(0.0)
+
+    async def lone_requests(batcher: MicroBatcher) -> list[float]:
+        latencies = []
+        for i in range(3):
+            began = time.perf_counter()
+            await batcher.submit(decoded_after(0.001, images(i)))
+            latencies.append(time.perf_counter() - began)
+        return latencies
+
+    assert max(run(model, lone_requests, max_wait=1.0)) < 0.3
+    assert model.sizes == [1, 1, 1]
+
+
+def test_requests_still_decoding_are_waited_for_within_max_wait() -> None:
+    # Three requests arrive together; their images take 10-50 ms to decode. The first decoded
+    # must not leave alone while the others are known to be on their way.
+    model = SlowModel(0.0)
+
+    async def together(batcher: MicroBatcher) -> list[np.ndarray]:
+        return await asyncio.gather(
+            *(batcher.submit(decoded_after(0.01 + 0.02 * i, images(i))) for i in range(3))
+        )
+
+    answers = run(model, together, max_wait=1.0)
+    assert model.sizes == [3]
+    assert [float(a[0, 0]) for a in answers] == [0.0, 1.0, 2.0]
+
+
+def test_a_request_that_fails_to_decode_does_not_hold_up_the_others() -> None:
+    model = SlowModel(0.0)
+
+    async def broken() -> torch.Tensor:
+        await asyncio.sleep(0.01)
+        raise ValueError("damaged image")
+
+    async def body(batcher: MicroBatcher) -> tuple[str, float]:
+        began = time.perf_counter()
+        good = asyncio.ensure_future(batcher.submit(images(5)))
+        try:
+            await batcher.submit(broken())
+        except ValueError as exc:
+            failed = str(exc)
+        await good
+        return failed, time.perf_counter() - began
+
+    failed, seconds = run(model, body, max_wait=1.0)
+    assert failed == "damaged image" and seconds < 0.5
+
+
+def test_after_a_busy_spell_requests_are_gathered_for_up_to_max_wait() -> None:
+    # The first pass served several requests: the service is busy, so the next lone arrival
+    # waits (up to max_wait) for company instead of taking a pass to itself.
+    model = SlowModel(0.05)
+
+    async def busy_then_trickle(batcher: MicroBatcher) -> None:
+        await asyncio.gather(*(batcher.submit(images(i)) for i in range(4)))
+        await trickle(batcher, 3, 0.01)
+
+    run(model, busy_then_trickle, max_wait=0.2)
+    assert model.sizes[0] == 4 and model.sizes[1:] == [3]
