@@ -20,8 +20,8 @@ from headstart.serve.error_handlers import add_error_handlers
 from headstart.serve.lifespan import EngineLoader, lifespan_for
 from headstart.serve.limits import BodySizeLimit
 from headstart.serve.metrics import ServiceMetrics
-from headstart.serve.parsing import document_limits
-from headstart.serve.request_metrics import observe_requests
+from headstart.serve.openapi_document import finish_document
+from headstart.serve.request_metrics import RequestMetrics
 from headstart.serve.settings import ServeSettings
 from headstart.serve.state import ServiceState
 
@@ -35,14 +35,15 @@ def create_app(settings: ServeSettings, *, engine_loader: EngineLoader = load_en
     app = FastAPI(title="headstart", version=__version__, lifespan=lifespan)
     app.state.service = service
     add_error_handlers(app)
-    app.middleware("http")(observe_requests)
     # No prefix here: each router declares its own, so a route's path is its full template,
     # which is what /metrics labels it by.
     for routes in (status_routes, metrics_routes, inference_routes):
         app.include_router(routes.router)
     app.openapi = functools.partial(_openapi, app, settings)
-    # Added last so it runs first: oversized bodies are refused before anything reads them.
+    # The last added runs first. Oversized bodies are refused before anything reads them, and
+    # the count wraps even that, so /metrics sees the 413s too.
     app.add_middleware(BodySizeLimit, max_bytes=int(settings.max_upload_mb * 2**20))
+    app.add_middleware(RequestMetrics)
     return app
 
 
@@ -50,5 +51,5 @@ def _openapi(app: FastAPI, settings: ServeSettings) -> dict:
     """The OpenAPI document, with this service's limits in it; made once."""
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        app.openapi_schema = document_limits(document, settings.max_images, settings.max_upload_mb)
+        app.openapi_schema = finish_document(document, settings.max_images, settings.max_upload_mb)
     return app.openapi_schema

@@ -14,12 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from headstart.extract.decode import DecodeError
 from headstart.serve.dependencies import ReadyEngine, Service, authorised
 from headstart.serve.engine import Engine
+from headstart.serve.openapi_document import body_doc
 from headstart.serve.parsing import (
     Images,
     ImagesBody,
     NeighborsBody,
     QueryK,
-    body_doc,
     read_images,
     read_query,
 )

@@ -12,16 +12,17 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
+    "ImageQuery",
     "Images",
     "ImagesBody",
     "NeighborsBody",
     "QueryK",
-    "body_doc",
+    "VectorQuery",
     "describe_problems",
-    "document_limits",
     "read_images",
     "read_query",
 ]
@@ -54,59 +55,33 @@ class ImagesBody(BaseModel):
     top_k: int = Field(default=5, ge=1, le=_MAX_K)
 
 
-class NeighborsBody(BaseModel):
+_NEIGHBORS_K = Field(default=10, ge=1, le=_MAX_K, description="How many neighbors.")
+
+
+class ImageQuery(BaseModel):
+    """JSON neighbors request by image: one base64-encoded image file."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: Base64Image
+    k: int = _NEIGHBORS_K
+
+
+class VectorQuery(BaseModel):
+    """JSON neighbors request by vector: an embedding as wide as the index's."""
+
+    model_config = ConfigDict(extra="forbid")
+    vector: list[Annotated[float, Field(ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)]] = Field(min_length=1)
+    k: int = _NEIGHBORS_K
+
+
+def _one_of(schema: dict) -> None:
+    schema["oneOf"] = schema.pop("anyOf")  # no body is both: each forbids the other's field
+
+
+class NeighborsBody(RootModel[ImageQuery | VectorQuery]):
     """JSON form of a neighbors request: one base64 image, or an embedding vector."""
 
-    # Exactly one of the two, as the schema says; None is never sent, only left out.
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"oneOf": [{"required": ["image"]}, {"required": ["vector"]}]},
-    )
-    image: Base64Image = None  # type: ignore[assignment]
-    vector: list[Annotated[float, Field(ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)]] = Field(  # type: ignore[assignment]
-        default=None, min_length=1
-    )
-    k: int = Field(default=10, ge=1, le=_MAX_K)
-
-
-def body_doc(json_model: type[BaseModel], many: bool) -> dict:
-    """OpenAPI extras for an endpoint that reads its body itself: multipart file(s) or JSON."""
-    field = "files" if many else "file"
-    binary = {"type": "string", "format": "binary"}
-    schema = {"type": "array", "items": binary, "minItems": 1} if many else binary
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {field: schema},
-                        "required": [field],
-                    }
-                },
-                "application/json": {"schema": json_model.model_json_schema()},
-            },
-        }
-    }
-
-
-def document_limits(openapi: dict, max_images: int, max_upload_mb: float) -> dict:
-    """Write one service's limits into its OpenAPI document: the most images a request may
-    carry (multipart ``files``, JSON ``images``) and the largest body, on every operation that
-    takes a body."""
-    for item in openapi["paths"].values():
-        for operation in item.values():
-            body = operation.get("requestBody")
-            if body is None:
-                continue
-            body["description"] = f"At most {max_upload_mb:g} MB (413 above)."
-            for content in body["content"].values():
-                properties = content["schema"].get("properties", {})
-                for name in ("files", "images"):
-                    if properties.get(name, {}).get("type") == "array":
-                        properties[name]["maxItems"] = max_images
-    return openapi
+    model_config = ConfigDict(json_schema_extra=_one_of)
 
 
 async def read_images(request: Request, limit: int) -> tuple[Images, int]:
@@ -115,7 +90,16 @@ async def read_images(request: Request, limit: int) -> tuple[Images, int]:
     images: Images = []
     top_k = 5
     if kind.startswith("multipart/form-data"):
-        form = await request.form(max_files=limit + 1)
+        try:
+            # One file over the limit is parsed (and refused below with the count); beyond
+            # that Starlette stops reading, with a 400 of its own that is a size refusal here.
+            form = await request.form(max_files=limit + 1)
+        except StarletteHTTPException as exc:
+            if exc.status_code == 400 and "Too many files" in str(exc.detail):
+                raise HTTPException(
+                    413, f"more than {limit + 1} images in one request; the limit is {limit}"
+                ) from None
+            raise
         for _, value in form.multi_items():
             if hasattr(value, "read"):
                 images.append((value.filename or "", await value.read()))
@@ -142,10 +126,14 @@ async def read_query(request: Request) -> tuple[np.ndarray | None, Images | None
     if not request.headers.get("content-type", "").startswith("application/json"):
         images, _ = await read_images(request, 1)
         return None, images, 10
-    body = _parse(NeighborsBody, await _json(request))
-    if (body.vector is None) == (body.image is None):
-        raise HTTPException(422, "give exactly one of 'image' (base64) or 'vector'")
-    if body.image is not None:
+    data = await _json(request)
+    given = [name for name in ("image", "vector") if name in data] if isinstance(data, dict) else []
+    if len(given) != 1:  # checked first: the union's own errors would list both members' fields
+        raise HTTPException(
+            422, "send a JSON object with exactly one of 'image' (base64) or 'vector'"
+        )
+    body = _parse(ImageQuery if given == ["image"] else VectorQuery, data)
+    if isinstance(body, ImageQuery):
         return None, [("", _base64(body.image, "image"))], body.k
     vector = np.asarray(body.vector, dtype=np.float32)[None]
     if not np.isfinite(vector).all():

@@ -105,5 +105,15 @@ _REASONS = {
 
 
 def refusals(*statuses: int) -> dict[int | str, dict]:
-    """OpenAPI ``responses`` for the refusals an operation can answer, each an ErrorBody."""
-    return {status: {"model": ErrorBody, "description": _REASONS[status]} for status in statuses}
+    """OpenAPI ``responses`` for the refusals an operation can answer, each an ErrorBody.
+
+    Written out as JSON, not as a ``model``: FastAPI files a model under the operation's own media
+    type, and a refusal is JSON even where success is Prometheus text or a JPEG. The schema is
+    inline here; ``openapi_document.finish_document`` makes it the document's one ``ErrorBody``."""
+    return {
+        status: {
+            "description": _REASONS[status],
+            "content": {"application/json": {"schema": ErrorBody.model_json_schema()}},
+        }
+        for status in statuses
+    }
