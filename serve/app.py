@@ -14,7 +14,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from headstart import __version__
-from headstart.serve import inference_routes, metrics_routes, status_routes
+from headstart.serve import (
+    inference_routes,
+    item_routes,
+    metrics_routes,
+    page_routes,
+    status_routes,
+)
 from headstart.serve.engine import load_engine
 from headstart.serve.error_handlers import add_error_handlers
 from headstart.serve.lifespan import EngineLoader, lifespan_for
@@ -37,7 +43,7 @@ def create_app(settings: ServeSettings, *, engine_loader: EngineLoader = load_en
     add_error_handlers(app)
     # No prefix here: each router declares its own, so a route's path is its full template,
     # which is what /metrics labels it by.
-    for routes in (status_routes, metrics_routes, inference_routes):
+    for routes in (status_routes, metrics_routes, inference_routes, item_routes, page_routes):
         app.include_router(routes.router)
     app.openapi = functools.partial(_openapi, app, settings)
     # The last added runs first. Oversized bodies are refused before anything reads them, and

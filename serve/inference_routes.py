@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from headstart.extract.decode import DecodeError
 from headstart.serve.dependencies import ReadyEngine, Service, authorised
 from headstart.serve.engine import Engine
+from headstart.serve.item_routes import thumbnail_url
 from headstart.serve.openapi_document import body_doc
 from headstart.serve.parsing import (
     Images,
@@ -104,6 +105,8 @@ async def neighbors(
             "key": index.keys[row],
             "similarity": float(similarity),
         }
+        if index.thumbnails is not None:
+            item["thumbnail"] = thumbnail_url(int(row))
         if service.settings.expose_paths:
             item["path"] = index.paths[row]
         found.append(item)

@@ -85,6 +85,9 @@ class Neighbor(BaseModel):
     label: str | None
     key: str = Field(description="Content key of the indexed image.")
     similarity: float
+    thumbnail: str | None = Field(
+        default=None, description="URL of its thumbnail; absent when the index keeps none."
+    )
     path: str | None = Field(default=None, description="Only with --expose-paths.")
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+# The real-browser fixtures, for the service page and the report.
+from browser import browser, page  # noqa: F401
 from helpers import make_folder
 
 
