@@ -24,10 +24,10 @@ from headstart.cache.keys import file_key
 from headstart.classify.heads import Head, get_head
 from headstart.errors import HeadstartError
 
-__all__ = ["HEAD_FORMAT", "LoadedHead", "load_head", "save_head"]
+__all__ = ["HEAD_DOCUMENT", "HEAD_FORMAT", "LoadedHead", "load_head", "save_head"]
 
 HEAD_FORMAT = "headstart-head/1"
-_DOCUMENT, _ARRAYS = "head.json", "arrays.npz"
+HEAD_DOCUMENT, _ARRAYS = "head.json", "arrays.npz"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def save_head(
         "created_unix": time.time(),
         "headstart_version": __version__,
     }
-    write_text_atomic(directory / _DOCUMENT, json.dumps(document, indent=2) + "\n")
+    write_text_atomic(directory / HEAD_DOCUMENT, json.dumps(document, indent=2) + "\n")
     return directory
 
 
@@ -75,19 +75,20 @@ def load_head(
     record or an id, is given) trained on other embeddings."""
     directory = Path(directory)
     try:
-        document = json.loads((directory / _DOCUMENT).read_text())
+        document = json.loads((directory / HEAD_DOCUMENT).read_text())
     except FileNotFoundError:
-        raise HeadstartError(f"{directory} is not a saved head (no {_DOCUMENT})") from None
+        raise HeadstartError(f"{directory} is not a saved head (no {HEAD_DOCUMENT})") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise HeadstartError(f"{directory / _DOCUMENT} is not valid JSON") from None
+        raise HeadstartError(f"{directory / HEAD_DOCUMENT} is not valid JSON") from None
     if not isinstance(document, dict) or document.get("format") != HEAD_FORMAT:
         raise HeadstartError(f"{directory} holds no {HEAD_FORMAT} head")
     arrays_path = directory / _ARRAYS
     if not arrays_path.is_file() or file_key(str(arrays_path)) != document.get("arrays_sha256"):
         raise HeadstartError(
-            f"{arrays_path} does not match {_DOCUMENT} (altered or damaged); refusing to load it"
+            f"{arrays_path} does not match {HEAD_DOCUMENT} (altered or damaged); "
+            "refusing to load it"
         )
-    recorded = Fingerprint.recorded_in(document, str(directory / _DOCUMENT))
+    recorded = Fingerprint.recorded_in(document, str(directory / HEAD_DOCUMENT))
     wanted = fingerprint.id if isinstance(fingerprint, Fingerprint) else fingerprint
     if wanted is not None and wanted != recorded.id:
         what = (

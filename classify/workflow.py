@@ -48,6 +48,7 @@ __all__ = [
     "evaluate_head",
     "predict_with_head",
     "query_index",
+    "score_head",
     "train_head",
 ]
 
@@ -127,6 +128,8 @@ def _save(result: TrainResult, options: TrainOptions, fingerprint: Fingerprint, 
         "refit_on_train_and_validation": result.refit,
         "class_counts": result.class_counts,
         "leaderboard": [_row_record(r) for r in result.rows],
+        # Which row was saved, so a report marks it without re-deciding a tie.
+        "leaderboard_chosen": next(i for i, r in enumerate(result.rows) if r is result.chosen),
     }
     metrics = result.chosen.metrics.as_dict()
     return save_head(result.head, out, fingerprint=fingerprint, metrics=metrics, notes=notes)
@@ -174,6 +177,33 @@ def _embed_for(loaded_fingerprint, sources, cache_dir, runtime: dict, progress: 
     return embed_sources(sources, options, cache_dir, progress=progress)
 
 
+@dataclass
+class Scored:
+    """A saved head's answers on labelled sources: what evaluations and reports start from."""
+
+    loaded: LoadedHead
+    data: Embedded
+    labels: np.ndarray
+    proba: np.ndarray
+
+
+def score_head(
+    head_dir: str | os.PathLike[str],
+    sources: Sequence[str],
+    cache_dir: str | os.PathLike[str],
+    *,
+    runtime: dict | None = None,
+    progress: bool = False,
+    purpose: str = "evaluate",
+) -> Scored:
+    """Load a saved head, embed the labelled sources as it was trained (only what the cache
+    lacks) and take its probabilities; ``purpose`` names the command needing the labels."""
+    loaded = load_head(head_dir)
+    data = _embed_for(loaded.fingerprint, sources, cache_dir, runtime or {}, progress)
+    labels = data.require_labels(purpose)
+    return Scored(loaded, data, labels, loaded.head.predict_proba(data.X))
+
+
 def evaluate_head(
     head_dir: str | os.PathLike[str],
     sources: Sequence[str],
@@ -183,11 +213,8 @@ def evaluate_head(
     progress: bool = False,
 ) -> Evaluation:
     """Metrics and a per-class report of a saved head on labelled sources."""
-    loaded = load_head(head_dir)
-    data = _embed_for(loaded.fingerprint, sources, cache_dir, runtime or {}, progress)
-    labels = data.require_labels("evaluate")
-    head = loaded.head
-    proba = head.predict_proba(data.X)
+    scored = score_head(head_dir, sources, cache_dir, runtime=runtime, progress=progress)
+    data, labels, proba, head = scored.data, scored.labels, scored.proba, scored.loaded.head
     known = set(np.asarray(head.classes_).astype(str))
     unknown = {k: v for k, v in class_counts(labels).items() if k not in known}
     metrics = score(labels, proba, head.classes_, probabilistic=head.probabilistic)

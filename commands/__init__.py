@@ -12,6 +12,7 @@ from headstart.commands.finetune import finetune
 from headstart.commands.heads import evaluate, predict, train
 from headstart.commands.models import layers, models
 from headstart.commands.neighbors import index, knn
+from headstart.commands.report import report
 from headstart.commands.serve import serve
 
 __all__ = ["COMMANDS"]
@@ -29,5 +30,6 @@ COMMANDS = (
     index,
     knn,
     finetune,
+    report,
     serve,
 )

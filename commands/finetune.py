@@ -15,6 +15,7 @@ from headstart.commands.options import (
     take_settings,
     validation_options,
 )
+from headstart.commands.report import report_hint
 from headstart.finetune.settings import FinetuneOptions, LoopSettings
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ def finetune(
         )
         ctx.exit(EXIT_INTERRUPTED)
     _print_result(result, embed.model)
+    click.echo(report_hint(str(result.run_dir), options.val_sources, cache_dir))
 
 
 def _print_epoch(record: EpochRecord) -> None:

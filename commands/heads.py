@@ -23,6 +23,7 @@ from headstart.commands.options import (
     take_settings,
     validation_options,
 )
+from headstart.commands.report import report_hint
 from headstart.errors import HeadstartError
 
 __all__ = ["evaluate", "predict", "train"]
@@ -147,6 +148,10 @@ def train(sources, heads, out: str, quiet: bool, **params) -> None:
     )
     for path in result.plots:
         click.echo(f"wrote {path}")
+    if options.plot:
+        # Validation a refit has trained on is no test: the user then names held-out images.
+        held_out = () if result.refit else options.val_sources
+        click.echo(report_hint(str(result.head_dir), held_out, cache_dir))
 
 
 @click.command()

@@ -35,13 +35,13 @@ from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import EpochSampler, LabelledImages, make_loader
 from headstart.finetune.network import ClassifierNetwork, parameter_groups, set_train_mode
 from headstart.finetune.schedule import warmup_cosine
-from headstart.finetune.settings import LoopSettings
+from headstart.finetune.settings import METRICS, LoopSettings
 
 __all__ = ["EpochRecord", "Trainer", "TrainingInterrupted"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT, BEST, METRICS = "checkpoint.pt", "best.pt", "metrics.jsonl"
+CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
 
 
 @dataclass

@@ -46,17 +46,11 @@ from headstart.finetune.network import (
     parse_unfreeze,
     training_memory_format,
 )
-from headstart.finetune.settings import FinetuneOptions, LoopSettings
+from headstart.finetune.settings import CONFIG, CURVE, HEAD, PROBE, FinetuneOptions, LoopSettings
 
 __all__ = ["FinetuneResult", "finetune"]
 
-CONFIG, BACKBONE, HEAD, PROBE, CURVE = (
-    "config.json",
-    "backbone.pt",
-    "head",
-    "probe",
-    "learning_curve.png",
-)
+BACKBONE = "backbone.pt"
 
 
 @dataclass
@@ -344,22 +338,10 @@ def _save_finetuned_head(
 
 
 def _plot_curve(history: list[EpochRecord], path: Path) -> Path:
-    from headstart.classify.plots import pyplot
+    from headstart.classify.plots import plot_learning_curve
 
-    plt = pyplot()
-    figure, (losses, accuracy) = plt.subplots(1, 2, figsize=(9, 3.5))
-    epochs = [r.epoch for r in history]
-    trained = [r for r in history if r.train_loss is not None]
-    losses.plot([r.epoch for r in trained], [r.train_loss for r in trained], "o-", label="train")
-    losses.plot(epochs, [r.val_loss for r in history], "o-", label="validation")
-    losses.set(xlabel="epoch", ylabel="loss", title="loss")
-    losses.legend()
-    accuracy.plot(epochs, [r.val_accuracy for r in history], "o-", color="tab:green")
-    accuracy.set(xlabel="epoch (0: linear probe)", ylabel="accuracy", title="validation accuracy")
-    figure.tight_layout()
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100)
-    plt.close(figure)
+        plot_learning_curve([r.as_dict() for r in history], temporary)
     return path
 
 

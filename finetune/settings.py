@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 
 from headstart.classify.settings import VAL_SPLIT
 
-__all__ = ["FinetuneOptions", "LoopSettings"]
+__all__ = ["CONFIG", "CURVE", "HEAD", "METRICS", "PROBE", "FinetuneOptions", "LoopSettings"]
+
+# What a run directory holds, named once: the loop and the run write these, and `report` reads
+# them without importing torch.
+CONFIG, METRICS, HEAD, PROBE, CURVE = (
+    "config.json",
+    "metrics.jsonl",
+    "head",
+    "probe",
+    "learning_curve.png",
+)
 
 
 @dataclass(frozen=True)

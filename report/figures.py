@@ -1,0 +1,94 @@
+"""The pictures of a report, as bytes ready to inline: PNG plots and JPEG thumbnails.
+
+Plots come from :mod:`headstart.classify.plots` (the same ones ``train --plot`` and
+``finetune`` write as files), thumbnails from :mod:`headstart.classify.thumbnails`, and only
+for the images the gallery shows.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from headstart.classify.plots import plot_confusion, plot_embedding_map, plot_learning_curve
+from headstart.classify.thumbnails import THUMBNAIL_SIDE, make_thumbnail
+from headstart.extract.decode import DecodeError
+from headstart.pathnames import printable
+from headstart.report.gather import ReportData
+from headstart.report.settings import DEFAULT_MAP, MAPS
+
+__all__ = ["MAX_TABLE_CLASSES", "Figures", "draw", "thumbnail"]
+
+log = logging.getLogger(__name__)
+
+# Up to this many classes the confusion matrix is an HTML table with a number in every cell;
+# beyond it the cells are too small to read, and a picture (plus the most confused pairs) is
+# shown instead, which also keeps the page from growing with the square of the classes.
+MAX_TABLE_CLASSES = 30
+_MIN_MAP_POINTS = 3  # a projection of fewer points says nothing
+
+
+@dataclass
+class Figures:
+    learning_curve: bytes | None = None  # PNG
+    confusion: bytes | None = None  # PNG, only past MAX_TABLE_CLASSES
+    embedding_map: bytes | None = None  # PNG
+    thumbnails: list[bytes | None] = field(default_factory=list)  # JPEG per mistake, in order
+
+
+def draw(data: ReportData, *, projection: str = DEFAULT_MAP) -> Figures:
+    """Every picture ``data`` calls for, the map projected as ``projection`` (a key of
+    ``MAPS``) says; an image that cannot be read has no thumbnail."""
+    figures = Figures()
+    if data.history:
+        figures.learning_curve = _png(lambda out: plot_learning_curve(data.history, out))
+    evaluated = data.evaluated
+    if evaluated is None:
+        return figures
+    if len(evaluated.classes) > MAX_TABLE_CLASSES:
+        names = np.asarray(evaluated.classes)
+        # The matrix is already counted: expand it back into one (true, predicted) pair per
+        # count, which plot_confusion tallies again at the same size.
+        true, predicted = np.nonzero(evaluated.confusion)
+        repeats = evaluated.confusion[true, predicted]
+        figures.confusion = _png(
+            lambda out: plot_confusion(
+                np.repeat(names[true], repeats),
+                np.repeat(names[predicted], repeats),
+                names,
+                out,
+                title="accuracy",
+            )
+        )
+    if len(evaluated.map_vectors) >= _MIN_MAP_POINTS:
+        figures.embedding_map = _png(
+            lambda out: plot_embedding_map(
+                evaluated.map_vectors,
+                evaluated.map_labels,
+                out,
+                max_points=len(evaluated.map_vectors),
+                methods=MAPS[projection],
+            )
+        )
+    figures.thumbnails = [thumbnail(mistake.path) for mistake in evaluated.mistakes]
+    return figures
+
+
+def thumbnail(path: str, side: int = THUMBNAIL_SIDE) -> bytes | None:
+    """A small JPEG of the image at ``path``; None (and a log line) when it cannot be read,
+    for example moved since it was embedded."""
+    try:
+        with open(path, "rb") as f:
+            return make_thumbnail(f.read(), side)
+    except (OSError, DecodeError) as exc:
+        log.info("no thumbnail for %s: %s", printable(path), exc)
+        return None
+
+
+def _png(plot) -> bytes:
+    buffer = io.BytesIO()
+    plot(buffer)
+    return buffer.getvalue()
