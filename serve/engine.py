@@ -4,6 +4,7 @@ and optionally a nearest-neighbor index, checked to belong together before anyth
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from headstart.extract.decode import decode_image
 from headstart.extract.features import build_feature_model
 from headstart.extract.mapper import Embedder
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
+from headstart.pathnames import printable
 
 __all__ = ["Engine", "check_artifacts", "load_engine"]
 
@@ -40,6 +42,12 @@ class Engine:
     fingerprint: Fingerprint
     index: LoadedIndex | None
     dim: int
+
+    @functools.cached_property
+    def class_names(self) -> list[str]:
+        """The head's classes as answers show them: a folder name that is not UTF-8 keeps its
+        odd bytes as ``\\xNN`` (JSON cannot carry them)."""
+        return [printable(str(name)) for name in self.head.classes_]
 
     def decode(self, data: bytes) -> torch.Tensor:
         """Image bytes -> (3, H, W) uint8, exactly as extraction prepares them."""

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from headstart.extract.decode import DecodeError
+from headstart.pathnames import printable
 from headstart.serve.dependencies import ReadyEngine, Service, authorised
 from headstart.serve.engine import Engine
 from headstart.serve.item_routes import thumbnail_url
@@ -48,7 +49,7 @@ async def classify(
     images, body_top_k = await read_images(request, service.settings.max_images)
     k = min(top_k or body_top_k, len(engine.head.classes_))
     proba = await run_in_threadpool(engine.classify, await _embed(service, engine, images))
-    names = np.asarray(engine.head.classes_).astype(str)
+    names = engine.class_names
     results = []
     for number, ((name, _), row) in enumerate(zip(images, proba, strict=True)):
         order = np.argsort(-row)[:k]
@@ -101,14 +102,14 @@ async def neighbors(
             continue
         item = {
             "id": int(row),
-            "label": index.labels[row],
+            "label": printable(index.labels[row]) if index.labels[row] is not None else None,
             "key": index.keys[row],
             "similarity": float(similarity),
         }
         if index.thumbnails is not None:
             item["thumbnail"] = thumbnail_url(int(row))
         if service.settings.expose_paths:
-            item["path"] = index.paths[row]
+            item["path"] = printable(index.paths[row])
         found.append(item)
     return {"fingerprint": engine.fingerprint.id, "neighbors": found}
 

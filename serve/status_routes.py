@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 
-import numpy as np
 import torch
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
@@ -53,7 +52,7 @@ async def info(engine: ReadyEngine, service: Service) -> dict:
         "layer": recipe.get("layer"),
         "precision": recipe.get("precision"),
         "head": engine.head.head_name,
-        "classes": np.asarray(engine.head.classes_).astype(str).tolist(),
+        "classes": engine.class_names,
         "dim": engine.dim,
         "index_size": engine.index.index.ntotal if engine.index is not None else None,
         "max_batch": service.settings.max_batch,

@@ -35,7 +35,9 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: playwright's sync API keeps an event loop running in the main
+# thread while it lives, and tests elsewhere call asyncio.run().
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     executable = chromium_path()
     if executable is None:

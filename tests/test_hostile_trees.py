@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +281,26 @@ def test_names_that_are_not_utf8_round_trip_everywhere(tmp_path: Path) -> None:
     found = run("knn", index, latin[1], "-k", "1", "--cache", cache, "-q")
     assert found.exit_code == 0, found.output
     assert found.stdout_bytes.splitlines()[1].endswith(latin[1])
+
+    # JSON cannot carry the bytes: the service shows them escaped, as a terminal does.
+    from fastapi.testclient import TestClient
+
+    from headstart.serve.app import create_app
+    from headstart.serve.settings import ServeSettings
+
+    settings = ServeSettings(
+        head_dir=str(head), index_dir=str(index), device="cpu", expose_paths=True
+    )
+    with TestClient(create_app(settings)) as client:
+        while client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        assert "caf\\xe9" in client.get("/v1/info").json()["classes"]
+        image = Path(os.fsdecode(latin[1])).read_bytes()
+        classified = client.post("/v1/classify", files=[("files", ("x.jpg", image))])
+        assert classified.json()["results"][0]["label"] == "caf\\xe9"
+        nearest = client.post("/v1/neighbors", files=[("file", ("x.jpg", image))]).json()
+        assert nearest["neighbors"][0]["label"] == "caf\\xe9"
+        assert nearest["neighbors"][0]["path"].endswith("1-\\xe9t\\xe9.jpg")
 
 
 def test_manifest_lines_naming_folders_missing_files_and_non_images(tmp_path: Path) -> None:
