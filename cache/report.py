@@ -1,4 +1,5 @@
-"""What a cache holds: per fingerprint counts, widths, sizes; files indexed; failures."""
+"""What a cache holds: per fingerprint counts, widths, sizes, cached texts; files indexed;
+failures."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.shards import read_shard_info
 from headstart.cache.store import EmbeddingCache
+from headstart.cache.texts import TextCache
 from headstart.errors import HeadstartError
 
 __all__ = ["CacheReport", "FingerprintReport", "describe_cache"]
@@ -24,6 +26,7 @@ class FingerprintReport:
     bytes: int
     dtypes: tuple[str, ...]
     unreadable_shards: int = 0
+    texts: int = 0  # text embeddings cached (image-text models)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ def describe_cache(root: str | os.PathLike[str]) -> CacheReport:
                 bytes=sum(p.stat().st_size for p in shards),
                 dtypes=tuple(dtypes),
                 unreadable_shards=len(store.unreadable),
+                texts=len(TextCache(cache.root, fingerprint)),
             )
         )
     with cache.catalog() as catalog:

@@ -13,9 +13,11 @@ __all__ = ["cache", "export", "info"]
 @click.argument("cache_dir", required=False, envvar=CACHE_ENV, default=DEFAULT_CACHE)
 @click.option("--failures", "show_failures", is_flag=True, help="List every failed file.")
 def info(cache_dir: str, show_failures: bool) -> None:
-    """Show the fingerprints, counts, widths and sizes in CACHE_DIR, and its failures."""
+    """Show the fingerprints, counts, widths and sizes in CACHE_DIR, whether each can embed
+    text, and its failures."""
     from headstart.cache import EmbeddingCache
     from headstart.cache.report import describe_cache
+    from headstart.extract.text import why_no_text
 
     report = describe_cache(cache_dir)
     click.echo(
@@ -29,6 +31,11 @@ def info(cache_dir: str, show_failures: bool) -> None:
             f"    {fp.embeddings} embeddings x {fp.dim or '-'}  {dtypes}  {fp.shards} shards"
             f"{damaged}  {_size(fp.bytes)}"
         )
+        no_text = why_no_text(fp.fingerprint)
+        if no_text is None:
+            click.echo(f"    text: yes, {fp.texts} text embeddings cached")
+        else:
+            click.echo(f"    text: no; {no_text}")
     if report.failure_reasons and not show_failures:
         click.echo("failures by reason:")
         for reason, count in report.failure_reasons:

@@ -9,7 +9,9 @@ __all__ = ["layers", "models"]
 
 @click.command()
 @click.argument("pattern", required=False)
-@click.option("--source", type=click.Choice(["torchvision", "timm"]), help="Only this family.")
+@click.option(
+    "--source", type=click.Choice(["torchvision", "timm", "open_clip"]), help="Only this family."
+)
 def models(pattern: str | None, source: str | None) -> None:
     """List model names (optionally matching a glob PATTERN such as 'resnet*')."""
     import fnmatch

@@ -4,6 +4,7 @@ A model spec names its source by a prefix; a bare name is a torchvision model::
 
     resnet50                      torchvision (also ``torchvision:resnet50``)
     timm:convnext_tiny.fb_in1k    timm, when installed
+    open_clip:ViT-B-32/laion2b_s34b_b79k   open_clip's image tower, when installed
     path/to/model.pt              a TorchScript file (also ``torchscript:PATH``)
     my_pkg.models:build_net       a factory returning an ``nn.Module`` (also ``file.py:factory``)
 
@@ -79,7 +80,8 @@ class Backbone:
     """A resolved model spec: canonical name, weights, and how to build and read it.
 
     ``code_identity`` hashes model code that lives in user files (TorchScript, factories), so
-    editing the file changes the fingerprint; ``code_file`` is that file. ``classifier`` is,
+    editing the file changes the fingerprint (for open_clip: the architecture's config);
+    ``code_file`` is that file. ``classifier`` is,
     for ``find-classifier`` backbones, the module cut off (``none``: no cut), or None until
     :func:`headstart.extract.runner.resolve_recipe` has found it.
     """
@@ -184,6 +186,6 @@ def _is_dotted(name: str) -> bool:
 
 
 def _load_builtin_sources() -> None:
-    # Imported here, not at module import: each source module registers itself, and timm is
-    # optional. Python's import cache makes this a no-op after the first call.
-    from headstart.extract import _local, _timm, _torchvision  # noqa: F401
+    # Imported here, not at module import: each source module registers itself, and timm and
+    # open_clip are optional. Python's import cache makes this a no-op after the first call.
+    from headstart.extract import _local, _open_clip, _timm, _torchvision  # noqa: F401

@@ -1,8 +1,9 @@
 """From a backbone to one vector per image: the embedding contract shared by every model.
 
 By default the vector is the pre-logits one: the input of a torchvision classifier's last Linear
-layer, timm's ``num_classes=0`` output, or the input of a local model's final classifier (its own
-output when it has none; see :mod:`.classifier`). ``layer`` picks any node
+layer, timm's ``num_classes=0`` output, an open_clip model's image feature (``encode_image``), or
+the input of a local model's final classifier (its own output when it has none; see
+:mod:`.classifier`). ``layer`` picks any node
 ``torchvision.models.feature_extraction`` accepts instead. Outputs with more than two dimensions
 are average-pooled: (N, C, H, W) over H and W, (N, tokens, C) over tokens.
 """
@@ -95,6 +96,11 @@ def build_feature_model(backbone: Backbone, layer: str | None = None) -> Feature
 
         ignored.extend(classifier_prefixes(model))
         expected_dim = int(getattr(model, "num_features", 0)) or None
+    elif backbone.family == "open_clip":
+        from headstart.extract._open_clip import text_prefixes
+
+        ignored.extend(text_prefixes(model))  # a whole-model checkpoint holds the text tower
+        expected_dim = int(getattr(model, "num_features", 0)) or None
     if backbone.weights.checkpoint is not None:
         apply_checkpoint(model, backbone.weights.checkpoint, ignored)
     model.eval()
@@ -130,6 +136,8 @@ def _found_classifier(model: nn.Module, backbone: Backbone) -> str:
 def classifier_summary(backbone: Backbone, requested: str | None, crop_size: int | None) -> str:
     """One line saying which module is cut off to reach the embedding, and why."""
     crop = crop_size or (backbone.weights.preprocess or DEFAULT_PREPROCESS).crop_size
+    if backbone.family == "open_clip":
+        return "classifier: none; embeddings are the image tower's output (encode_image)"
     if backbone.head_rule == "as-is":
         return f"classifier: removed by {backbone.family} itself; embeddings are its output"
     resolved = with_classifier(backbone, requested, crop)

@@ -6,7 +6,7 @@ costs seconds, while planning an unchanged rerun costs a ``stat`` per file. So e
 is remembered in ``<cache>/recipes/``, keyed by everything it depended on:
 
 * the request as given, the working directory, and the versions of headstart, torch,
-  torchvision and timm;
+  torchvision, timm and open_clip;
 * what decides ``auto`` device and precision: the CPU's bf16 flags, the NVIDIA devices and
   driver, ``CUDA_VISIBLE_DEVICES``; and the variables that move weight caches;
 * the local files the resolution read (a weights file, a model's source file, the checkpoint
@@ -47,7 +47,7 @@ _ENVIRONMENT = (
     "HF_HUB_OFFLINE",
     "CUDA_VISIBLE_DEVICES",
 )
-_PACKAGES = ("torch", "torchvision", "timm")
+_PACKAGES = ("torch", "torchvision", "timm", "open_clip_torch")
 _CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
 
 

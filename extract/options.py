@@ -23,6 +23,7 @@ class PreprocessOverrides:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     interpolation: str | None = None
+    resize_mode: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """Preprocessing: one record per weights, resolved in one documented place.
 
 Resolution order (:func:`resolve_preprocess`): options the user gave explicitly, then the config
-that comes with the weights (torchvision's ``weights.transforms()``, timm's data config), then
-:data:`DEFAULT_PREPROCESS`. The result is written into the fingerprint, so vectors made with
-different preprocessing never mix.
+that comes with the weights (torchvision's ``weights.transforms()``, timm's data config,
+open_clip's preprocess config), then :data:`DEFAULT_PREPROCESS`. The result is written into
+the fingerprint, so vectors made with different preprocessing never mix.
 
 Decoding workers run :func:`to_uint8_tensor` (resize and crop on the PIL image, as
-``ImageClassification`` does); the model's process runs :func:`normalize` (inside the compiled
-graph when there is one), so only uint8 pixels cross process boundaries and the host-to-GPU copy.
+``ImageClassification`` does, or as open_clip's ``squash`` and ``longest`` modes do); the
+model's process runs :func:`normalize` (inside the compiled graph when there is one), so only
+uint8 pixels cross process boundaries and the host-to-GPU copy.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from headstart.extract.options import PreprocessOverrides
 
 __all__ = [
     "DEFAULT_PREPROCESS",
+    "RESIZE_MODES",
     "Preprocess",
     "PreprocessOverrides",
     "normalize",
@@ -42,23 +44,36 @@ _INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
 }
+# How the image is brought to the resize size (open_clip's names): the shorter side to it (then
+# a centre crop, the ImageNet recipe), the whole image to a square of it ignoring the aspect
+# ratio, or the longer side to it (the rest padded with black by the crop).
+RESIZE_MODES = ("shortest", "squash", "longest")
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side to ``resize_size``, centre-crop ``crop_size``, normalise."""
+    """Resize the shorter side to ``resize_size``, centre-crop ``crop_size``, normalise.
+
+    ``resize_mode`` ``squash`` resizes the image to ``resize_size`` x ``resize_size`` instead,
+    ``longest`` its longer side to ``resize_size`` (the crop then pads with black).
+    """
 
     resize_size: int
     crop_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+    resize_mode: str = "shortest"
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
             raise HeadstartError(
                 f"unknown interpolation {self.interpolation!r}; "
                 f"use one of {sorted(_INTERPOLATIONS)}"
+            )
+        if self.resize_mode not in RESIZE_MODES:
+            raise HeadstartError(
+                f"unknown resize mode {self.resize_mode!r}; use one of {list(RESIZE_MODES)}"
             )
         if self.crop_size < 1 or self.resize_size < self.crop_size:
             raise HeadstartError(
@@ -69,7 +84,12 @@ class Preprocess:
             raise HeadstartError("mean and std need three values each, std all positive")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"mean": list(self.mean), "std": list(self.std)}
+        data = dataclasses.asdict(self) | {"mean": list(self.mean), "std": list(self.std)}
+        if self.resize_mode == "shortest":
+            # Recorded only when it is not the default, so fingerprints made before the field
+            # existed keep their ids.
+            del data["resize_mode"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
@@ -79,6 +99,7 @@ class Preprocess:
             mean=_triple(data["mean"]),
             std=_triple(data["std"]),
             interpolation=str(data["interpolation"]),
+            resize_mode=str(data.get("resize_mode", "shortest")),
         )
 
 
@@ -118,6 +139,7 @@ def resolve_preprocess(
         mean=overrides.mean or base.mean,
         std=overrides.std or base.std,
         interpolation=overrides.interpolation or base.interpolation,
+        resize_mode=overrides.resize_mode or base.resize_mode,
     )
 
 
@@ -153,14 +175,21 @@ def preprocess_from_timm(data_config: dict[str, Any]) -> Preprocess:
 
 
 def to_uint8_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """Resize and crop an RGB PIL image the way ``ImageClassification`` does; (3, H, W) uint8."""
+    """Resize and crop an RGB PIL image the way ``ImageClassification`` does (open_clip's
+    transforms for ``squash`` and ``longest``); (3, H, W) uint8."""
+    side = preprocess.resize_size
+    if preprocess.resize_mode == "squash":
+        size = [side, side]
+    elif preprocess.resize_mode == "longest":
+        width, height = image.size
+        scale = max(width, height) / side
+        size = [max(1, round(height / scale)), max(1, round(width / scale))]
+    else:
+        size = [side]
     image = F.resize(
-        image,
-        [preprocess.resize_size],
-        interpolation=_INTERPOLATIONS[preprocess.interpolation],
-        antialias=True,
+        image, size, interpolation=_INTERPOLATIONS[preprocess.interpolation], antialias=True
     )
-    image = F.center_crop(image, [preprocess.crop_size])
+    image = F.center_crop(image, [preprocess.crop_size])  # pads with black where too small
     return F.pil_to_tensor(image)
 
 
