@@ -21,3 +21,15 @@ def image_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny image-text model trained here on captioned shapes (tests/tiny_clip.py), once a
+    session, its config registered with open_clip: the offline stand-in for real CLIP weights."""
+    import open_clip
+    from tiny_clip import train_tiny_clip
+
+    trained = train_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), seed=0)
+    open_clip.add_model_config(trained.config_dir)
+    return trained

@@ -147,3 +147,24 @@ def run_cli(*args: object):
     from headstart.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def random_clip_config(image_size: int = 32) -> dict:
+    """A tiny open_clip architecture: a 32-wide image-text space, two-layer towers. Random-init
+    weights of it check plumbing (numbers the model computes), not behaviour."""
+    text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+    vision = {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 8}
+    return {"embed_dim": 32, "vision_cfg": vision, "text_cfg": text}
+
+
+def add_random_clip_configs(directory: Path, sizes: dict[str, int]) -> None:
+    """Register ``name -> image size`` tiny configs with open_clip, as a user adds their own
+    (``open_clip.add_model_config``); then ``--model open_clip:NAME`` builds them."""
+    import json
+
+    import open_clip
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, size in sizes.items():
+        (directory / f"{name}.json").write_text(json.dumps(random_clip_config(size)))
+    open_clip.add_model_config(directory)

@@ -8,13 +8,12 @@ local checkpoint, or its hub id at nothing that exists).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_folder, run_cli
+from helpers import add_random_clip_configs, make_folder, run_cli
 from PIL import Image
 
 from headstart.cache.store import EmbeddingCache
@@ -46,26 +45,9 @@ TINY_48 = "hs-test-tiny-clip-48"
 ARGS = ["--precision", "fp32", "--workers", "0", "-q"]
 
 
-def _config(image_size: int) -> dict:
-    return {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 8},
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 64,
-            "heads": 2,
-            "layers": 2,
-        },
-    }
-
-
 @pytest.fixture(scope="module", autouse=True)
 def tiny_configs(tmp_path_factory: pytest.TempPathFactory) -> None:
-    directory = tmp_path_factory.mktemp("open_clip_configs")
-    (directory / f"{TINY}.json").write_text(json.dumps(_config(32)))
-    (directory / f"{TINY_48}.json").write_text(json.dumps(_config(48)))
-    open_clip.add_model_config(directory)
+    add_random_clip_configs(tmp_path_factory.mktemp("open_clip_configs"), {TINY: 32, TINY_48: 48})
 
 
 def _random_model(arch: str = TINY, seed: int = RANDOM_INIT_SEED) -> torch.nn.Module:
