@@ -60,6 +60,9 @@ class Head(ClassifierMixin, BaseEstimator):
     options: ClassVar[tuple[HeadOption, ...]] = ()
     #: (parameter, values) that ``--sweep`` scores on validation; None: nothing to tune.
     grid: ClassVar[tuple[str, tuple] | None] = None
+    #: Whether ``fit`` learns from labelled embeddings; False for a head built another way
+    #: (``zeroshot``, from class names), which ``--sweep`` scores as built and never refits.
+    learns_from_images: ClassVar[bool] = True
 
     @classmethod
     def accepts(cls, param: str) -> bool:
@@ -162,4 +165,4 @@ def head_options() -> list[tuple[HeadOption, tuple[str, ...]]]:
 
 def _load_builtin_heads() -> None:
     # Each module registers its heads when imported; after the first call this is a no-op.
-    from headstart.classify import linear, neighbors, mlp  # noqa: F401, I001 - registration order
+    from headstart.classify import linear, neighbors, mlp, zeroshot  # noqa: F401, I001 - registration order

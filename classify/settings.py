@@ -29,3 +29,4 @@ class TrainOptions:
     seed: int = 0
     plot: bool = False
     refit: bool = True  # after a sweep; off keeps validation unseen (e.g. for fine-tuning next)
+    classes: tuple[str, ...] | None = None  # zeroshot's class names; None: the sources' labels

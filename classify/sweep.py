@@ -70,7 +70,10 @@ def sweep(
 
 
 def refit(row: LeaderboardRow, X: np.ndarray, y: np.ndarray) -> Head:
-    """The chosen head fitted again on all labelled data (train + validation)."""
+    """The chosen head fitted again on all labelled data (train + validation); a head built
+    without images (zeroshot) is kept as it is."""
+    if not row.estimator.learns_from_images:
+        return row.estimator
     if isinstance(row.estimator, LogisticRegressionHead):
         return refit_logistic(row.estimator, X, y, row.preconditioner)
     return clone(row.estimator).fit(X, y)

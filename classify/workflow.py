@@ -56,13 +56,14 @@ __all__ = [
 @dataclass
 class TrainResult:
     head: Head
-    chosen: LeaderboardRow
+    chosen: LeaderboardRow | None  # None: nothing to validate on (zeroshot from names alone)
     rows: list[LeaderboardRow]
     class_counts: dict[str, int]
     n_train: int
     n_val: int
     refit: bool
     missing: int
+    left_out: dict[str, str] = field(default_factory=dict)  # head -> why it does not apply
     head_dir: Path | None = None
     plots: list[Path] = field(default_factory=list)
 
@@ -76,10 +77,24 @@ def train_head(
     *,
     progress: bool = False,
 ) -> TrainResult:
-    """Fit (or sweep) heads on the sources' embeddings, choose on validation, save the best."""
+    """Fit (or sweep) heads on the sources' embeddings, choose on validation, save the best.
+
+    ``zeroshot`` alone with ``options.classes`` needs no labelled images: ``sources`` may be
+    unlabelled or none, and validation is then ``options.val_sources`` if given, else none.
+    """
     for name in options.heads:
         get_head(name)  # unknown names fail before any embedding
+    if set(options.heads) == {"zeroshot"}:
+        return _train_zeroshot(sources, embed, cache_dir, options, out, progress)
+    if not sources:
+        raise HeadstartError("give labelled SOURCES to train on")
     data = embed_sources(sources, embed, cache_dir, progress=progress)
+    return _train_on(data, embed, cache_dir, options, out, progress)
+
+
+def _train_on(
+    data: Embedded, embed: ExtractOptions, cache_dir, options: TrainOptions, out, progress: bool
+) -> TrainResult:
     counts = class_counts(data.require_labels("training"))
     rare = [name for name, count in counts.items() if count < 2]
     if rare:
@@ -94,15 +109,16 @@ def train_head(
         purpose="training",
         progress=progress,
     )
-    rows = _leaderboard(options, train, val)
+    zeroshot = _zeroshot_inputs(options, options.classes or list(counts), cache_dir, embed)
+    rows, left_out = _leaderboard(options, train, val, zeroshot)
     chosen = max(rows, key=lambda r: (r.metrics.accuracy, r.metrics.balanced_accuracy))
     head = chosen.estimator
-    refitted = options.sweep and options.refit
+    refitted = options.sweep and options.refit and head.learns_from_images
     if refitted:
         both = np.concatenate([train.labels, val.labels]).astype(str)
         head = refit(chosen, np.concatenate([train.X, val.X]), both)
     result = TrainResult(
-        head, chosen, rows, counts, len(train.X), len(val.X), refitted, data.missing
+        head, chosen, rows, counts, len(train.X), len(val.X), refitted, data.missing, left_out
     )
     if out is not None:
         result.head_dir = _save(result, options, data.fingerprint, Path(out))
@@ -111,27 +127,75 @@ def train_head(
     return result
 
 
-def _leaderboard(options: TrainOptions, train: Embedded, val: Embedded) -> list[LeaderboardRow]:
-    """Every asked head scored on validation: each at its given parameters, or swept."""
+def _leaderboard(
+    options: TrainOptions, train: Embedded, val: Embedded, zeroshot: dict
+) -> tuple[list[LeaderboardRow], dict[str, str]]:
+    """Every asked head scored on validation: each at its given parameters, or swept, and the
+    zero-shot head as built; with the heads left out for these embeddings, and why."""
+    from headstart.classify.zeroshot import zeroshot_row
+    from headstart.extract.text import why_no_text
+
     y, y_val = train.labels.astype(str), val.require_labels("validation")
+    learned = [name for name in options.heads if get_head(name).learns_from_images]
     if options.sweep:
-        return sweep(options.heads, train.X, y, val.X, y_val, base_params=options.params)
-    return [
-        _single(name, options.params.get(name, {}), train.X, y, val.X, y_val)
-        for name in options.heads
-    ]
+        rows = sweep(learned, train.X, y, val.X, y_val, base_params=options.params)
+    else:
+        rows = [_single(n, options.params.get(n, {}), train.X, y, val.X, y_val) for n in learned]
+    reason = why_no_text(train.fingerprint) if "zeroshot" in options.heads else None
+    if "zeroshot" in options.heads and reason is None:
+        rows.append(
+            zeroshot_row(fingerprint=train.fingerprint, X_val=val.X, y_val=y_val, **zeroshot)
+        )
+    return rows, {"zeroshot": reason} if reason else {}
+
+
+def _zeroshot_inputs(options: TrainOptions, classes, cache_dir, embed: ExtractOptions) -> dict:
+    prompts = options.params.get("zeroshot", {}).get("prompts", "openai")
+    return {"classes": classes, "cache_dir": cache_dir, "prompts": prompts, "device": embed.device}
+
+
+def _train_zeroshot(
+    sources, embed: ExtractOptions, cache_dir, options, out, progress
+) -> TrainResult:
+    """``--head zeroshot`` alone: as any head on labelled sources, else from ``options.classes``
+    with no images (validated on ``options.val_sources`` when given)."""
+    from headstart.classify.zeroshot import refuse_without_text, zeroshot_head, zeroshot_row
+    from headstart.extract import resolve_recipe
+
+    fingerprint = resolve_recipe(embed).fingerprint
+    refuse_without_text(fingerprint)  # before embedding anything
+    data = embed_sources(sources, embed, cache_dir, progress=progress) if sources else None
+    if data is not None and (options.classes is None or None not in set(data.labels)):
+        return _train_on(data, embed, cache_dir, options, out, progress)
+    if options.classes is None:
+        raise HeadstartError("give labelled SOURCES, or the class names with --classes")
+    zeroshot = _zeroshot_inputs(options, options.classes, cache_dir, embed)
+    rows, n_val = [], 0
+    if options.val_sources:
+        val = embed_sources(options.val_sources, embed, cache_dir, progress=progress)
+        y_val, n_val = val.require_labels("validation"), len(val.X)
+        rows = [zeroshot_row(fingerprint=fingerprint, X_val=val.X, y_val=y_val, **zeroshot)]
+    head = rows[0].estimator if rows else zeroshot_head(fingerprint=fingerprint, **zeroshot)
+    missing = data.missing if data is not None else 0
+    result = TrainResult(head, rows[0] if rows else None, rows, {}, 0, n_val, False, missing)
+    if out is not None:
+        result.head_dir = _save(result, options, fingerprint, Path(out))
+    return result
 
 
 def _save(result: TrainResult, options: TrainOptions, fingerprint: Fingerprint, out: Path) -> Path:
     notes = {
-        "validation": list(options.val_sources) or f"stratified split {options.val_split}",
+        "validation": list(options.val_sources)
+        or (f"stratified split {options.val_split}" if result.rows else "none"),
         "refit_on_train_and_validation": result.refit,
         "class_counts": result.class_counts,
         "leaderboard": [_row_record(r) for r in result.rows],
         # Which row was saved, so a report marks it without re-deciding a tie.
-        "leaderboard_chosen": next(i for i, r in enumerate(result.rows) if r is result.chosen),
+        "leaderboard_chosen": next(
+            (i for i, r in enumerate(result.rows) if r is result.chosen), None
+        ),
     }
-    metrics = result.chosen.metrics.as_dict()
+    metrics = result.chosen.metrics.as_dict() if result.chosen is not None else {}
     return save_head(result.head, out, fingerprint=fingerprint, metrics=metrics, notes=notes)
 
 

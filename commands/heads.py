@@ -82,10 +82,36 @@ def _click_type(option) -> click.ParamType:
     return click.STRING
 
 
+def _class_names(ctx: click.Context, param: click.Parameter, text: str | None):
+    """Option callback: "a,b,c", or a file with one class name a line -> a tuple of names."""
+    from pathlib import Path
+
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(f"cannot read {text}: {exc}") from None
+    else:
+        lines = text.split(",")
+    names = tuple(dict.fromkeys(name.strip() for name in lines if name.strip()))
+    if len(names) < 2:
+        raise click.BadParameter(f"give at least two class names, not {text!r}")
+    return names
+
+
 @click.command(cls=_HeadsCommand)
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @embedding_options
 @validation_options
+@click.option(
+    "--classes",
+    callback=_class_names,
+    help="Class names for --head zeroshot: a,b,c or a file with one a line [default: the labels "
+    "of SOURCES]; then SOURCES may be unlabelled or left out.",
+)
 @click.option(
     "--sweep",
     is_flag=True,
@@ -109,7 +135,11 @@ def _click_type(option) -> click.ParamType:
 @click.option("--plot", is_flag=True, help="Also write confusion.png and embedding_map.png.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train(sources, heads, out: str, quiet: bool, **params) -> None:
-    """Train a head on the embeddings of labelled SOURCES (extracting what is missing)."""
+    """Train a head on the embeddings of labelled SOURCES (extracting what is missing).
+
+    --head zeroshot builds one from the class names with an image-text model's text tower
+    (--model open_clip:...): SOURCES' labels, or --classes without any images.
+    """
     from headstart.classify.heads import get_head, head_options, list_heads
     from headstart.classify.tables import leaderboard_table
     from headstart.classify.workflow import train_head
@@ -130,22 +160,31 @@ def train(sources, heads, out: str, quiet: bool, **params) -> None:
     embed, cache_dir = extract_options(params)
     result = train_head(sources, embed, cache_dir, options, out, progress=not quiet)
     counts = result.class_counts
-    ratio = max(counts.values()) / min(counts.values())
-    click.echo(
-        f"{sum(counts.values())} labelled images, {len(counts)} classes "
-        f"(largest/smallest class {ratio:.1f}x); train {result.n_train}, "
-        f"validation {result.n_val}"
-    )
-    if ratio > 1.5:
-        click.echo("class sizes: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    if counts:
+        ratio = max(counts.values()) / min(counts.values())
+        click.echo(
+            f"{sum(counts.values())} labelled images, {len(counts)} classes "
+            f"(largest/smallest class {ratio:.1f}x); train {result.n_train}, "
+            f"validation {result.n_val}"
+        )
+        if ratio > 1.5:
+            click.echo("class sizes: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    else:  # zeroshot from --classes: no training images
+        validation = f"validation {result.n_val}" if result.n_val else "no validation (give --val)"
+        click.echo(f"{len(result.head.classes_)} classes from --classes, no images; {validation}")
     if result.missing:
         click.echo(f"{result.missing} images had no embedding (see headstart info)", err=True)
-    click.echo(leaderboard_table(result.rows, result.chosen))
-    refit = "; refit on train+validation" if result.refit else ""
-    click.echo(
-        f"saved {result.chosen.head_name} (validation accuracy "
-        f"{result.chosen.metrics.accuracy:.4f}{refit}) to {result.head_dir}"
-    )
+    if result.chosen is None:
+        click.echo(f"saved zeroshot (no validation metrics) to {result.head_dir}")
+    else:
+        click.echo(leaderboard_table(result.rows, result.chosen))
+        for name, reason in result.left_out.items():
+            click.echo(f"{name} left out: {reason}")
+        refit = "; refit on train+validation" if result.refit else ""
+        click.echo(
+            f"saved {result.chosen.head_name} (validation accuracy "
+            f"{result.chosen.metrics.accuracy:.4f}{refit}) to {result.head_dir}"
+        )
     for path in result.plots:
         click.echo(f"wrote {path}")
     if options.plot:
