@@ -75,17 +75,25 @@ def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet
 @click.option("-k", "k", type=click.IntRange(min=1), default=NEIGHBORS, show_default=True)
 @click.option("--key", "keys", multiple=True, help="A cached content key to query; repeatable.")
 @click.option(
+    "--text",
+    "texts",
+    multiple=True,
+    help="A text to search for (image-text indexes, open_clip:...); repeatable.",
+)
+@click.option(
     "--duplicates",
     type=click.FloatRange(-1, 1),
     help="List pairs of indexed items at least this similar instead.",
 )
 @runtime_options
 def knn(
-    index_dir, queries, k, keys, duplicates, cache_dir, device, batch_size, workers, quiet
+    index_dir, queries, k, keys, texts, duplicates, cache_dir, device, batch_size, workers, quiet
 ) -> None:
-    """Nearest neighbors in INDEX_DIR of QUERIES (images, folders) or of --key values."""
+    """Nearest neighbors in INDEX_DIR of QUERIES (images, folders), of --key values or of
+    --text queries."""
     from headstart.classify.index import load_index
     from headstart.classify.tables import neighbor_lines
+    from headstart.classify.text_search import refuse_text, text_neighbors
     from headstart.classify.workflow import query_index
 
     if duplicates is not None:
@@ -95,14 +103,24 @@ def knn(
             click.echo(f"{similarity:.4f}\t{loaded.paths[i]}\t{loaded.paths[j]}")
         click.echo(f"{len(pairs)} pairs with similarity >= {duplicates}", err=True)
         return
-    _, found = query_index(
-        index_dir,
-        cache_dir,
-        sources=queries,
-        keys=keys,
-        k=k,
-        runtime=runtime(device, batch_size, workers),
-        progress=not quiet,
-    )
+    if not (queries or keys or texts):
+        raise click.ClickException("give query images, --key values or --text queries")
+    loaded = None
+    if texts:
+        loaded = load_index(index_dir)
+        refuse_text(loaded)  # before any image is embedded
+    found = []
+    if queries or keys:
+        loaded, found = query_index(
+            index_dir,
+            cache_dir,
+            sources=queries,
+            keys=keys,
+            k=k,
+            runtime=runtime(device, batch_size, workers),
+            progress=not quiet,
+        )
+    if texts:
+        found += text_neighbors(loaded, texts, cache_dir, k=k, device=device)
     for line in neighbor_lines(found):
         click.echo(line)

@@ -71,6 +71,10 @@ class Client:
             "neighbors"
         ]
 
+    def search(self, text: str, *, k: int = 10) -> list[dict]:
+        """The k nearest items of the server's index to a text (an image-text model's index)."""
+        return self._call("POST", "/v1/search", json={"text": text, "k": k})["neighbors"]
+
     def _call(self, method: str, route: str, **kwargs) -> dict:
         response = self._http.request(method, route, **kwargs)
         if response.status_code >= 400:

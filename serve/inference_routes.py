@@ -1,7 +1,8 @@
-"""What the model computes: /v1/classify, /v1/embed and /v1/neighbors.
+"""What the model computes: /v1/classify, /v1/embed, /v1/neighbors and /v1/search.
 
 Decoding runs in a thread pool and the backbone in the batcher's inference thread, so the event
-loop only routes.
+loop only routes. The text tower (search by text) is a model of its own: it runs in the thread
+pool, never in the batcher's thread, one text at a time.
 """
 
 from __future__ import annotations
@@ -11,19 +12,22 @@ import torch
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from headstart.classify.index import LoadedIndex
 from headstart.extract.decode import DecodeError
 from headstart.pathnames import printable
 from headstart.serve.dependencies import ReadyEngine, Service, authorised
 from headstart.serve.engine import Engine
 from headstart.serve.item_routes import thumbnail_url
-from headstart.serve.openapi_document import body_doc
+from headstart.serve.openapi_document import body_doc, json_body_doc
 from headstart.serve.parsing import (
     Images,
     ImagesBody,
     NeighborsBody,
     QueryK,
+    TextQuery,
     read_images,
     read_query,
+    read_text_query,
 )
 from headstart.serve.schemas import Classification, Embeddings, Neighbors, refusals
 from headstart.serve.state import ServiceState
@@ -96,8 +100,55 @@ async def neighbors(
             422, f"the vector has {vector.shape[1]} values; the index expects {engine.dim}"
         )
     similarities, rows = await run_in_threadpool(engine.neighbors, vector, k or body_k)
+    found = _items(index, similarities[0], rows[0], service.settings.expose_paths)
+    return {"fingerprint": engine.fingerprint.id, "neighbors": found}
+
+
+@router.post(
+    "/search",
+    response_model=None,
+    responses={
+        200: {"model": Neighbors},
+        **refusals(
+            400,
+            401,
+            404,
+            413,
+            415,
+            422,
+            503,
+            reasons={
+                400: "The body is empty or not valid JSON.",
+                415: "Not application/json.",
+                422: "A field is invalid (a blank or over-long text), or the model cannot embed "
+                "text (an image-only model): the error says which.",
+            },
+        ),
+    },
+    openapi_extra=json_body_doc(TextQuery),
+)
+async def search(request: Request, engine: ReadyEngine, service: Service) -> dict:
+    """A text -> the k nearest items of the index, for a model that embeds text too (an
+    image-text model, such as open_clip's); /v1/info's ``text`` says whether it does."""
+    index = engine.index
+    if index is None:
+        raise HTTPException(404, "no index is loaded; start the server with --index")
+    query = await read_text_query(request)
+    if engine.text_encoder is None:
+        raise HTTPException(422, f"this service cannot search by text: {engine.no_text}")
+    vector = await run_in_threadpool(engine.embed_text, query.text)
+    similarities, rows = await run_in_threadpool(engine.neighbors, vector, query.k)
+    found = _items(index, similarities[0], rows[0], service.settings.expose_paths)
+    return {"fingerprint": engine.fingerprint.id, "neighbors": found}
+
+
+def _items(
+    index: LoadedIndex, similarities: np.ndarray, rows: np.ndarray, expose_paths: bool
+) -> list[dict]:
+    """Neighbors as answers show them: ids, labels, keys and thumbnail URLs, no server paths
+    unless the service was started with --expose-paths."""
     found = []
-    for similarity, row in zip(similarities[0], rows[0], strict=True):
+    for similarity, row in zip(similarities, rows, strict=True):
         if row < 0:
             continue
         item = {
@@ -108,10 +159,10 @@ async def neighbors(
         }
         if index.thumbnails is not None:
             item["thumbnail"] = thumbnail_url(int(row))
-        if service.settings.expose_paths:
+        if expose_paths:
             item["path"] = printable(index.paths[row])
         found.append(item)
-    return {"fingerprint": engine.fingerprint.id, "neighbors": found}
+    return found
 
 
 async def _embed(service: ServiceState, engine: Engine, images: Images) -> np.ndarray:

@@ -8,7 +8,7 @@ import re
 
 from pydantic import BaseModel
 
-__all__ = ["body_doc", "finish_document"]
+__all__ = ["body_doc", "finish_document", "json_body_doc"]
 
 # Where the request body models' schemas refer to each other: the document's components.
 _COMPONENTS = "#/components/schemas/"
@@ -40,6 +40,12 @@ def body_doc(json_model: type[BaseModel], many: bool) -> dict:
             },
         }
     }
+
+
+def json_body_doc(json_model: type[BaseModel]) -> dict:
+    """OpenAPI extras for an endpoint that reads a JSON body itself (and takes nothing else)."""
+    schema = json_model.model_json_schema(ref_template=_COMPONENTS + "{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def finish_document(openapi: dict, max_images: int, max_upload_mb: float) -> dict:

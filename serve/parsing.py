@@ -1,4 +1,4 @@
-"""Reading a request's images (multipart files or base64 JSON) and neighbor queries.
+"""Reading a request's images (multipart files or base64 JSON), neighbor and text queries.
 
 Every refusal is an ``HTTPException`` with the status and the one-line reason the client sees.
 """
@@ -16,21 +16,32 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
+    "MAX_TEXT",
     "ImageQuery",
     "Images",
     "ImagesBody",
     "NeighborsBody",
     "QueryK",
+    "TextQuery",
     "VectorQuery",
     "describe_problems",
     "read_images",
     "read_query",
+    "read_text_query",
 ]
 
 # How many labels or neighbors one answer may hold, asked in the JSON body or the query string.
 _MAX_K = 1000
 QueryK = Annotated[int | None, Query(ge=1, le=_MAX_K)]
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # vectors are compared in float32
+# The longest search text, in characters. Text towers read a few dozen tokens (CLIP 77) and cut
+# the rest; the cap keeps a request from spending the service's time on text no model reads.
+MAX_TEXT = 1000
+_BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+# Somewhere, a character that is not white space. Spelled out, not \S: Python's re (which
+# generates and checks test requests) and pydantic's regex engine differ on what \s holds.
+_WORDS_PATTERN = r"[^ \t\n\r\f\v]"
+_PATTERN_PROBLEMS = {_BASE64_PATTERN: "is not valid base64", _WORDS_PATTERN: "is blank"}
 
 # (filename, bytes) of each image of a request; the filename is "" for base64 images.
 Images = list[tuple[str, bytes]]
@@ -40,7 +51,7 @@ Images = list[tuple[str, bytes]]
 Base64Image = Annotated[
     str,
     Field(
-        pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        pattern=_BASE64_PATTERN,
         min_length=4,
         description="An image file (JPEG, PNG, WebP, ...), base64-encoded.",
     ),
@@ -71,6 +82,20 @@ class VectorQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     vector: list[Annotated[float, Field(ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)]] = Field(min_length=1)
+    k: int = _NEIGHBORS_K
+
+
+class TextQuery(BaseModel):
+    """JSON search request: a text, embedded by the model's text tower, and how many neighbors."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(
+        min_length=1,
+        max_length=MAX_TEXT,
+        pattern=_WORDS_PATTERN,
+        description="What to look for, in words (not blank). Text towers read the first few "
+        "dozen tokens (CLIP: 77) and ignore the rest.",
+    )
     k: int = _NEIGHBORS_K
 
 
@@ -141,6 +166,17 @@ async def read_query(request: Request) -> tuple[np.ndarray | None, Images | None
     return vector, None, body.k
 
 
+async def read_text_query(request: Request) -> TextQuery:
+    """A search request: JSON ``{"text": ..., "k": ...}``."""
+    kind = request.headers.get("content-type", "")
+    if not kind.startswith("application/json"):
+        if not await request.body():
+            raise HTTPException(400, 'empty request: send JSON {"text": "...", "k": 10}')
+        raise HTTPException(415, f"unsupported content type {kind!r}; use JSON")
+    # pydantic refuses what JSON can carry but no text holds: a lone surrogate ("\ud800").
+    return _parse(TextQuery, await _json(request))
+
+
 def describe_problems(errors: Iterable[dict[str, Any]]) -> str:
     """Validation errors in one line: 'images: Field required; pictures: Extra inputs ...'."""
     lines = []
@@ -149,8 +185,9 @@ def describe_problems(errors: Iterable[dict[str, Any]]) -> str:
         for part in error.get("loc", ()):
             if part != "body":
                 where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else part
-        if error.get("type") == "string_pattern_mismatch":  # the one pattern: Base64Image
-            lines.append(f"{where} is not valid base64")
+        if error.get("type") == "string_pattern_mismatch":
+            pattern = error.get("ctx", {}).get("pattern")
+            lines.append(f"{where} {_PATTERN_PROBLEMS.get(pattern, 'is not as documented')}")
             continue
         message = error.get("msg", "invalid")
         lines.append(f"{where}: {message}" if where else str(message))

@@ -53,6 +53,9 @@ class Info(BaseModel):
     classes: list[str]
     dim: int = Field(description="Embedding width.")
     index_size: int | None = Field(description="Items in the index; null without one.")
+    text: bool = Field(
+        description="Whether the model embeds text too, so that /v1/search can search the index."
+    )
     max_batch: int
     versions: Versions
 
@@ -107,15 +110,16 @@ _REASONS = {
 }
 
 
-def refusals(*statuses: int) -> dict[int | str, dict]:
-    """OpenAPI ``responses`` for the refusals an operation can answer, each an ErrorBody.
+def refusals(*statuses: int, reasons: dict[int, str] | None = None) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for the refusals an operation can answer, each an ErrorBody;
+    ``reasons`` describes a status where the operation's reasons are not the common ones.
 
     Written out as JSON, not as a ``model``: FastAPI files a model under the operation's own media
     type, and a refusal is JSON even where success is Prometheus text or a JPEG. The schema is
     inline here; ``openapi_document.finish_document`` makes it the document's one ``ErrorBody``."""
     return {
         status: {
-            "description": _REASONS[status],
+            "description": (reasons or {}).get(status, _REASONS[status]),
             "content": {"application/json": {"schema": ErrorBody.model_json_schema()}},
         }
         for status in statuses

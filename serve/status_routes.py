@@ -43,7 +43,8 @@ async def readyz(service: Service) -> JSONResponse:
     responses=refusals(401, 503),
 )
 async def info(engine: ReadyEngine, service: Service) -> dict:
-    """The model fingerprint, classes, embedding width, index size and versions."""
+    """The model fingerprint, classes, embedding width, index size, whether the model embeds
+    text (search by text), and versions."""
     recipe = engine.fingerprint.recipe
     return {
         "fingerprint": engine.fingerprint.id,
@@ -55,6 +56,7 @@ async def info(engine: ReadyEngine, service: Service) -> dict:
         "classes": engine.class_names,
         "dim": engine.dim,
         "index_size": engine.index.index.ntotal if engine.index is not None else None,
+        "text": engine.text_encoder is not None,
         "max_batch": service.settings.max_batch,
         "versions": {
             "headstart": __version__,

@@ -270,6 +270,16 @@ def test_typed_calls_answer_what_plain_calls_do(generated, service: str, trained
         assert by_vector.to_dict() == wanted
         assert [n.id for n in by_vector.neighbors] == [n.id for n in by_image.neighbors]
 
+        # search by text: this image-only model refuses it, in the documented ErrorBody
+        search = operation("post", "/v1/search")
+        text = models.TextQuery(text="a red square", k=5)
+        refused = search.sync_detailed(client=client, body=text)
+        wanted = plain.post("/v1/search", json={"text": "a red square", "k": 5})
+        assert refused.status_code == wanted.status_code == 422
+        assert isinstance(refused.parsed, models.ErrorBody)
+        assert refused.parsed.to_dict() == wanted.json() and "image-only" in refused.parsed.error
+        assert info.text is False
+
         # the nearest item's thumbnail, as bytes
         first = by_image.neighbors[0].id
         thumbnail = call("get", "/v1/items/{item_id}/thumbnail", File, item_id=first)

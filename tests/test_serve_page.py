@@ -78,6 +78,7 @@ def test_the_page_asks_for_the_key_once_then_shows_the_service(server: str, page
     assert page.inner_text("#classes") == "blue, green, red"
     assert page.inner_text("#index") == "18 items"
     assert "resnet18" in page.inner_text("#model")
+    assert page.locator("#text-form").is_hidden()  # an image-only model: no search by text
     page.reload()  # kept for the tab: no second prompt
     expect(page.locator("#head")).to_have_text("logreg", timeout=WAIT_MS)
     assert page.locator("#key-form").is_hidden()

@@ -1,4 +1,5 @@
-// The service's page: classify dropped or chosen images, show their nearest neighbours.
+// The service's page: classify dropped or chosen images, show their nearest neighbours, and
+// search the index by text when the model embeds text too.
 // Plain script, no build step and no network beyond this service: it ships in the package.
 "use strict";
 
@@ -89,10 +90,19 @@
     element("classes").title = classes.join(", ");
     element("index").textContent =
       info.index_size == null ? "none" : `${info.index_size.toLocaleString()} items`;
+    // Search by text needs a model that embeds text and an index to search.
+    element("text-form").hidden = !(info.text && info.index_size);
+  }
+
+  function newCard(title) {
+    const card = element("result").content.firstElementChild.cloneNode(true);
+    card.querySelector(".name").textContent = title;
+    element("results").prepend(card);
+    return card;
   }
 
   function addCard(file) {
-    const card = element("result").content.firstElementChild.cloneNode(true);
+    const card = newCard(file.name);
     const preview = card.querySelector(".preview");
     preview.src = URL.createObjectURL(file);
     preview.alt = file.name;
@@ -105,8 +115,6 @@
       },
       { once: true },
     );
-    card.querySelector(".name").textContent = file.name;
-    element("results").prepend(card);
     return card;
   }
 
@@ -219,6 +227,34 @@
     setStatus("");
   }
 
+  async function searchText(text) {
+    const card = newCard(`“${text}”`);
+    card.classList.add("text-result");
+    card.querySelector(".preview").remove(); // a text has no picture
+    try {
+      const answer = await call("/v1/search", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ text, k: NEIGHBORS }),
+      });
+      await showNeighbors(card, (await answer.json()).neighbors);
+      card.classList.add("done");
+    } catch (error) {
+      showError(card, error.message);
+      card.classList.add("failed");
+    }
+  }
+
+  function wireTextForm() {
+    element("text-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const text = element("text").value;
+      setStatus("searching…");
+      await searchText(text);
+      setStatus("");
+    });
+  }
+
   function wireDropZone() {
     const zone = element("drop");
     const picker = element("files");
@@ -256,6 +292,7 @@
   }
 
   wireDropZone();
+  wireTextForm();
   wireKeyForm();
   loadInfo();
 })();
