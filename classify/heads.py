@@ -26,7 +26,15 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from headstart.errors import HeadstartError
 
-__all__ = ["Head", "HeadOption", "get_head", "head_options", "list_heads", "register_head"]
+__all__ = [
+    "Head",
+    "HeadOption",
+    "LogitHead",
+    "get_head",
+    "head_options",
+    "list_heads",
+    "register_head",
+]
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,26 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
+
+
+class LogitHead(Head):
+    """A head whose ``class_scores`` are logits: its decision function and its probabilities
+    (their softmax) follow from them. The linear heads and the zero-shot head are such."""
+
+    def class_scores(self, X: np.ndarray) -> np.ndarray:
+        """One score per class (the logits), shape (n, n_classes), also for two classes."""
+        raise NotImplementedError
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """scikit-learn's convention: one column per class, one score for two classes."""
+        scores = self.class_scores(X)
+        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        import torch  # torch's softmax is stable and uses every core; heads.py stays light
+
+        scores = torch.from_numpy(np.ascontiguousarray(self.class_scores(X), np.float32))
+        return scores.softmax(dim=1).numpy()
 
 
 @contextlib.contextmanager

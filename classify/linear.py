@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import RidgeClassifier
 from sklearn.svm import LinearSVC
 
-from headstart.classify.heads import Head, HeadOption, register_head
+from headstart.classify.heads import HeadOption, LogitHead, register_head
 from headstart.device import AUTO, resolve_device
 
 __all__ = [
@@ -61,22 +61,13 @@ class Standardizer:
         return out.div_(torch.from_numpy(self.scale)).numpy()
 
 
-class _LinearHead(Head):
+class _LinearHead(LogitHead):
     """Prediction shared by the linear heads: standardise, then ``X W^T + b``."""
 
     def class_scores(self, X: np.ndarray) -> np.ndarray:
         """One score per class (the logits), shape (n, n_classes), also for two classes."""
         X = self._check_features(X)
         return (X - self.mean_) / self.scale_ @ self.coef_.T + self.intercept_
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """scikit-learn's convention: one column per class, one score for two classes."""
-        scores = self.class_scores(X)
-        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        scores = torch.from_numpy(np.ascontiguousarray(self.class_scores(X), np.float32))
-        return scores.softmax(dim=1).numpy()
 
     def fitted_arrays(self) -> dict[str, np.ndarray]:
         return {

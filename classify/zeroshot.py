@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.texts import LogitScale
-from headstart.classify.heads import Head, HeadOption, register_head
+from headstart.classify.heads import HeadOption, LogitHead, register_head
 from headstart.device import AUTO
 from headstart.errors import HeadstartError
 
@@ -97,7 +96,7 @@ def prompt_name(label: str) -> str:
 
 
 @register_head("zeroshot")
-class ZeroShotHead(Head):
+class ZeroShotHead(LogitHead):
     """Linear head on L2-normalised embeddings whose weights are the class text embeddings.
 
     Built by :func:`zeroshot_head` (or :meth:`from_text`), not fitted on images.
@@ -147,14 +146,6 @@ class ZeroShotHead(Head):
         """The model's logits, ``logit_scale * cos(x, t_c) + bias``, shape (n, n_classes)."""
         X = self._check_features(X)
         return _normalise(X) @ self.coef_.T + self.intercept_
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        scores = self.class_scores(X)
-        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        scores = torch.from_numpy(np.ascontiguousarray(self.class_scores(X), np.float32))
-        return scores.softmax(dim=1).numpy()
 
     def fitted_arrays(self) -> dict[str, np.ndarray]:
         return {"coef": self.coef_, "intercept": self.intercept_}

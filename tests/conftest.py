@@ -33,3 +33,20 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory):
     trained = train_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), seed=0)
     open_clip.add_model_config(trained.config_dir)
     return trained
+
+
+@pytest.fixture
+def text_encodes(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The texts each ``TextEncoder.encode`` call is given while the test runs: what the text
+    cache did not already hold."""
+    from headstart.extract.text import TextEncoder
+
+    calls: list[list[str]] = []
+    original = TextEncoder.encode
+
+    def counting(self: TextEncoder, texts):
+        calls.append(list(texts))
+        return original(self, texts)
+
+    monkeypatch.setattr(TextEncoder, "encode", counting)
+    return calls

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +170,35 @@ def add_random_clip_configs(directory: Path, sizes: dict[str, int]) -> None:
     for name, size in sizes.items():
         (directory / f"{name}.json").write_text(json.dumps(random_clip_config(size)))
     open_clip.add_model_config(directory)
+
+
+@contextlib.contextmanager
+def serving_in_thread(app) -> Iterator[str]:
+    """``app`` on a uvicorn in a thread of this process, on a free loopback port, once ready;
+    its URL. In process, so it sees what the test registered (an open_clip config, say)."""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert thread.is_alive(), "uvicorn stopped"
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the service did not become ready"
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

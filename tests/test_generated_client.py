@@ -7,17 +7,14 @@ import importlib
 import io
 import subprocess
 import sys
-import threading
-import time
 import typing
 from pathlib import Path
 
 import httpx
 import openapi_python_client
 import pytest
-import uvicorn
 from click.testing import CliRunner
-from helpers import FAST_ARGS, free_port, make_colour_folder
+from helpers import FAST_ARGS, make_colour_folder, serving_in_thread
 from openapi_python_client.strings import snake_case
 
 from headstart.cli import main
@@ -105,25 +102,8 @@ def service(trained: Path):
         max_upload_mb=1,
         api_key=KEY,
     )
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert thread.is_alive(), "uvicorn stopped"
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the service did not become ready"
-        time.sleep(0.1)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serving_in_thread(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -240,18 +240,11 @@ def test_pretrained_tag_weights_offline(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_text_embeddings_are_cached_per_fingerprint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, text_encodes: list[list[str]]
 ) -> None:
     fingerprint = _fingerprint(f"open_clip:{TINY}")
     cache = tmp_path / "cache"
-    calls: list[list[str]] = []
-    original = TextEncoder.encode
-
-    def counting(self: TextEncoder, texts):
-        calls.append(list(texts))
-        return original(self, texts)
-
-    monkeypatch.setattr(TextEncoder, "encode", counting)
+    calls = text_encodes
     texts = ["a red circle", "a blue square", "a red circle"]
 
     first = encode_texts(texts, fingerprint, cache, device="cpu")

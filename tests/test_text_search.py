@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import schemathesis
-import uvicorn
-from helpers import FAST_ARGS, free_port, make_colour_folder, run_cli
+from helpers import FAST_ARGS, make_colour_folder, run_cli, serving_in_thread
 from hypothesis import HealthCheck, given, settings
 from playwright.sync_api import expect
 from schemathesis import GenerationMode
 
 from headstart.classify.index import load_index
-from headstart.extract.text import TextEncoder, encode_texts
+from headstart.extract.text import encode_texts
 from headstart.serve.app import create_app
 from headstart.serve.settings import ServeSettings
 
@@ -74,39 +71,8 @@ def server(workspace: Path):
             head_dir=str(workspace / "head"), index_dir=str(workspace / "index"), device="cpu"
         )
     )
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert thread.is_alive(), "uvicorn stopped"
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the service did not become ready"
-        time.sleep(0.1)
-    yield url
-    uvicorn_server.should_exit = True
-    thread.join(timeout=30)
-
-
-@pytest.fixture
-def encoded(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Every list of texts the text tower encodes, while the test runs."""
-    calls: list[list[str]] = []
-    original = TextEncoder.encode
-
-    def counting(self: TextEncoder, texts):
-        calls.append(list(texts))
-        return original(self, texts)
-
-    monkeypatch.setattr(TextEncoder, "encode", counting)
-    return calls
+    with serving_in_thread(app) as url:
+        yield url
 
 
 def offline_search(workspace: Path, text: str, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +83,7 @@ def offline_search(workspace: Path, text: str, k: int) -> tuple[np.ndarray, np.n
 
 
 def test_knn_by_text_is_the_index_search_of_the_cached_text_embedding(
-    workspace: Path, encoded: list[list[str]]
+    workspace: Path, text_encodes: list[list[str]]
 ) -> None:
     texts = ["a red circle", "something green"]
     args = ["knn", workspace / "index", "-k", "4", "--cache", workspace / "cache", "-q"]
@@ -125,7 +91,7 @@ def test_knn_by_text_is_the_index_search_of_the_cached_text_embedding(
     first = run_cli(*args, "--text", texts[0], "--text", texts[1])
 
     assert first.exit_code == 0, first.output
-    assert encoded == [texts]  # both texts in one pass
+    assert text_encodes == [texts]  # both texts in one pass
     loaded = load_index(workspace / "index")
     lines = first.output.splitlines()
     assert [line for line in lines if not line.startswith(" ")] == [f"text:{t}" for t in texts]
@@ -140,7 +106,7 @@ def test_knn_by_text_is_the_index_search_of_the_cached_text_embedding(
 
     again = run_cli(*args, "--text", texts[1])
     assert again.exit_code == 0 and again.output.splitlines()[1:] == lines[6:]
-    assert encoded == [texts]  # read back from the cache: nothing encoded the second time
+    assert text_encodes == [texts]  # read back from the cache: nothing encoded the second time
 
     # Images and texts in one call; a blank text is refused.
     query = sorted((workspace / "images" / "red").glob("*.jpg"))[0]
@@ -168,7 +134,7 @@ def test_an_image_only_index_refuses_text_in_one_line(tmp_path: Path) -> None:
 
 
 def test_search_answers_the_index_search_of_the_text(
-    server: str, workspace: Path, encoded: list[list[str]]
+    server: str, workspace: Path, text_encodes: list[list[str]]
 ) -> None:
     info = httpx.get(f"{server}/v1/info").json()
     assert info["text"] is True and info["model"] == f"open_clip:{TINY}"
@@ -189,7 +155,7 @@ def test_search_answers_the_index_search_of_the_text(
     for _ in range(2):
         again = httpx.post(f"{server}/v1/search", json={"text": "new words"})
         assert len(again.json()["neighbors"]) == 10
-    assert encoded.count(["new words"]) == 1
+    assert text_encodes.count(["new words"]) == 1
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,6 @@ from headstart.classify.sweep import LeaderboardRow, refit
 from headstart.classify.zeroshot import ZeroShotHead, prompt_templates, zeroshot_head
 from headstart.errors import HeadstartError
 from headstart.extract.backbones import RANDOM_INIT_SEED
-from headstart.extract.text import TextEncoder
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -40,20 +39,6 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_colour_folder(root / "train", per_class=6)
     make_colour_folder(root / "test", per_class=3, start_seed=500)
     return root
-
-
-@pytest.fixture
-def encodes(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The texts each TextEncoder.encode call was given."""
-    calls: list[list[str]] = []
-    original = TextEncoder.encode
-
-    def counting(self: TextEncoder, texts):
-        calls.append(list(texts))
-        return original(self, texts)
-
-    monkeypatch.setattr(TextEncoder, "encode", counting)
-    return calls
 
 
 def _train(workspace: Path, *args: object):
@@ -78,7 +63,7 @@ def _expected_logits(X: np.ndarray, templates: list[str]) -> np.ndarray:
 
 
 def test_scores_are_the_models_logits_and_prompts_are_encoded_once(
-    workspace: Path, encodes: list[list[str]]
+    workspace: Path, text_encodes: list[list[str]]
 ) -> None:
     head_dir = workspace / "head"
 
@@ -88,7 +73,7 @@ def test_scores_are_the_models_logits_and_prompts_are_encoded_once(
     assert "zeroshot" in trained.output and "80 prompts a class" in trained.output
     templates = list(prompt_templates("openai"))
     assert len(templates) == 80 and all("{}" in t for t in templates)
-    assert len(encodes) == 1 and len(encodes[0]) == 80 * len(CLASSES)  # each prompt once
+    assert len(text_encodes) == 1 and len(text_encodes[0]) == 80 * len(CLASSES)  # each prompt once
     paths = sorted((workspace / "test").rglob("*.jpg"))
     run_cli("extract", workspace / "test", *MODEL, *RUN, "--cache", workspace / "cache")
     store = EmbeddingCache(workspace / "cache").open()
@@ -106,7 +91,7 @@ def test_scores_are_the_models_logits_and_prompts_are_encoded_once(
     # A second head from the same prompts encodes nothing: they are in the text cache.
     again = _train(workspace, workspace / "train", "--head", "zeroshot", "-o", workspace / "h2")
     assert again.exit_code == 0, again.output
-    assert len(encodes) == 1
+    assert len(text_encodes) == 1
     assert len(TextCache(workspace / "cache", store.fingerprint)) == 80 * len(CLASSES)
     # The saved head gives the probabilities of the head built in memory, bit for bit.
     built = zeroshot_head(CLASSES, store.fingerprint, workspace / "cache")
@@ -127,7 +112,7 @@ def test_scores_are_the_models_logits_and_prompts_are_encoded_once(
     assert by_path == {str(p): CLASSES[i] for p, i in zip(paths, expected.argmax(1), strict=True)}
 
 
-def test_classes_without_labelled_images(workspace: Path, encodes: list[list[str]]) -> None:
+def test_classes_without_labelled_images(workspace: Path, text_encodes: list[list[str]]) -> None:
     names = workspace / "classes.txt"
     names.write_text("red\ngreen\n\nblue\n")
     prompts = workspace / "prompts.txt"
@@ -164,7 +149,7 @@ def test_classes_without_labelled_images(workspace: Path, encodes: list[list[str
     validated = _train(workspace, unlabelled, *args, "-o", workspace / "n2")  # fmt: skip
     assert validated.exit_code == 0, validated.output
     assert "2 prompts a class" in validated.output and "validation 9" in validated.output
-    assert encodes[-1] == ["a photo of blue.", "blue, a colour", "a photo of green.",
+    assert text_encodes[-1] == ["a photo of blue.", "blue, a colour", "a photo of green.",
                            "green, a colour", "a photo of red.", "red, a colour"]  # fmt: skip
     loaded = load_head(workspace / "n2")
     assert loaded.document["params"] == {"prompts": str(prompts)}
