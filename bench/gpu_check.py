@@ -11,6 +11,13 @@ GPU, and a batch repeated ten times must lose at least half of its loss.
 2. Speed: ``extract()`` end to end on the GPU against the model alone on pre-decoded batches on
    the same GPU (target >= 70% of model-only for resnet50). To give the pipeline a run long
    enough to time, each image is also written in ``--copies`` variants with different bytes.
+3. The image-text path (``--clip ARCH``, open_clip's ViT-B-32 by default, random weights unless
+   ``--clip-weights`` gives DEFAULT or a local checkpoint; ``--clip none`` skips it): on
+   ``--clip-images`` images spread over the classes, on CUDA at ``auto`` precision and on the
+   CPU at fp32, the image embeddings (cosine >= 0.99), the zero-shot head built from the class
+   folder names (class weights cosine >= 0.99, predictions agree >= 95%), a few text queries
+   (cosine >= 0.99) and text search over a saved FAISS index of the images (overlap@10 >= 0.8).
+   Without open_clip it says so and goes on; without FAISS it skips only the search.
 
     python bench/gpu_check.py --data shared/data/imagenette-mini [--copies 8] [--cpu-images 256]
 
@@ -21,12 +28,15 @@ the script itself).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 def _import_headstart() -> None:
@@ -46,11 +56,15 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from headstart.cache import EmbeddingCache  # noqa: E402
+from headstart.errors import HeadstartError, first_line  # noqa: E402
 from headstart.extract import ExtractOptions, extract, get_backbone  # noqa: E402
 from headstart.extract.decode import decode_image  # noqa: E402
 from headstart.extract.features import build_feature_model  # noqa: E402
 from headstart.extract.mapper import Embedder  # noqa: E402
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor  # noqa: E402
+
+if TYPE_CHECKING:
+    from headstart.classify.zeroshot import ZeroShotHead
 
 
 def write_variants(job: tuple[str, str, int]) -> None:
@@ -262,6 +276,193 @@ def finetune_check(smoke: bool) -> bool:
     return learns
 
 
+# The image-text path: an open_clip backbone, its text tower, zero-shot heads and text search.
+CLIP_K = 10
+CLIP_QUERIES = ("a photo of a dog", "a church in a town", "a fish held by a man", "a red truck")
+
+
+@dataclass
+class ClipSide:
+    """One device's run of the image-text path over the same images."""
+
+    device: str
+    precision: str
+    embeddings: np.ndarray  # one row per image, in the order given
+    images_per_second: float  # end to end: model build, decoding, embedding, writing
+    steady_per_second: float  # without the first batch
+    head: ZeroShotHead
+    queries: np.ndarray  # one text embedding per query in CLIP_QUERIES
+    found: list[list[str]] | None  # the paths text search returns, per query; None without FAISS
+
+
+def clip_missing() -> dict[str, str]:
+    """The packages of the image-text path this machine cannot import, and why."""
+    missing = {}
+    for name in ("open_clip", "faiss"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # not installed, or installed against another torch or numpy
+            missing[name] = first_line(exc)
+    return missing
+
+
+def clip_sample(data: Path, count: int) -> tuple[list[Path], list[str]]:
+    """``count`` images spread over every class folder of ``data``, and all the class names."""
+    images = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    step = max(1, len(images) // count)
+    return [p.absolute() for p in images[::step][:count]], sorted({p.parent.name for p in images})
+
+
+def clip_side(
+    model: str,
+    device: str,
+    precision: str,
+    paths: list[Path],
+    classes: list[str],
+    args: argparse.Namespace,
+    work: Path,
+    search: bool,
+) -> ClipSide:
+    """Embed ``paths`` on ``device`` at ``precision``, build the zero-shot head of ``classes``,
+    encode the queries and search an index of the images, as a user's commands would."""
+    from headstart.classify.text_search import text_neighbors
+    from headstart.classify.zeroshot import zeroshot_head
+    from headstart.extract.text import TextEncoder, encode_texts
+
+    cache = work / f"clip-{device}-{precision}"
+    manifest = work / "clip-images.txt"
+    manifest.write_text("".join(f"{p}\n" for p in paths))
+    cpu = device == "cpu"
+    options = ExtractOptions(
+        model=model,
+        weights=args.clip_weights,
+        device=device,
+        precision=precision,
+        store_dtype="float32" if cpu else "float16",
+        batch_size=16 if cpu else 64,
+        compile=False if cpu else None,
+        workers=args.workers,
+    )
+    started = time.perf_counter()
+    summary = extract([str(manifest)], options, cache)
+    rate = len(paths) / (time.perf_counter() - started)
+    fingerprint = summary.fingerprint
+    embeddings = EmbeddingCache(cache).open(fingerprint).load_files([str(p) for p in paths])
+    encoder = TextEncoder.from_fingerprint(fingerprint, device=device)
+    head = zeroshot_head(classes, fingerprint, cache, args.clip_prompts, encoder=encoder)
+    queries = encode_texts(list(CLIP_QUERIES), fingerprint, cache, encoder=encoder)
+    found = None
+    if search:
+        loaded = clip_index(embeddings, paths, fingerprint, cache / "index")
+        # The queries are in the text cache now: text search reads them back, as a rerun would.
+        hits = text_neighbors(loaded, list(CLIP_QUERIES), cache, k=CLIP_K, device=device)
+        found = [[h.path for h in hits if h.query == f"text:{q}"] for q in CLIP_QUERIES]
+    used = fingerprint.recipe["precision"]
+    steady = summary.steady_images_per_second
+    return ClipSide(device, used, embeddings, rate, steady, head, queries, found)
+
+
+def clip_index(embeddings: np.ndarray, paths: list[Path], fingerprint, directory: Path):
+    """A saved and reloaded index of the images, as ``headstart index`` makes one."""
+    from headstart.cache.keys import file_key
+    from headstart.classify.index import build_index, choose_spec, load_index, save_index
+
+    index, spec, recall = build_index(embeddings, choose_spec(*embeddings.shape))
+    save_index(
+        directory,
+        index,
+        spec,
+        recall,
+        fingerprint=fingerprint,
+        paths=[str(p) for p in paths],
+        labels=[p.parent.name for p in paths],
+        keys=[file_key(str(p)) for p in paths],
+    )
+    return load_index(directory)
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``a`` with the same row of ``b``."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def report_cpu(side: ClipSide, paths: list[Path]) -> None:
+    """What the CPU run gave: its rate, zero-shot accuracy and the first query's best hits."""
+    accuracy = float(np.mean(side.head.predict(side.embeddings) == [p.parent.name for p in paths]))
+    print(
+        f"  cpu fp32: {len(paths)} images at {side.images_per_second:.1f} img/s end to end, "
+        f"{side.embeddings.shape[1]}-d; zero-shot over {len(side.head.classes_)} classes "
+        f"{accuracy:.1%} right"
+    )
+    if side.found is not None:
+        top = ", ".join(Path(p).parent.name for p in side.found[0][:3])
+        print(f"  text search {CLIP_QUERIES[0]!r}: top 3 from the classes {top}")
+
+
+def compare_sides(gpu: ClipSide, cpu: ClipSide, random_weights: bool) -> bool:
+    """CUDA against CPU fp32: image and text embeddings, zero-shot predictions, text search."""
+    images = row_cosines(gpu.embeddings, cpu.embeddings)
+    weights = row_cosines(gpu.head.coef_, cpu.head.coef_)
+    queries = row_cosines(gpu.queries, cpu.queries)
+    same_classes = list(gpu.head.classes_) == list(cpu.head.classes_)
+    agree = float(np.mean(gpu.head.predict(gpu.embeddings) == cpu.head.predict(cpu.embeddings)))
+    print(
+        f"  {gpu.device} ({gpu.precision}): {gpu.images_per_second:.1f} img/s end to end "
+        f"({gpu.steady_per_second:.1f} steady state)\n"
+        f"  image cosine vs CPU fp32 over {len(images)} images: min {images.min():.5f} "
+        f"mean {images.mean():.5f} (target >= 0.99)\n"
+        f"  zero-shot class weights: min cosine {weights.min():.5f} over "
+        f"{len(weights)} classes; query embeddings: min cosine {queries.min():.5f} "
+        f"(target >= 0.99)\n"
+        f"  zero-shot predictions agree on {agree:.1%} of images (target >= 95%)"
+    )
+    ok = images.min() >= 0.99 and weights.min() >= 0.99 and queries.min() >= 0.99
+    ok = ok and same_classes
+    ranked = agree >= 0.95
+    if gpu.found is not None and cpu.found is not None:
+        pairs = zip(gpu.found, cpu.found, strict=True)
+        overlap = np.array([len(set(a) & set(b)) / max(len(b), 1) for a, b in pairs])
+        print(
+            f"  text search overlap@{CLIP_K} with the CPU: mean {overlap.mean():.2f} "
+            f"min {overlap.min():.2f} over {len(overlap)} queries (target mean >= 0.8)"
+        )
+        ranked = ranked and overlap.mean() >= 0.8
+    if random_weights and not ranked:
+        # Random towers put images and classes close together: rankings near-tie, so rounding
+        # reorders them. The cosines above are the check then; the rankings are for the record.
+        print("  (random weights: near-tied rankings, agreement and overlap not held to target)")
+        return bool(ok)
+    return bool(ok and ranked)
+
+
+def clip_check(args: argparse.Namespace) -> bool:
+    """The image-text path on CUDA (``auto`` precision) against the CPU at fp32."""
+    model = f"open_clip:{args.clip}"
+    print(f"\n{model} (weights {args.clip_weights}), image-text path")
+    missing = clip_missing()
+    if "open_clip" in missing:
+        print(f"  not checked: no usable open_clip ({missing['open_clip']})")
+        return True
+    if "faiss" in missing:
+        print(f"  text search not checked: no usable faiss ({missing['faiss']})")
+    search = "faiss" not in missing
+    paths, classes = clip_sample(args.data, args.clip_images)
+    with tempfile.TemporaryDirectory(prefix="headstart-clip-") as tmp:
+        work = Path(tmp)
+        try:
+            cpu = clip_side(model, "cpu", "fp32", paths, classes, args, work, search)
+            report_cpu(cpu, paths)
+            if not torch.cuda.is_available():
+                print("  CUDA against CPU: no CUDA: skipped")
+                return True
+            gpu = clip_side(model, "cuda", "auto", paths, classes, args, work, search)
+        except HeadstartError as exc:  # e.g. --clip-weights DEFAULT on a machine offline
+            print(f"  FAIL: {first_line(exc)}")
+            return False
+    return compare_sides(gpu, cpu, random_weights=args.clip_weights == "none")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -272,11 +473,27 @@ def main() -> None:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--smoke", action="store_true", help="Tiny run on the CPU.")
+    parser.add_argument(
+        "--clip",
+        default="ViT-B-32",
+        help="open_clip architecture of the image-text check ('none' skips it).",
+    )
+    parser.add_argument(
+        "--clip-weights",
+        default="none",
+        help="Its --weights: none (random init, offline), DEFAULT, or a local checkpoint file.",
+    )
+    parser.add_argument("--clip-images", type=int, default=512, help="Images it embeds.")
+    parser.add_argument(
+        "--clip-prompts",
+        default="simple",
+        help="Zero-shot templates: simple (7), openai (80), or a file.",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("no CUDA device: run this on a GPU machine (or pass --smoke to test the script)")
     if args.smoke:
-        args.copies, args.cpu_images, args.rounds = 1, 8, 1
+        args.copies, args.cpu_images, args.rounds, args.clip_images = 1, 8, 1, 16
     print(
         f"torch {torch.__version__}, "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}, "
@@ -296,6 +513,8 @@ def main() -> None:
         results = [check(m, work / "collection", paths, args, work) for m in args.models.split(",")]
     results.append(heads_check(args.smoke))
     results.append(finetune_check(args.smoke))
+    if args.clip != "none":
+        results.append(clip_check(args))
     print("\nPASS" if all(results) else "\nFAIL")
     sys.exit(0 if all(results) else 1)
 
