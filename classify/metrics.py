@@ -39,7 +39,12 @@ def score(
     if probabilistic and np.isin(y_true, names).all():
         clipped = np.clip(proba, 1e-7, 1)
         clipped /= clipped.sum(axis=1, keepdims=True)
-        log_loss = float(sk.log_loss(y_true, clipped, labels=names))
+        # Column j is classes[j]. Not sklearn's log_loss: it takes the columns to be the labels
+        # sorted as strings, which '10' < '2' (class indices, as the fine-tuning loop names
+        # them) breaks.
+        column = {name: j for j, name in enumerate(names)}
+        picked = clipped[np.arange(len(y_true)), [column[label] for label in y_true]]
+        log_loss = float(-np.log(picked).mean())
     return Metrics(
         n=len(y_true),
         accuracy=float(sk.accuracy_score(y_true, y_pred)),

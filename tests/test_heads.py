@@ -223,3 +223,22 @@ def test_knn_head_round_trips_its_database(tmp_path: Path) -> None:
     loaded = load_head(tmp_path / "knn").head
     np.testing.assert_array_equal(loaded.database_, head.database_)
     assert loaded.get_params() == head.get_params()
+
+
+def test_log_loss_reads_each_column_as_its_class_in_any_order() -> None:
+    # Classes named by index, as the fine-tuning loop names them: as strings '10' sorts before
+    # '2', which must not change which column is which class.
+    from sklearn.metrics import log_loss
+
+    from headstart.classify.metrics import score
+
+    rng = np.random.default_rng(0)
+    classes = np.arange(12)
+    y = rng.integers(0, 12, size=200)
+    proba = rng.dirichlet(np.ones(12), size=200)
+    expected = log_loss(y, proba, labels=classes)
+    assert score(y, proba, classes).log_loss == pytest.approx(expected, rel=1e-5)
+    shuffled = rng.permutation(12)  # the same probabilities, columns in another class order
+    assert score(y, proba[:, shuffled], classes[shuffled]).log_loss == pytest.approx(
+        expected, rel=1e-5
+    )
