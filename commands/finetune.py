@@ -16,7 +16,7 @@ from headstart.commands.options import (
     validation_options,
 )
 from headstart.commands.report import report_hint
-from headstart.finetune.settings import FinetuneOptions, LoopSettings
+from headstart.finetune.settings import INITS, FinetuneOptions, LoopSettings
 
 if TYPE_CHECKING:
     from headstart.finetune import EpochRecord, FinetuneResult
@@ -35,6 +35,28 @@ _options = functools.partial(default_of, FinetuneOptions)
     "--head",
     "head_dir",
     help="A saved linear head to start from [default: train logreg on the cache first].",
+)
+@click.option(
+    "--init",
+    type=click.Choice(INITS),
+    default=_options("init"),
+    show_default=True,
+    help="Start the classifier from a logreg probe on the cache, or from the zero-shot head of "
+    "the class names (an image-text --model open_clip:...).",
+)
+@click.option(
+    "--prompts",
+    default=_options("prompts"),
+    show_default=True,
+    help="--init zeroshot's prompt templates: openai, simple, or a file of lines with {}.",
+)
+@click.option(
+    "--wise",
+    "wise",
+    multiple=True,
+    metavar="ALPHA[,ALPHA...]",
+    help="WiSE-FT (with --init zeroshot): score each mix (1-ALPHA)*zero-shot + ALPHA*fine-tuned "
+    "of all weights on validation and publish the best; repeatable.",
 )
 @click.option(
     "--C",
@@ -129,7 +151,10 @@ def finetune(
     # Options are named after the settings fields they set. -b and -j, unset, leave the loop its
     # own batch size and decoding processes; -j also sets the embedding's, and the loop trains
     # at the embedding's precision.
+    from headstart.finetune.wise import parse_alphas
+
     freeze_bn = params.pop("freeze_bn")
+    params["wise"] = parse_alphas(params["wise"])
     loop = LoopSettings(
         train_bn=not freeze_bn, **take_settings(params, LoopSettings, keep={"precision", "workers"})
     )
@@ -144,7 +169,7 @@ def finetune(
             run_dir,
             resume=resume,
             progress=not quiet,
-            on_epoch=_print_epoch,
+            on_epoch=functools.partial(_print_epoch, _START_NAMES[options.init]),
         )
     except TrainingInterrupted as stop:
         click.echo(
@@ -154,13 +179,18 @@ def finetune(
         )
         ctx.exit(EXIT_INTERRUPTED)
     _print_result(result, embed.model)
+    if result.wise is not None:
+        _print_wise(result)
     click.echo(report_hint(str(result.run_dir), options.val_sources, cache_dir))
 
 
-def _print_epoch(record: EpochRecord) -> None:
+_START_NAMES = {"probe": "linear probe", "zeroshot": "zero-shot head"}
+
+
+def _print_epoch(start: str, record: EpochRecord) -> None:
     if record.epoch == 0:
         click.echo(
-            f"epoch 0 (linear probe): validation accuracy {record.val_accuracy:.4f}, "
+            f"epoch 0 ({start}): validation accuracy {record.val_accuracy:.4f}, "
             f"loss {record.val_loss:.4f}"
         )
         return
@@ -183,9 +213,25 @@ def _print_result(result: FinetuneResult, model: str) -> None:
     best = result.best
     click.echo(
         f"best: epoch {best.epoch}, validation accuracy {best.val_accuracy:.4f} "
-        f"(linear probe {result.probe_metrics.accuracy:.4f})"
+        f"({_START_NAMES[result.init]} {result.probe_metrics.accuracy:.4f})"
     )
     click.echo(
         f"wrote {result.backbone_path} and {result.head_dir} (embeddings {result.fingerprint.id})"
     )
     click.echo(f"use it: headstart extract SOURCE --model {model} --weights {result.backbone_path}")
+
+
+def _print_wise(result: FinetuneResult) -> None:
+    """Validation accuracy of each WiSE mix, beside zero-shot, the linear probe and fine-tune."""
+    rows = [("zero-shot (alpha 0)", result.probe_metrics.accuracy)]
+    if result.linear_probe_accuracy is not None:
+        rows.append(("linear probe, frozen embeddings", result.linear_probe_accuracy))
+    final = result.wise_finetuned
+    rows.append((f"fine-tuned (alpha 1, epoch {final.epoch})", final.val_accuracy))
+    for mix in result.wise:
+        chosen = "  <- published" if mix.alpha == result.wise_alpha else ""
+        rows.append((f"WiSE alpha {mix.alpha:g}", mix.record.val_accuracy, chosen))
+    width = max(len(row[0]) for row in rows)
+    click.echo(f"{'model':<{width}}  validation accuracy")
+    for name, accuracy, *note in rows:
+        click.echo(f"{name:<{width}}  {accuracy:.4f}{''.join(note)}")

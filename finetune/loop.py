@@ -358,6 +358,10 @@ class Trainer:
             raise HeadstartError("no validation image could be decoded")
         return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
+    def validate(self) -> EpochRecord:
+        """The network's validation metrics as it stands (``epoch`` left 0)."""
+        return self._evaluate_record(0)
+
     def _evaluate_record(self, epoch: int) -> EpochRecord:
         logits, labels = self.predict(self.val_set)
         scores = torch.from_numpy(logits)

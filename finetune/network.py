@@ -1,7 +1,9 @@
 """The network fine-tuning trains: the backbone's feature model and one Linear classifier.
 
 The classifier starts as the linear head trained on the cache, with the head's standardisation
-folded into it, so at step 0 the network answers exactly as the head does (LP-FT).
+folded into it, so at step 0 the network answers exactly as the head does (LP-FT). A zero-shot
+head (``--init zeroshot``) normalises each feature vector first, which no Linear layer can
+fold: it becomes a :class:`NormalizedLinear` instead.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from headstart.extract.preprocess import Preprocess, normalize
 
 __all__ = [
     "ClassifierNetwork",
+    "NormalizedLinear",
     "UnfreezeSpec",
     "apply_unfreeze",
     "backbone_blocks",
     "fold_linear_head",
+    "normalized_linear_head",
     "parameter_groups",
     "parse_unfreeze",
     "set_train_mode",
@@ -88,7 +92,7 @@ def fold_linear_head(head) -> nn.Linear:
         if not hasattr(head, attribute):
             raise HeadstartError(
                 f"a {head.head_name} head has no linear layer to start from; "
-                "fine-tuning starts from logreg, linear-svm or ridge"
+                "fine-tuning starts from logreg, linear-svm or ridge (or --init zeroshot)"
             )
     weight = np.asarray(head.coef_, np.float64) / np.asarray(head.scale_, np.float64)
     bias = np.asarray(head.intercept_, np.float64) - weight @ np.asarray(head.mean_, np.float64)
@@ -96,6 +100,26 @@ def fold_linear_head(head) -> nn.Linear:
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(weight))
         layer.bias.copy_(torch.from_numpy(bias))
+    return layer
+
+
+class NormalizedLinear(nn.Linear):
+    """``normalise(x) @ W.T + b``: a Linear layer on L2-normalised features, the zero-shot
+    head's scores (``W`` = logit scale times the class text embeddings)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(
+            nn.functional.normalize(features, dim=-1, eps=1e-12), self.weight, self.bias
+        )
+
+
+def normalized_linear_head(head) -> NormalizedLinear:
+    """A :class:`NormalizedLinear` computing a zero-shot head's ``class_scores``."""
+    weight = torch.from_numpy(np.asarray(head.coef_, np.float32))
+    layer = NormalizedLinear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(torch.from_numpy(np.asarray(head.intercept_, np.float32)))
     return layer
 
 

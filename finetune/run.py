@@ -1,15 +1,22 @@
 """``headstart finetune``: linear probe on the cache, then end-to-end fine-tuning (LP-FT).
 
-Stage 1 trains (or loads) a linear head on the cached embeddings; stage 2 reloads the backbone,
-starts its classifier from that head and trains end to end. The run directory ends up with:
+Stage 1 trains (or loads) a linear head on the cached embeddings, or (``init="zeroshot"``)
+builds the zero-shot head from the class names; stage 2 reloads the backbone, starts its
+classifier from that head and trains end to end. With ``wise`` alphas, the weight-space mixes of
+the zero-shot and the fine-tuned model are scored and the best one is published
+(:mod:`headstart.finetune.wise`). The run directory ends up with:
 
     config.json       what was asked (a --resume must ask the same)
-    probe/            the stage-1 head (frozen embeddings), unless --head was given
+    probe/            the stage-1 head (frozen embeddings), unless --head was given; with
+                      --init zeroshot only for --wise, as the table's linear-probe reference
+    zeroshot/         --init zeroshot: the zero-shot head the network starts from
+    wise.json         --wise: validation metrics of every mix, and the alpha published
     checkpoint.pt     the latest state (resume point); best.pt: the best network state
     metrics.jsonl     one line per epoch (epoch 0: the probe before any fine-tuning)
     learning_curve.png
     backbone.pt       the fine-tuned backbone's state dict: a local weights file for --weights
     head/             the fine-tuned classifier as a saved head, for the fine-tuned embeddings
+                      (a zeroshot-format head, on normalised embeddings, for --init zeroshot)
 """
 
 from __future__ import annotations
@@ -26,11 +33,11 @@ import torch
 
 from headstart.atomic import atomic_path, write_text_atomic
 from headstart.cache.fingerprint import Fingerprint
-from headstart.classify.data import Embedded, embed_sources, train_and_validation
 from headstart.classify.heads import Head
 from headstart.classify.linear import LogisticRegressionHead
-from headstart.classify.metrics import Metrics, score
-from headstart.classify.persist import load_head, save_head
+from headstart.classify.metrics import Metrics
+from headstart.classify.persist import save_head
+from headstart.classify.zeroshot import ZeroShotHead
 from headstart.device import resolve_device, resolve_precision
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, PreprocessOverrides, Recipe, resolve_recipe
@@ -40,13 +47,29 @@ from headstart.finetune.data import LabelledImages
 from headstart.finetune.loop import BEST, CHECKPOINT, EpochRecord, Trainer
 from headstart.finetune.network import (
     ClassifierNetwork,
+    NormalizedLinear,
     UnfreezeSpec,
     apply_unfreeze,
     fold_linear_head,
+    normalized_linear_head,
     parse_unfreeze,
     training_memory_format,
 )
-from headstart.finetune.settings import CONFIG, CURVE, HEAD, PROBE, FinetuneOptions, LoopSettings
+from headstart.finetune.settings import (
+    CONFIG,
+    CURVE,
+    HEAD,
+    WISE,
+    FinetuneOptions,
+    LoopSettings,
+)
+from headstart.finetune.start import (
+    StartingHead,
+    check_init,
+    refuse_without_text,
+    starting_head,
+)
+from headstart.finetune.wise import MixRecord, best_mix, mix_states, score_mixes, wise_document
 
 __all__ = ["FinetuneResult", "finetune"]
 
@@ -66,6 +89,11 @@ class FinetuneResult:
     n_train: int
     n_val: int
     resumed_from: tuple[int, int] | None = None
+    init: str = "probe"
+    linear_probe_accuracy: float | None = None  # the logreg probe, when it was fitted
+    wise: list[MixRecord] | None = None  # --wise: every mix's validation metrics
+    wise_finetuned: EpochRecord | None = None  # --wise: the last epoch, the mixes' alpha-1 end
+    wise_alpha: float | None = None  # the mix published
 
 
 def finetune(
@@ -82,23 +110,50 @@ def finetune(
     """Run both stages into ``run_dir`` (see the module docstring for what it holds)."""
     if embed.layer is not None:
         raise HeadstartError("fine-tuning trains the pre-logits embedding; drop --layer")
+    check_init(options)
     unfreeze = parse_unfreeze(options.unfreeze)
     run_dir = Path(run_dir)
-    _open_run_dir(run_dir, _config(sources, embed, options), resume)
-    probe = _linear_probe(sources, embed, cache_dir, options, run_dir, resume, progress)
     recipe = resolve_recipe(embed)
+    if options.init == "zeroshot":
+        refuse_without_text(recipe.fingerprint)
+    _open_run_dir(run_dir, _config(sources, embed, options), resume)
+    probe = starting_head(sources, embed, cache_dir, options, run_dir, resume, progress)
     loop = dataclasses.replace(
         options.loop, precision=resolve_precision(options.loop.precision, recipe.device)
     )
     network, trainable = _network_from_probe(recipe, probe.head, loop.precision, unfreeze)
+    # WiSE's zero-shot end: the network as built (the original tower, the zero-shot head).
+    start_state = _cpu_state(network) if options.wise else None
     trainer = _trainer(network, probe, recipe, loop, options.augment, run_dir, progress)
     resumed_from = None
     if resume:
         trainer.resume()
         resumed_from = (trainer.state.epoch, trainer.state.step)
     history = trainer.fit(on_epoch)
-    published = _publish(network, history, probe, embed, recipe, run_dir)
-    best, backbone_path, head_dir, fingerprint = published
+    best = max(history, key=lambda r: (r.val_accuracy, -r.epoch))
+    state, published_record, mixes, chosen = None, best, None, None
+    if start_state is not None:
+        # WiSE's fine-tuned end is where training ended (as in the paper), not the best epoch,
+        # which may be epoch 0 itself; its metrics are the last epoch's.
+        final, last = _cpu_state(network), history[-1]
+        mixes = score_mixes(
+            trainer, start_state, final, options.wise, zeroshot_record=history[0],
+            finetuned_record=last,
+        )  # fmt: skip
+        chosen = best_mix(mixes)
+        document = wise_document(
+            mixes, chosen, zeroshot=history[0], finetuned=last,
+            linear_probe=probe.linear_probe_accuracy,
+        )  # fmt: skip
+        _write_json(run_dir / WISE, document)
+        state = mix_states(start_state, final, chosen.alpha)
+        published_record = dataclasses.replace(chosen.record, epoch=last.epoch)
+    else:
+        state = load_state(run_dir / BEST)
+    published = _publish(
+        network, state, published_record, history, probe, embed, recipe, run_dir, chosen
+    )
+    backbone_path, head_dir, fingerprint = published
     return FinetuneResult(
         run_dir=run_dir,
         probe_metrics=probe.metrics,
@@ -111,7 +166,16 @@ def finetune(
         n_train=len(trainer.train_set),
         n_val=len(trainer.val_set),
         resumed_from=resumed_from,
+        init=options.init,
+        linear_probe_accuracy=probe.linear_probe_accuracy,
+        wise=mixes,
+        wise_finetuned=history[-1] if mixes is not None else None,
+        wise_alpha=None if chosen is None else chosen.alpha,
     )
+
+
+def _cpu_state(network: ClassifierNetwork) -> dict[str, torch.Tensor]:
+    return {name: t.detach().cpu().clone() for name, t in network.state_dict().items()}
 
 
 def _open_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
@@ -122,64 +186,15 @@ def _open_run_dir(run_dir: Path, config: dict, resume: bool) -> None:
         _write_json(run_dir / CONFIG, config)
 
 
-@dataclass
-class _Probe:
-    """Stage 1's outcome: the linear head on frozen embeddings, and the split it was scored on."""
-
-    head: Head
-    metrics: Metrics
-    train: Embedded
-    val: Embedded
-    train_labels: np.ndarray
-    val_labels: np.ndarray
-
-
-def _linear_probe(
-    sources: Sequence[str],
-    embed: ExtractOptions,
-    cache_dir: str | os.PathLike[str],
-    options: FinetuneOptions,
-    run_dir: Path,
-    resume: bool,
-    progress: bool,
-) -> _Probe:
-    """Stage 1: the linear probe on frozen, cached embeddings (or the head the user gave)."""
-    data = embed_sources(sources, embed, cache_dir, progress=progress)
-    train, val = train_and_validation(
-        data,
-        options.val_sources,
-        options.val_split,
-        options.loop.seed,
-        embed,
-        cache_dir,
-        purpose="fine-tuning",
-        progress=progress,
-    )
-    train_labels, val_labels = train.require_labels("training"), val.require_labels("validation")
-    if options.head_dir is not None:
-        head = load_head(options.head_dir, fingerprint=data.fingerprint).head
-    else:
-        head = LogisticRegressionHead(C=options.probe_C).fit(train.X, train_labels)
-    metrics = score(val_labels, head.predict_proba(val.X), head.classes_)
-    if options.head_dir is None and not resume:
-        save_head(
-            head,
-            run_dir / PROBE,
-            fingerprint=data.fingerprint,
-            metrics=metrics.as_dict(),
-            notes={"stage": "linear probe before fine-tuning"},
-        )
-    return _Probe(head, metrics, train, val, train_labels, val_labels)
-
-
 def _network_from_probe(
     recipe: Recipe, head: Head, precision: str, unfreeze: UnfreezeSpec
 ) -> tuple[ClassifierNetwork, list[str]]:
     """Stage 2's network: the backbone, unfrozen as asked, with the probe as its classifier."""
     features = build_feature_model(recipe.backbone).module
+    is_zeroshot = isinstance(head, ZeroShotHead)
     network = ClassifierNetwork(
         features,
-        fold_linear_head(head),
+        normalized_linear_head(head) if is_zeroshot else fold_linear_head(head),
         recipe.preprocess,
         training_memory_format(recipe.device, precision),
     )
@@ -188,7 +203,7 @@ def _network_from_probe(
 
 def _trainer(
     network: ClassifierNetwork,
-    probe: _Probe,
+    probe: StartingHead,
     recipe: Recipe,
     loop: LoopSettings,
     augment: str,
@@ -213,23 +228,28 @@ def _trainer(
 
 def _publish(
     network: ClassifierNetwork,
+    state: dict[str, torch.Tensor],
+    record: EpochRecord,
     history: list[EpochRecord],
-    probe: _Probe,
+    probe: StartingHead,
     embed: ExtractOptions,
     recipe: Recipe,
     run_dir: Path,
-) -> tuple[EpochRecord, Path, Path, Fingerprint]:
-    """The outputs, from the best state (epoch 0, the probe itself, when nothing beat it):
-    (best epoch, backbone file, head directory, fingerprint of the fine-tuned embeddings)."""
-    network.load_state_dict(load_state(run_dir / BEST))
-    best = max(history, key=lambda r: (r.val_accuracy, -r.epoch))
+    mix: MixRecord | None,
+) -> tuple[Path, Path, Fingerprint]:
+    """The outputs, from ``state`` (the best epoch's, epoch 0 when nothing beat the probe; or
+    the chosen WiSE mix) scored as ``record``: (backbone file, head directory, fingerprint of
+    the fine-tuned embeddings)."""
+    network.load_state_dict(state)
     backbone_path = run_dir / BACKBONE
     save_state(backbone_path, _backbone_state(network))
     fingerprint = _finetuned_fingerprint(embed, recipe.preprocess, backbone_path)
     classes = np.asarray(probe.head.classes_).astype(str)
-    head_dir = _save_finetuned_head(network, classes, run_dir / HEAD, fingerprint, best)
+    head_dir = _save_finetuned_head(
+        network, classes, run_dir / HEAD, fingerprint, record, probe.head, mix
+    )
     _plot_curve(history, run_dir / CURVE)
-    return best, backbone_path, head_dir, fingerprint
+    return backbone_path, head_dir, fingerprint
 
 
 def _config(sources: Sequence[str], embed: ExtractOptions, options: FinetuneOptions) -> dict:
@@ -253,6 +273,8 @@ def _config(sources: Sequence[str], embed: ExtractOptions, options: FinetuneOpti
         "val_split": options.val_split,
         "head": os.path.abspath(options.head_dir) if options.head_dir else None,
         "probe_C": options.probe_C,
+        "init": options.init,
+        "prompts": options.prompts if options.init == "zeroshot" else None,
         "unfreeze": options.unfreeze,
         "augment": options.augment,
         "loop": loop,
@@ -319,22 +341,33 @@ def _save_finetuned_head(
     directory: Path,
     fingerprint: Fingerprint,
     best: EpochRecord,
+    start: Head,
+    mix: MixRecord | None,
 ) -> Path:
+    """The network's classifier as a saved head: a logreg head without standardisation, or,
+    for a :class:`NormalizedLinear` (``--init zeroshot``), a zeroshot-format head (the same
+    maths on normalised embeddings)."""
     layer = network.classifier
-    arrays = {
-        "mean": np.zeros(layer.in_features, np.float32),
-        "scale": np.ones(layer.in_features, np.float32),
-        "coef": layer.weight.detach().cpu().float().numpy(),
-        "intercept": layer.bias.detach().cpu().float().numpy(),
-    }
-    head = LogisticRegressionHead.from_arrays({}, classes, arrays)
-    return save_head(
-        head,
-        directory,
-        fingerprint=fingerprint,
-        metrics={"accuracy": best.val_accuracy, "log_loss": best.val_loss, "epoch": best.epoch},
-        notes={"stage": "fine-tuned classifier layer", "backbone": BACKBONE},
-    )
+    coef = layer.weight.detach().cpu().float().numpy()
+    intercept = layer.bias.detach().cpu().float().numpy()
+    notes = {"stage": "fine-tuned classifier layer", "backbone": BACKBONE}
+    metrics = {"accuracy": best.val_accuracy, "log_loss": best.val_loss, "epoch": best.epoch}
+    if isinstance(layer, NormalizedLinear):
+        params = {"prompts": getattr(start, "prompts", "openai")}
+        head = ZeroShotHead.from_arrays(params, classes, {"coef": coef, "intercept": intercept})
+        notes["stage"] = "fine-tuned from the zero-shot head"
+    else:
+        arrays = {
+            "mean": np.zeros(layer.in_features, np.float32),
+            "scale": np.ones(layer.in_features, np.float32),
+            "coef": coef,
+            "intercept": intercept,
+        }
+        head = LogisticRegressionHead.from_arrays({}, classes, arrays)
+    if mix is not None:
+        notes["stage"] = f"WiSE-FT mix, alpha {mix.alpha:g} (0: zero-shot, 1: fine-tuned)"
+        metrics["wise_alpha"] = mix.alpha
+    return save_head(head, directory, fingerprint=fingerprint, metrics=metrics, notes=notes)
 
 
 def _plot_curve(history: list[EpochRecord], path: Path) -> Path:

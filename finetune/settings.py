@@ -10,17 +10,33 @@ from dataclasses import dataclass, field
 
 from headstart.classify.settings import VAL_SPLIT
 
-__all__ = ["CONFIG", "CURVE", "HEAD", "METRICS", "PROBE", "FinetuneOptions", "LoopSettings"]
+__all__ = [
+    "CONFIG",
+    "CURVE",
+    "HEAD",
+    "INITS",
+    "METRICS",
+    "PROBE",
+    "WISE",
+    "ZEROSHOT",
+    "FinetuneOptions",
+    "LoopSettings",
+]
 
 # What a run directory holds, named once: the loop and the run write these, and `report` reads
 # them without importing torch.
-CONFIG, METRICS, HEAD, PROBE, CURVE = (
+CONFIG, METRICS, HEAD, PROBE, CURVE, ZEROSHOT, WISE = (
     "config.json",
     "metrics.jsonl",
     "head",
     "probe",
     "learning_curve.png",
+    "zeroshot",  # --init zeroshot: the zero-shot head the network starts from
+    "wise.json",  # --wise: validation metrics of each weight-space mix, and the one published
 )
+
+#: Where stage 2's classifier starts: a linear probe on the cache, or the zero-shot head.
+INITS = ("probe", "zeroshot")
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,9 @@ class FinetuneOptions:
     val_split: float = VAL_SPLIT
     head_dir: str | None = None
     probe_C: float = 1.0
+    init: str = "probe"  # one of INITS
+    prompts: str = "openai"  # --init zeroshot's prompt templates (classify.zeroshot)
+    wise: tuple[float, ...] = ()  # WiSE-FT mixing coefficients to evaluate (--init zeroshot)
     unfreeze: str = "all"
     augment: str = "standard"
     loop: LoopSettings = field(default_factory=LoopSettings)

@@ -35,7 +35,7 @@ def _defaults(path: tuple[str, ...]) -> dict[str, object]:
         (("extract",), ExtractOptions, 9),
         (("train",), ExtractOptions, 7),
         (("train",), TrainOptions, 8),
-        (("finetune",), FinetuneOptions, 6),
+        (("finetune",), FinetuneOptions, 9),
         (("finetune",), LoopSettings, 9),
         (("index", "build"), ExtractOptions, 7),
     ],
