@@ -21,7 +21,7 @@ import numpy as np
 from headstart.classify.metrics import Metrics, score
 from headstart.classify.persist import HEAD_DOCUMENT, LoadedHead, load_head
 from headstart.errors import HeadstartError
-from headstart.finetune.settings import CONFIG, HEAD, METRICS
+from headstart.finetune.settings import CONFIG, HEAD, METRICS, WISE
 
 __all__ = [
     "MAX_MAP_POINTS",
@@ -126,6 +126,7 @@ class ReportData:
     history: list[dict[str, Any]]  # a fine-tuning run's epochs (epoch 0: the linear probe)
     run_config: dict[str, Any]
     evaluated: Evaluated | None
+    wise: dict[str, Any] = field(default_factory=dict)  # a --wise run's wise.json
 
 
 def find_target(path: str | os.PathLike[str]) -> Target:
@@ -166,6 +167,7 @@ def gather(
         )
     history = _read_history(target.path / METRICS) if target.kind == "finetune" else []
     run_config = _read_config(target.path / CONFIG) if target.kind == "finetune" else {}
+    wise = _read_config(target.path / WISE) if target.kind == "finetune" else {}
     loaded = evaluated = None
     if sources:
         from headstart.classify.workflow import score_head
@@ -195,7 +197,9 @@ def gather(
         loaded = load_head(target.head_dir)
     head_summary = _head_summary(loaded, target.head_dir) if loaded else None
     notes = loaded.document.get("notes", {}) if loaded else {}
-    return ReportData(target, head_summary, _leaderboard(notes), history, run_config, evaluated)
+    return ReportData(
+        target, head_summary, _leaderboard(notes), history, run_config, evaluated, wise
+    )
 
 
 def summarise_predictions(
@@ -327,7 +331,8 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    """The run's options, shown for context only: a missing or damaged file costs nothing."""
+    """A run's JSON record (its options, its WiSE mixes), shown for context only: a missing or
+    damaged file costs nothing."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

@@ -83,6 +83,8 @@ def render(data: ReportData, figures: Figures) -> str:
         parts.append(_head_section(data.head))
     if data.run_config or data.history:
         parts.append(_run_section(data.run_config, data.history, figures.learning_curve))
+    if data.wise.get("alphas"):
+        parts.append(_wise_section(data.wise))
     if data.leaderboard:
         parts.append(_leaderboard_section(data.leaderboard))
     if data.evaluated is not None:
@@ -201,6 +203,38 @@ def _head_section(head: HeadSummary) -> str:
     return f'<section id="head"><h2>The head</h2><dl>{rows}</dl></section>'
 
 
+def _wise_section(wise: dict) -> str:
+    """WiSE-FT: validation scores of each weight-space mix of the zero-shot and the fine-tuned
+    model, beside the references, the published mix in bold."""
+
+    def row(name: str, entry: object, chosen: bool = False) -> str:
+        entry = entry if isinstance(entry, dict) else {}
+        mark = ' class="chosen"' if chosen else ""
+        return (
+            f'<tr{mark}><td class="name">{_text(name)}</td>'
+            f"<td>{_number(entry.get('val_accuracy'))}</td>"
+            f"<td>{_number(entry.get('val_macro_f1'))}</td></tr>"
+        )
+
+    finetuned = wise.get("finetuned") if isinstance(wise.get("finetuned"), dict) else {}
+    rows = [
+        row("zero-shot (alpha 0)", wise.get("zeroshot")),
+        row("linear probe, frozen embeddings", wise.get("linear_probe")),
+        row(f"fine-tuned (alpha 1, epoch {finetuned.get('epoch', '?')})", finetuned),
+    ]
+    rows += [
+        row(f"WiSE alpha {mix.get('alpha')}", mix, mix.get("alpha") == wise.get("chosen_alpha"))
+        for mix in wise["alphas"]
+        if isinstance(mix, dict)
+    ]
+    table = _table(["model", "val accuracy", "val macro-F1"], rows, "wise")
+    note = (
+        '<p class="note">Each mix is (1 - alpha) x zero-shot + alpha x fine-tuned, backbone and '
+        "classifier (Wortsman et al. 2022); the bold one is the run's published model.</p>"
+    )
+    return f'<section id="wise"><h2>WiSE-FT mixes</h2>{table}{note}</section>'
+
+
 def _run_section(config: dict, history: list[dict], curve: bytes | None) -> str:
     loop = config.get("loop") if isinstance(config.get("loop"), dict) else {}
     items = [
@@ -233,7 +267,8 @@ def _run_section(config: dict, history: list[dict], curve: bytes | None) -> str:
             )
         header = ["epoch", "train loss", "val loss", "val accuracy", "val macro-F1", "images/s"]
         parts.append(_table(header, rows, "epochs"))
-        parts.append('<p class="note">Epoch 0 is the linear probe; the bold row is the best.</p>')
+        start = "the zero-shot head" if config.get("init") == "zeroshot" else "the linear probe"
+        parts.append(f'<p class="note">Epoch 0 is {start}; the bold row is the best.</p>')
     parts.append("</section>")
     return "\n".join(parts)
 

@@ -144,6 +144,17 @@ def test_wise_one_is_fine_tuning_and_a_mix_is_the_linear_mix(tiny_clip, data) ->
     expected = (1 - alpha) * weight + alpha * finetuned["classifier.weight"]
     np.testing.assert_array_equal(load_head(run / "head").head.coef_, expected.numpy())
 
+    # headstart report shows the mixes beside the references, the published one marked.
+    page = run / "report.html"
+    assert run_cli("report", run, "-o", page).exit_code == 0
+    html = page.read_text()
+    wise_table = html[html.index('<table id="wise">') :]
+    wise_table = wise_table[: wise_table.index("</table>")]
+    assert "WiSE alpha 0.25" in wise_table and "WiSE alpha 0.5" in wise_table
+    chosen_row = wise_table[wise_table.index('class="chosen"') :].split("</tr>")[0]
+    assert f"WiSE alpha {alpha}<" in chosen_row
+    assert "Epoch 0 is the zero-shot head" in html
+
 
 @pytest.mark.parametrize(
     ("extra", "message"),
