@@ -22,24 +22,16 @@ def body_doc(json_model: type[BaseModel], many: bool) -> dict:
     field = "files" if many else "file"
     binary = {"type": "string", "format": "binary"}
     schema = {"type": "array", "items": binary, "minItems": 1} if many else binary
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "title": "ImageFiles" if many else "ImageFile",
-                        "type": "object",
-                        "properties": {field: schema},
-                        "required": [field],
-                    }
-                },
-                "application/json": {
-                    "schema": json_model.model_json_schema(ref_template=_COMPONENTS + "{model}")
-                },
-            },
-        }
+    multipart = {
+        "title": "ImageFiles" if many else "ImageFile",
+        "type": "object",
+        "properties": {field: schema},
+        "required": [field],
     }
+    document = json_body_doc(json_model)
+    content = document["requestBody"]["content"]
+    document["requestBody"]["content"] = {"multipart/form-data": {"schema": multipart}, **content}
+    return document
 
 
 def json_body_doc(json_model: type[BaseModel]) -> dict:
