@@ -37,7 +37,8 @@ _serve = functools.partial(default_of, ServeSettings)
     type=click.FloatRange(min=0),
     default=_serve("max_wait_ms"),
     show_default=True,
-    help="How long a batch waits for more requests.",
+    help="Longest a batch waits for more requests, once the service is busy (a lone request "
+    "on an idle service runs at once).",
 )
 @click.option(
     "--max-upload-mb",
