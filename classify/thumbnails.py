@@ -11,6 +11,7 @@ releases the GIL, and reduced-size DCT decoding keeps it cheap).
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,16 +25,20 @@ from PIL import Image
 from headstart.atomic import atomic_path
 from headstart.errors import HeadstartError
 from headstart.extract.decode import DecodeError, decode_image
+from headstart.pathnames import printable
 
 __all__ = [
     "THUMBNAIL_SIDE",
     "ThumbnailStore",
     "ThumbnailSummary",
     "make_thumbnail",
+    "thumbnail_of_file",
     "write_thumbnails",
 ]
 
 THUMBNAIL_SIDE = 96
+log = logging.getLogger(__name__)
+
 _DATA, _OFFSETS = "thumbnails.bin", "thumbnails.npy"
 _QUALITY = 80
 _CHUNK = 256
@@ -89,7 +94,7 @@ def write_thumbnails(
         ThreadPoolExecutor(workers, thread_name_prefix="headstart-thumbnails") as pool,
     ):
         for chunk in _chunks(paths, _CHUNK):
-            for thumbnail in pool.map(lambda path: _thumbnail_of(path, side), chunk):
+            for thumbnail in pool.map(lambda path: thumbnail_of_file(path, side), chunk):
                 missing += thumbnail is None
                 if thumbnail:
                     out.write(thumbnail)
@@ -140,11 +145,14 @@ class ThumbnailStore:
             return f.read(end - start)
 
 
-def _thumbnail_of(path: str, side: int) -> bytes | None:
+def thumbnail_of_file(path: str, side: int = THUMBNAIL_SIDE) -> bytes | None:
+    """The thumbnail of the image at ``path``; None (and a log line) when it cannot be read,
+    for example moved or damaged since it was embedded."""
     try:
         with open(path, "rb") as f:
             return make_thumbnail(f.read(), side)
-    except (OSError, DecodeError):
+    except (OSError, DecodeError) as exc:
+        log.info("no thumbnail for %s: %s", printable(path), exc)
         return None
 
 

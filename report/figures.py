@@ -8,21 +8,16 @@ for the images the gallery shows.
 from __future__ import annotations
 
 import io
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from headstart.classify.plots import plot_confusion, plot_embedding_map, plot_learning_curve
-from headstart.classify.thumbnails import THUMBNAIL_SIDE, make_thumbnail
-from headstart.extract.decode import DecodeError
-from headstart.pathnames import printable
+from headstart.classify.thumbnails import thumbnail_of_file
 from headstart.report.gather import ReportData
 from headstart.report.settings import DEFAULT_MAP, MAPS
 
-__all__ = ["MAX_TABLE_CLASSES", "Figures", "draw", "thumbnail"]
-
-log = logging.getLogger(__name__)
+__all__ = ["MAX_TABLE_CLASSES", "Figures", "draw"]
 
 # Up to this many classes the confusion matrix is an HTML table with a number in every cell;
 # beyond it the cells are too small to read, and a picture (plus the most confused pairs) is
@@ -73,19 +68,8 @@ def draw(data: ReportData, *, projection: str = DEFAULT_MAP) -> Figures:
                 methods=MAPS[projection],
             )
         )
-    figures.thumbnails = [thumbnail(mistake.path) for mistake in evaluated.mistakes]
+    figures.thumbnails = [thumbnail_of_file(mistake.path) for mistake in evaluated.mistakes]
     return figures
-
-
-def thumbnail(path: str, side: int = THUMBNAIL_SIDE) -> bytes | None:
-    """A small JPEG of the image at ``path``; None (and a log line) when it cannot be read,
-    for example moved since it was embedded."""
-    try:
-        with open(path, "rb") as f:
-            return make_thumbnail(f.read(), side)
-    except (OSError, DecodeError) as exc:
-        log.info("no thumbnail for %s: %s", printable(path), exc)
-        return None
 
 
 def _png(plot) -> bytes:
