@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -172,14 +172,33 @@ def add_random_clip_configs(directory: Path, sizes: dict[str, int]) -> None:
     open_clip.add_model_config(directory)
 
 
+def wait_until_ready(
+    url: str, alive: Callable[[], bool], why_not: Callable[[], object], seconds: float = 180
+) -> None:
+    """Poll ``url``/readyz until the service answers 200; fail with ``why_not()`` if the server
+    stops first, or after ``seconds`` (slow machines load models slowly)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        assert alive(), why_not()
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the service did not become ready"
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def serving_in_thread(app) -> Iterator[str]:
     """``app`` on a uvicorn in a thread of this process, on a free loopback port, once ready;
     its URL. In process, so it sees what the test registered (an open_clip config, say)."""
     import threading
-    import time
 
-    import httpx
     import uvicorn
 
     port = free_port()
@@ -187,16 +206,7 @@ def serving_in_thread(app) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert thread.is_alive(), "uvicorn stopped"
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the service did not become ready"
-        time.sleep(0.1)
+    wait_until_ready(url, thread.is_alive, lambda: "uvicorn stopped")
     try:
         yield url
     finally:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import schemathesis
 from click.testing import CliRunner
-from helpers import FAST_ARGS, make_colour_folder, write_image
+from helpers import FAST_ARGS, free_port, make_colour_folder, wait_until_ready, write_image
 from hypothesis import HealthCheck, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
@@ -29,12 +29,6 @@ from headstart.serve.settings import ServeSettings
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(*args: object):
@@ -86,16 +80,7 @@ def server(trained: Path):
         command, env={**os.environ, "HS_KEY": KEY}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        assert process.poll() is None, process.communicate()
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not become ready"
-        time.sleep(0.2)
+    wait_until_ready(url, lambda: process.poll() is None, process.communicate)
     yield url
     process.terminate()
     process.wait(timeout=30)

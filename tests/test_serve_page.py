@@ -4,12 +4,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import FAST_ARGS, free_port, make_colour_folder, run_cli
+from helpers import FAST_ARGS, free_port, make_colour_folder, run_cli, wait_until_ready
 from playwright.sync_api import expect
 
 KEY = "page-key-42"
@@ -36,21 +35,10 @@ def server(tmp_path_factory) -> str:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while not _ready(url):
-        assert process.poll() is None, "the server exited"
-        assert time.monotonic() < deadline, "the server did not become ready"
-        time.sleep(0.2)
+    wait_until_ready(url, lambda: process.poll() is None, lambda: "the server exited")
     yield url
     process.terminate()
     process.wait(timeout=30)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def open_with_key(page, url: str) -> None:
