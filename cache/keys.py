@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["KEY_DTYPE", "KeySet", "content_key", "file_key"]
+__all__ = ["KEY_DTYPE", "KeyMembership", "KeySet", "content_key", "file_key"]
 
 KEY_DTYPE = np.dtype("S64")
 _READ_BLOCK = 1 << 20
@@ -29,6 +30,14 @@ def file_key(path: str) -> str:
         while block := f.read(_READ_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+class KeyMembership(Protocol):
+    """What a run asks of the keys it has seen: a set in memory, or a store's key index."""
+
+    def contains(self, keys: np.ndarray) -> np.ndarray: ...
+
+    def add(self, keys: np.ndarray) -> None: ...
 
 
 class KeySet:
@@ -57,6 +66,11 @@ class KeySet:
         if self._recent:
             found |= np.fromiter((k in self._recent for k in keys.tolist()), bool, len(keys))
         return found
+
+    def sorted_keys(self) -> np.ndarray:
+        """Every key of the set, sorted."""
+        self._merge()
+        return self._sorted.copy()
 
     def add(self, keys: np.ndarray | Iterable[str]) -> None:
         self._recent.update(_as_keys(keys).tolist())

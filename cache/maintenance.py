@@ -21,7 +21,7 @@ import numpy as np
 
 from headstart.atomic import fsync_path
 from headstart.cache.fingerprint import Fingerprint
-from headstart.cache.keys import KEY_DTYPE, KeySet
+from headstart.cache.keys import KEY_DTYPE
 from headstart.cache.shards import (
     SHARD_FORMAT,
     SHARD_READ_ERRORS,
@@ -31,10 +31,22 @@ from headstart.cache.shards import (
     read_shard_rows,
     shard_paths,
 )
-from headstart.cache.store import EmbeddingCache
-from headstart.errors import HeadstartError, first_line
+from headstart.cache.store import EmbeddingCache, FingerprintStore
+from headstart.errors import HeadstartError
 
-__all__ = ["CompactResult", "VerifyReport", "compact", "verify"]
+__all__ = [
+    "AUTO_COMPACT_SHARDS",
+    "COMPACT_SHARD_ROWS",
+    "CompactResult",
+    "CompactionRunning",
+    "VerifyReport",
+    "compact",
+    "compact_small_shards",
+    "verify",
+]
+
+COMPACT_SHARD_ROWS = 65536
+AUTO_COMPACT_SHARDS = 16
 
 
 @dataclass(frozen=True)
@@ -47,29 +59,39 @@ class CompactResult:
 
 
 def compact(
-    cache: EmbeddingCache, fingerprint: Fingerprint, *, shard_rows: int = 65536
+    cache: EmbeddingCache,
+    fingerprint: Fingerprint,
+    *,
+    shard_rows: int = COMPACT_SHARD_ROWS,
+    smaller_than: int | None = None,
+    wait: bool = False,
 ) -> CompactResult:
     """Merge a fingerprint's shards into shards of up to ``shard_rows`` rows, dropping
-    duplicate keys (the newest copy stays, as readers would choose it)."""
+    duplicate keys (the copy readers are served from stays). ``smaller_than`` merges only the
+    shards with fewer rows (the large ones stay as they are); ``wait`` waits for a compaction
+    already running instead of refusing.
+
+    Memory holds one output shard: which copy of a key to keep comes from the key index.
+    """
     directory = cache.root / fingerprint.id / "shards"
-    with _exclusive(cache.root / fingerprint.id / ".compact.lock"):
-        old = shard_paths(directory)
-        _refuse_unreadable(old)
-        if len(old) <= 1:
-            rows = len(read_shard_keys(old[0])) if old else 0
-            return CompactResult(fingerprint.id, len(old), len(old), rows, 0)
-        seen = KeySet()
+    with _exclusive(cache.root / fingerprint.id / ".compact.lock", wait=wait):
+        store = cache.open(fingerprint)
+        sizes = store.shard_sizes()
+        if smaller_than is None:
+            _refuse_unreadable(store)
+            chosen = list(sizes)
+        else:
+            chosen = [path for path, rows in sizes.items() if rows < smaller_than]
+        if len(chosen) <= 1:
+            rows = sum(sizes[path] for path in chosen)
+            return CompactResult(fingerprint.id, len(sizes), len(sizes), rows, 0)
         buffer: list[tuple[np.ndarray, np.ndarray]] = []
         buffered = rows = dropped = written = 0
-        for path in reversed(old):  # newest first: its copy of a duplicated key is kept
-            keys, vectors = read_shard_keys(path), read_shard_rows(path)
-            _, first = np.unique(keys, return_index=True)
-            keep = np.zeros(len(keys), dtype=bool)
-            keep[first] = True
-            keep &= ~seen.contains(keys)
+        for path in chosen:  # newest first, as the store lists them
+            keys = read_shard_keys(path)
+            keep = store.served_rows(path, keys)
             dropped += int((~keep).sum())
-            seen.add(keys[keep])
-            buffer.append((keys[keep], vectors[keep]))
+            buffer.append((keys[keep], read_shard_rows(path, np.flatnonzero(keep))))
             buffered += int(keep.sum())
             while buffered >= shard_rows:
                 buffer, buffered = _publish(directory, fingerprint.id, buffer, shard_rows)
@@ -78,23 +100,35 @@ def compact(
         if buffered:
             _publish(directory, fingerprint.id, buffer, buffered)
             written += 1
-        for path in old:
+        for path in chosen:
             path.unlink()
         fsync_path(directory)
-    return CompactResult(fingerprint.id, len(old), written, rows, dropped)
+    after = len(sizes) - len(chosen) + written
+    return CompactResult(fingerprint.id, len(sizes), after, rows, dropped)
 
 
-def _refuse_unreadable(shards: list[Path]) -> None:
+def compact_small_shards(cache: EmbeddingCache, fingerprint: Fingerprint) -> CompactResult | None:
+    """Merge the small shards that extract runs publish (a few thousand rows each, so a crash
+    loses little) once there are :data:`AUTO_COMPACT_SHARDS` of them, so that a cache of ten
+    million rows is a few hundred files, not thousands. None when there is nothing to do or
+    another compaction is running."""
+    store = cache.open(fingerprint)
+    small = [rows for rows in store.shard_sizes().values() if rows < COMPACT_SHARD_ROWS]
+    if len(small) < AUTO_COMPACT_SHARDS:
+        return None
+    try:
+        return compact(cache, fingerprint, smaller_than=COMPACT_SHARD_ROWS)
+    except CompactionRunning:
+        return None
+
+
+def _refuse_unreadable(store: FingerprintStore) -> None:
     """Stop before writing anything when a shard is damaged: merging would delete it."""
-    for path in shards:
-        try:
-            read_shard_info(path)
-            read_shard_keys(path)
-        except SHARD_READ_ERRORS as exc:
-            raise HeadstartError(
-                f"shard {path} cannot be read ({first_line(exc)}); move it out of the cache before "
-                "compacting (its images are embedded again by the next extract)"
-            ) from None
+    for path, reason in store.unreadable.items():
+        raise HeadstartError(
+            f"shard {path} cannot be read ({reason}); move it out of the cache before "
+            "compacting (its images are embedded again by the next extract)"
+        )
 
 
 def _publish(directory: Path, fingerprint: str, buffer, rows: int):
@@ -108,14 +142,20 @@ def _publish(directory: Path, fingerprint: str, buffer, rows: int):
     return rest, len(keys) - rows
 
 
+class CompactionRunning(HeadstartError):
+    """Another process is compacting the same fingerprint."""
+
+
 @contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def _exclusive(lock_path: Path, wait: bool = False) -> Iterator[None]:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise HeadstartError(f"another compaction of {lock_path.parent} is running") from None
+            raise CompactionRunning(
+                f"another compaction of {lock_path.parent} is running"
+            ) from None
         try:
             yield
         finally:

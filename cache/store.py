@@ -5,6 +5,7 @@
     <cache>/catalog.sqlite               stat index and failure ledger (all fingerprints)
     <cache>/<fingerprint id>/fingerprint.json
     <cache>/<fingerprint id>/shards/*.h5  immutable shards of (key, embedding) rows
+    <cache>/<fingerprint id>/keyindex/    key -> (shard, row), on disk (see key_index)
 
 Reading never needs a lock: a store is a snapshot of the shards published when it was opened.
 The same key in two shards (two runs embedding the same image at once, or a compaction under
@@ -28,19 +29,12 @@ from headstart import __version__
 from headstart.atomic import write_text_atomic
 from headstart.cache.catalog import FileCatalog
 from headstart.cache.fingerprint import Fingerprint
+from headstart.cache.key_index import INDEX_DIRECTORY, KeyIndex, open_key_index
 from headstart.cache.keys import KEY_DTYPE, KeySet, file_key
-from headstart.cache.shards import (
-    SHARD_READ_ERRORS,
-    as_float32,
-    copy_rows,
-    read_shard_info,
-    read_shard_keys,
-    read_shard_rows,
-    shard_paths,
-)
-from headstart.errors import HeadstartError, first_line
+from headstart.cache.shards import as_float32, copy_rows, read_shard_keys, read_shard_rows
+from headstart.errors import HeadstartError
 
-__all__ = ["EmbeddingCache", "EmbeddingChunk", "FingerprintStore"]
+__all__ = ["EmbeddingCache", "EmbeddingChunk", "FingerprintStore", "SeenKeys"]
 
 _FINGERPRINT_FILE = "fingerprint.json"
 _SNAPSHOT_TRIES = 5
@@ -127,13 +121,16 @@ class EmbeddingCache:
 
 
 class FingerprintStore:
-    """The embeddings of one fingerprint, indexed by content key."""
+    """The embeddings of one fingerprint, indexed by content key through the on-disk key index
+    (:mod:`headstart.cache.key_index`): opening costs the same at any size, and lookups read
+    only the index pages they need."""
 
     def __init__(self, cache: EmbeddingCache, fingerprint: Fingerprint) -> None:
         self.cache = cache
         self.fingerprint = fingerprint
         self.directory = cache.root / fingerprint.id
         self.unreadable: dict[Path, str] = {}  # damaged shards, with the reason
+        self._index: KeyIndex | None = None
         self.refresh()
 
     @property
@@ -141,59 +138,59 @@ class FingerprintStore:
         return self.directory / "shards"
 
     def refresh(self) -> None:
-        """Re-read the list of published shards (and so see what other runs have added)."""
-        # List until a listing shows nothing new. A compaction publishes its merged shards
-        # before deleting the old ones, so an old shard that vanishes before it is read means
-        # the merged shards holding its rows are already there for the next listing.
-        read: dict[Path, np.ndarray] = {}
-        unreadable: dict[Path, str] = {}
-        while new := [
-            p for p in shard_paths(self.shards_directory) if p not in read and p not in unreadable
-        ]:
-            for path in new:
-                try:
-                    read[path] = read_shard_keys(path)
-                except SHARD_READ_ERRORS as exc:
-                    if path.exists():
-                        unreadable[path] = first_line(exc)
+        """See the shards published since this view was taken (by other runs, or a compaction):
+        the key index is brought up to date with them first."""
+        if not self.shards_directory.is_dir():
+            self._index = None
+            self.unreadable, self.dim = {}, None
+            return
+        self._index = open_key_index(self.shards_directory, self.directory / INDEX_DIRECTORY)
         # A damaged shard (a disk fault, a bad copy) costs only its rows: they count as missing,
         # so the next extract embeds those images again; the file stays for inspection.
-        self.unreadable = unreadable
-        # Newest first: np.unique keeps the first occurrence, so the newest copy of a key
-        # wins. Readers then move to a compaction's merged shards as soon as they see them,
-        # and stop touching the shards it is about to delete.
-        self._shards = sorted(read, reverse=True)
-        per_shard = [read[path] for path in self._shards]
-        keys = np.concatenate(per_shard) if per_shard else np.empty(0, KEY_DTYPE)
-        shard_ids = np.repeat(
-            np.arange(len(per_shard), dtype=np.int32), [len(k) for k in per_shard]
-        )
-        rows = np.concatenate([np.arange(len(k), dtype=np.int32) for k in per_shard] or [[]])
-        self._keys, first = np.unique(keys, return_index=True)
-        self._shard_of = shard_ids[first]
-        self._row_of = rows[first].astype(np.int32)
-        self.dim = read_shard_info(self._shards[0]).dim if self._shards else None
+        self.unreadable = {
+            self.shards_directory / name: reason for name, reason in self._index.unreadable.items()
+        }
+        self.dim = self._index.dim
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._index) if self._index is not None else 0
 
     @property
     def shards(self) -> list[Path]:
-        return list(self._shards)
+        """Readable shards, newest first."""
+        if self._index is None:
+            return []
+        return [self.shards_directory / name for name in reversed(self._index.shard_names)]
 
-    def key_set(self) -> KeySet:
-        return KeySet(self._keys)
+    def shard_sizes(self) -> dict[Path, int]:
+        """Rows of each readable shard, newest first."""
+        if self._index is None:
+            return {}
+        sizes = zip(self._index.shard_names, self._index.shard_rows, strict=True)
+        return {self.shards_directory / name: rows for name, rows in reversed(list(sizes))}
 
-    def keys(self) -> np.ndarray:
-        """All keys, sorted (``S64`` array of hex SHA-256)."""
-        return self._keys.copy()
+    def served_rows(self, shard: Path, keys: np.ndarray) -> np.ndarray:
+        """Which of a shard's rows (its ``keys``, in row order) readers are served from: a key
+        stored twice is read from one copy only (the newest)."""
+        if self._index is None:
+            return np.zeros(len(keys), dtype=bool)
+        number = self._index.shard_names.index(shard.name)
+        return _served_by(self._index, number, keys)
+
+    def seen_keys(self) -> SeenKeys:
+        """A membership test over this store and the keys a run adds to it as it goes."""
+        return SeenKeys(self)
 
     def contains(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         keys = np.asarray(keys, KEY_DTYPE)
-        if not len(self._keys):
+        if self._index is None:
             return np.zeros(len(keys), dtype=bool)
-        pos = np.searchsorted(self._keys, keys).clip(max=len(self._keys) - 1)
-        return self._keys[pos] == keys
+        return self._index.contains(keys)
+
+    def iter_sorted_keys(self, block_rows: int = 65536) -> Iterator[np.ndarray]:
+        """Every key once, in sorted order, ``block_rows`` at a time."""
+        if self._index is not None:
+            yield from self._index.iter_sorted_keys(block_rows)
 
     def get(self, keys: Sequence[str] | np.ndarray) -> np.ndarray:
         """Embeddings of ``keys`` in the given order, float32 (n, dim)."""
@@ -208,11 +205,14 @@ class FingerprintStore:
         return self._get(keys)
 
     def _shards_vanished(self) -> bool:
-        return any(not path.exists() for path in self._shards)
+        return any(not path.exists() for path in self.shards)
 
     def _get(self, keys: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(self._keys, keys).clip(max=max(len(self._keys) - 1, 0))
-        found = self._keys[pos] == keys if len(self._keys) else np.zeros(len(keys), dtype=bool)
+        if self._index is None:
+            found = np.zeros(len(keys), dtype=bool)
+            shard_of = row_of = np.full(len(keys), -1, np.int32)
+        else:
+            found, shard_of, row_of = self._index.locate(keys)
         if not found.all():
             missing = keys[~found][0].decode()
             raise HeadstartError(
@@ -220,11 +220,11 @@ class FingerprintStore:
                 f"{self.fingerprint.id} (first: {missing}); run `headstart extract` on them first"
             )
         out = np.empty((len(keys), self.dim or 0), dtype=np.float32)
-        shard_of, row_of = self._shard_of[pos], self._row_of[pos]
         by_shard = np.argsort(shard_of, kind="stable")
         starts = np.flatnonzero(np.diff(shard_of[by_shard], prepend=-1))
         for where in np.split(by_shard, starts[1:]) if len(keys) else []:
-            path, rows = self._shards[shard_of[where[0]]], row_of[where]
+            path = self.shards_directory / self._index.shard_names[shard_of[where[0]]]
+            rows = row_of[where]
             first, last = int(where[0]), int(where[-1])
             if last - first + 1 == len(where):  # keys in shard order: copy straight into place
                 copy_rows(out[first : last + 1], read_shard_rows(path, rows))
@@ -236,19 +236,25 @@ class FingerprintStore:
         """Every embedding once, one shard at a time (memory bounded by the largest shard).
 
         If a compaction replaces shards meanwhile, the view is refreshed and the keys not yet
-        yielded are read from the new shards.
+        yielded are read from the new shards: a key was yielded when the view it was read under
+        placed it in a shard already read.
         """
-        done = KeySet()
-        while True:
+        done: list[tuple[KeyIndex, set[int]]] = []  # earlier views, and the shards read in each
+        while self._index is not None:
+            index, read = self._index, set()
+            done.append((index, read))
             try:
-                for shard_id, path in enumerate(self._shards):
-                    rows = np.sort(self._row_of[self._shard_of == shard_id])
-                    keys = read_shard_keys(path)[rows] if len(rows) else rows
-                    fresh = ~done.contains(keys) if len(keys) else np.zeros(0, dtype=bool)
+                for number in reversed(range(len(index.shard_names))):
+                    path = self.shards_directory / index.shard_names[number]
+                    keys = read_shard_keys(path)
+                    fresh = _served_by(index, number, keys)
+                    for earlier, earlier_read in done[:-1]:
+                        fresh &= ~_placed_in(earlier, earlier_read, keys)
+                    read.add(number)
                     if fresh.any():
-                        vectors = as_float32(read_shard_rows(path, rows[fresh]))
-                        done.add(keys[fresh])
-                        yield EmbeddingChunk(keys=keys[fresh], embeddings=vectors)
+                        rows = np.flatnonzero(fresh)
+                        vectors = as_float32(read_shard_rows(path, rows))
+                        yield EmbeddingChunk(keys=keys[rows], embeddings=vectors)
                 return
             except OSError:
                 if not self._shards_vanished():
@@ -283,3 +289,42 @@ class FingerprintStore:
             part = list(paths[start : start + chunk_rows])
             keys = self.resolve_keys(part)
             yield EmbeddingChunk(np.asarray(keys, KEY_DTYPE), self.get(keys), paths=part)
+
+
+def _served_by(index: KeyIndex, number: int, keys: np.ndarray) -> np.ndarray:
+    """Which rows of shard ``number`` (its ``keys`` in row order) ``index`` reads keys from."""
+    _, shard_of, row_of = index.locate(keys)
+    return (shard_of == number) & (row_of == np.arange(len(keys)))
+
+
+def _placed_in(index: KeyIndex, shard_numbers: set[int], keys: np.ndarray) -> np.ndarray:
+    """Which ``keys`` ``index`` places in one of ``shard_numbers``."""
+    _, shard_of, _ = index.locate(keys)
+    return np.isin(shard_of, np.fromiter(shard_numbers, np.int32, len(shard_numbers)))
+
+
+class SeenKeys:
+    """Which keys a store holds or a run has just embedded (``contains``/``add``, as
+    :class:`KeySet`), without holding the store's keys: the run's own additions are kept in
+    memory only until the shards holding them are published and indexed."""
+
+    _REFRESH_AT = 1 << 18
+
+    def __init__(self, store: FingerprintStore) -> None:
+        self._store = store
+        self._recent = KeySet()
+        self._added = 0
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        keys = np.asarray(keys, KEY_DTYPE)
+        return self._store.contains(keys) | self._recent.contains(keys)
+
+    def add(self, keys: np.ndarray) -> None:
+        self._recent.add(keys)
+        self._added += len(keys)
+        if self._added >= self._REFRESH_AT:
+            # Most of these are in published shards by now: index those, keep the rest.
+            self._store.refresh()
+            recent = self._recent.sorted_keys()
+            self._recent = KeySet(recent[~self._store.contains(recent)])
+            self._added = len(self._recent)

@@ -15,7 +15,7 @@ from itertools import islice
 import numpy as np
 
 from headstart.cache.catalog import FailureRecord, FileCatalog, FileRecord
-from headstart.cache.keys import KeySet
+from headstart.cache.keys import KeyMembership
 from headstart.extract.files import stat_file
 from headstart.extract.parts import Partition
 from headstart.extract.sources import ImageItem
@@ -38,7 +38,7 @@ class PlanCounts:
 def plan_work(
     items: Iterable[ImageItem],
     catalog: FileCatalog,
-    cached: KeySet,
+    cached: KeyMembership,
     work: WorkList,
     *,
     retry_failed: bool = False,
@@ -110,7 +110,7 @@ def _sort_chunk(
 
 def _settle_known(
     candidates: list[tuple[ImageItem, FileRecord]],
-    cached: KeySet,
+    cached: KeyMembership,
     work: WorkList,
     counts: PlanCounts,
 ) -> list[FileRecord]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from headstart.cache.catalog import FailureRecord
-from headstart.cache.keys import KeySet
+from headstart.cache.keys import KeyMembership
 
 if TYPE_CHECKING:
     from headstart.extract.runner import ExtractSummary
@@ -32,7 +32,7 @@ COMPILE_MIN_REMAINING_SECONDS = 120.0
 COMPILE_PROBE_BATCHES = 3
 
 
-def fresh_rows(keys: np.ndarray, seen: KeySet) -> np.ndarray:
+def fresh_rows(keys: np.ndarray, seen: KeyMembership) -> np.ndarray:
     """Mask of the keys neither stored nor embedded earlier in this run, first occurrence only
     (a file copied within one batch is embedded once)."""
     fresh = ~seen.contains(keys)

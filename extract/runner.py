@@ -22,7 +22,8 @@ import numpy as np
 
 from headstart.cache.catalog import FailureRecord, FileCatalog
 from headstart.cache.fingerprint import Fingerprint
-from headstart.cache.keys import KEY_DTYPE, KeySet
+from headstart.cache.keys import KEY_DTYPE, KeyMembership
+from headstart.cache.maintenance import compact_small_shards
 from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.cache.writer import ShardWriter
 from headstart.errors import HeadstartError
@@ -305,6 +306,13 @@ def _extract(
             _embed_timed(
                 _RunContext(recipe, options, catalog, partition, progress and leader), planned
             )
+            compacted = compact_small_shards(cache, planned.store.fingerprint)
+            if compacted is not None:
+                log.info(
+                    "merged small shards: %d shards now %d",
+                    compacted.shards_before,
+                    compacted.shards_after,
+                )
         planned.work.close()
     return planned.summary
 
@@ -326,7 +334,7 @@ class _Request:
 class _Planned:
     summary: ExtractSummary
     store: FingerprintStore
-    seen: KeySet
+    seen: KeyMembership
     work: WorkList
 
 
@@ -367,7 +375,7 @@ def _plan(request: _Request, known: RememberedRecipe) -> _Planned:
     )
     partition = request.partition
     summary.parts, summary.leader = (partition.count if partition else 1), request.leader
-    seen = store.key_set()
+    seen = store.seen_keys()
     work = WorkList(request.scratch)
     try:
         counts: PlanCounts = plan_work(
