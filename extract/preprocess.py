@@ -5,7 +5,7 @@ that comes with the weights (torchvision's ``weights.transforms()``, timm's data
 open_clip's preprocess config), then :data:`DEFAULT_PREPROCESS`. The result is written into
 the fingerprint, so vectors made with different preprocessing never mix.
 
-Decoding workers run :func:`to_uint8_tensor` (resize and crop on the PIL image, as
+Decoding workers run :func:`to_uint8_tensor` (resize and crop of the decoded pixels, as
 ``ImageClassification`` does, or as open_clip's ``squash`` and ``longest`` modes do); the
 model's process runs :func:`normalize` (inside the compiled graph when there is one), so only
 uint8 pixels cross process boundaries and the host-to-GPU copy.
@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
+from torchvision.transforms.v2 import functional as F2
 
 from headstart.errors import HeadstartError
 from headstart.extract.options import PreprocessOverrides
@@ -174,23 +175,33 @@ def preprocess_from_timm(data_config: dict[str, Any]) -> Preprocess:
     )
 
 
-def to_uint8_tensor(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """Resize and crop an RGB PIL image the way ``ImageClassification`` does (open_clip's
-    transforms for ``squash`` and ``longest``); (3, H, W) uint8."""
+def to_uint8_tensor(image: Image.Image | torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Resize and crop an RGB image (PIL, or a (3, H, W) uint8 tensor from libjpeg-turbo) the way
+    ``ImageClassification`` does (open_clip's transforms for ``squash`` and ``longest``);
+    (3, H, W) uint8.
+
+    A PIL image is resized by Pillow, exactly as the weights' own transforms do; a tensor by
+    torch's uint8 kernels (transforms.v2: vectorised, without v1's round trip through
+    float32), within 0.01/255 of Pillow's pixels (``bench/decode_cpu.py``).
+    """
+    if isinstance(image, torch.Tensor):
+        height, width = image.shape[-2:]
+        functional = F2
+    else:
+        width, height = image.size
+        functional = F
     side = preprocess.resize_size
     if preprocess.resize_mode == "squash":
         size = [side, side]
     elif preprocess.resize_mode == "longest":
-        width, height = image.size
         scale = max(width, height) / side
         size = [max(1, round(height / scale)), max(1, round(width / scale))]
     else:
         size = [side]
-    image = F.resize(
-        image, size, interpolation=_INTERPOLATIONS[preprocess.interpolation], antialias=True
-    )
-    image = F.center_crop(image, [preprocess.crop_size])  # pads with black where too small
-    return F.pil_to_tensor(image)
+    interpolation = _INTERPOLATIONS[preprocess.interpolation]
+    image = functional.resize(image, size, interpolation=interpolation, antialias=True)
+    image = functional.center_crop(image, [preprocess.crop_size])  # pads with black if small
+    return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
 
 
 def normalize(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from headstart.cache.catalog import FailureRecord, FileRecord
 from headstart.cache.keys import content_key
 from headstart.errors import HeadstartError, first_line
-from headstart.extract.decode import DecodeError, decode_image
+from headstart.extract.decode import DecodeError, decode_pixels
 from headstart.extract.files import UnreadableFile, read_file
 from headstart.extract.parts import Partition
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
@@ -95,7 +95,7 @@ class ImageFileDataset(Dataset):
         record = FileRecord(item.path, st.st_size, st.st_mtime_ns, key, item.label)
         began = time.perf_counter()
         try:
-            image = decode_image(data, min_side=self.preprocess.resize_size)
+            image = decode_pixels(data, min_side=self.preprocess.resize_size)
             pixels = to_uint8_tensor(image, self.preprocess)
         except DecodeError as exc:
             failure = FailureRecord(item.path, st.st_size, st.st_mtime_ns, str(exc), item.label)

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import make_odd_images
 from PIL import Image, ImageDraw
 from torchvision import transforms
 
-from headstart.extract.decode import DecodeError, decode_image
+from headstart.extract.decode import DecodeError, decode_image, decode_pixels
 from headstart.extract.preprocess import DEFAULT_PREPROCESS, to_uint8_tensor
 
 
@@ -114,12 +115,58 @@ def test_reduced_decoding_stays_within_one_level_of_a_full_decode(
                 transforms.PILToTensor(),
             ]
         )(full)
-        decoded = decode_image(data, min_side=preprocess.resize_size)
-        ours = to_uint8_tensor(decoded, preprocess)
+        # Both decoders: Pillow's (with DCT reduction where it applies), and libjpeg-turbo's
+        # through torchvision where the extractor uses it (plain JPEGs too small to reduce).
+        turbo_applies = isinstance(decode_pixels(data, preprocess.resize_size), torch.Tensor)
+        assert turbo_applies == (decode_image(data, preprocess.resize_size).size == size)
+        for decoded in (
+            decode_image(data, min_side=preprocess.resize_size),
+            decode_pixels(data, min_side=preprocess.resize_size),
+        ):
+            ours = to_uint8_tensor(decoded, preprocess)
+            assert ours.shape == reference.shape
+            difference = (ours.int() - reference.int()).abs().float().mean().item()
+            assert difference <= 1.0, f"{interpolation}: mean |difference| {difference:.2f}/255"
 
-        assert ours.shape == reference.shape
-        difference = (ours.int() - reference.int()).abs().float().mean().item()
-        assert difference <= 1.0, f"{interpolation}: mean |difference| {difference:.2f}/255"
+
+@pytest.mark.parametrize("crop", [32, 64, 224, 384])
+def test_plain_jpegs_decode_through_libjpeg_turbo_to_pillows_pixels(crop: int) -> None:
+    data = _photo_like((500, 375), seed=crop)
+    preprocess = dataclasses.replace(DEFAULT_PREPROCESS, resize_size=crop * 8 // 7, crop_size=crop)
+    pixels = decode_pixels(data, min_side=preprocess.resize_size)
+    assert isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8
+    reference = np.asarray(decode_image(data, min_side=preprocess.resize_size))
+    assert np.abs(pixels.permute(1, 2, 0).int().numpy() - reference).mean() < 1.0
+    ours = to_uint8_tensor(pixels, preprocess)
+    pillow = transforms.Compose(
+        [
+            transforms.Resize(preprocess.resize_size, antialias=True),
+            transforms.CenterCrop(crop),
+            transforms.PILToTensor(),
+        ]
+    )(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert (ours.int() - pillow.int()).abs().float().mean().item() <= 1.0
+
+
+@pytest.mark.parametrize("name", ["cmyk-jpeg", "exif-rotated", "16-bit-png", "good"])
+def test_awkward_files_keep_pillows_decoder(odd, name: str) -> None:
+    data = odd[name][0].read_bytes()
+    decoded = decode_pixels(data, min_side=16)
+    expected = decode_image(data, min_side=16)
+    if isinstance(decoded, torch.Tensor):  # only a plain JPEG may take libjpeg-turbo's path
+        assert name == "good" and data.startswith(b"\xff\xd8")
+        decoded = Image.fromarray(decoded.permute(1, 2, 0).numpy())
+    assert decoded.mode == "RGB" and decoded.size == expected.size
+    assert np.abs(np.asarray(decoded, np.int16) - np.asarray(expected, np.int16)).mean() < 1.0
+
+
+def test_a_damaged_jpeg_fails_with_pillows_reason() -> None:
+    data = _photo_like((500, 375), seed=1)
+    with pytest.raises(DecodeError) as through_turbo:
+        decode_pixels(data[: len(data) // 2], min_side=32)
+    with pytest.raises(DecodeError) as through_pillow:
+        decode_image(data[: len(data) // 2], min_side=32)
+    assert str(through_turbo.value) == str(through_pillow.value)
 
 
 def test_grayscale_becomes_rgb() -> None:
