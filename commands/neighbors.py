@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from headstart.classify.settings import INDEX_KINDS, NEIGHBORS, TARGET_RECALL
 from headstart.commands.options import embedding_options, extract_options, runtime, runtime_options
+from headstart.search.settings import INDEX_KINDS, NEIGHBORS, TARGET_RECALL
 
 __all__ = ["index", "knn"]
 
@@ -42,8 +42,8 @@ def index() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet, **params) -> None:
     """Build a FAISS index over the embeddings of SOURCES."""
-    from headstart.classify.index import parse_size
-    from headstart.classify.workflow import build_index_from_sources
+    from headstart.search.from_sources import build_index_from_sources
+    from headstart.search.spec import parse_size
 
     embed, cache_dir = extract_options(params)
     budget = parse_size(max_memory) if max_memory else None
@@ -91,10 +91,10 @@ def knn(
 ) -> None:
     """Nearest neighbors in INDEX_DIR of QUERIES (images, folders), of --key values or of
     --text queries."""
-    from headstart.classify.index import load_index
     from headstart.classify.tables import neighbor_lines
-    from headstart.classify.text_search import refuse_text, text_neighbors
-    from headstart.classify.workflow import query_index
+    from headstart.search.query import query_index
+    from headstart.search.store import load_index
+    from headstart.search.text import refuse_text, text_neighbors
 
     if duplicates is not None:
         loaded = load_index(index_dir)

@@ -12,9 +12,9 @@ import torch
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from headstart.classify.index import LoadedIndex
 from headstart.extract.decode import DecodeError
 from headstart.pathnames import printable
+from headstart.search.loaded import LoadedIndex
 from headstart.serve.dependencies import ReadyEngine, Service, authorised
 from headstart.serve.engine import Engine
 from headstart.serve.item_routes import thumbnail_url

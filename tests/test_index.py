@@ -4,16 +4,11 @@ import numpy as np
 import pytest
 
 from headstart.cache import Fingerprint
-from headstart.classify.index import (
-    IndexSpec,
-    build_index,
-    choose_spec,
-    load_index,
-    parse_size,
-    save_index,
-)
-from headstart.classify.neighbors import exact_search, l2_normalize
 from headstart.errors import HeadstartError
+from headstart.search.build import build_index
+from headstart.search.exact import exact_search, l2_normalize
+from headstart.search.spec import IndexSpec, choose_spec, parse_size
+from headstart.search.store import load_index, save_index
 
 FINGERPRINT = Fingerprint({"model": "test"}, {"model": "resnet18", "weights": "none"})
 

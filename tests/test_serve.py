@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
-from headstart.classify.workflow import predict_with_head, query_index
+from headstart.classify.workflow import predict_with_head
 from headstart.cli import main
 from headstart.commands.options import DEFAULT_DEVICE
 from headstart.commands.serve import serve
+from headstart.search.query import query_index
 from headstart.serve import Client, ServiceError
 from headstart.serve.settings import ServeSettings
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from playwright.sync_api import expect
 from schemathesis import GenerationMode
 
-from headstart.classify.index import load_index
 from headstart.extract.text import encode_texts
+from headstart.search.store import load_index
 from headstart.serve.app import create_app
 from headstart.serve.settings import ServeSettings
 

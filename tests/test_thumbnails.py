@@ -9,9 +9,9 @@ import pytest
 from helpers import COLOURS, FAST_ARGS, make_colour_folder, run_cli
 from PIL import Image
 
-from headstart.classify.index import load_index
-from headstart.classify.thumbnails import ThumbnailStore, make_thumbnail, write_thumbnails
 from headstart.errors import HeadstartError
+from headstart.search.store import load_index
+from headstart.search.thumbnails import ThumbnailStore, make_thumbnail, write_thumbnails
 
 
 @pytest.fixture(scope="module")
