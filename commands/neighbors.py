@@ -99,8 +99,11 @@ def knn(
     if duplicates is not None:
         loaded = load_index(index_dir)
         pairs = loaded.near_duplicates(duplicates)
-        for i, j, similarity in pairs:
-            click.echo(f"{similarity:.4f}\t{loaded.paths[i]}\t{loaded.paths[j]}")
+        for start in range(0, len(pairs), 1000):  # items read from disk a page at a time
+            page = pairs[start : start + 1000]
+            items = loaded.items.take([row for i, j, _ in page for row in (i, j)])
+            for n, (_, _, similarity) in enumerate(page):
+                click.echo(f"{similarity:.4f}\t{items[2 * n].path}\t{items[2 * n + 1].path}")
         click.echo(f"{len(pairs)} pairs with similarity >= {duplicates}", err=True)
         return
     if not (queries or keys or texts):

@@ -49,7 +49,6 @@ def build_index_from_sources(
     vectors = Vectors(data.store, data.keys)  # streamed from the shards, never all in memory
     spec = choose_spec(vectors.count, vectors.dim, kind, max_memory)
     index, spec, recall = build_index(vectors, spec, target_recall=target_recall)
-    keys = [k.decode() for k in data.keys.tolist()]
     # Written before index.json, which marks the directory complete.
     thumbnail_summary = write_thumbnails(out, data.paths) if thumbnails else None
     save_index(
@@ -59,8 +58,8 @@ def build_index_from_sources(
         recall,
         fingerprint=data.fingerprint,
         paths=data.paths,
-        labels=list(data.labels),
-        keys=keys,
+        labels=data.labels,
+        keys=(key.decode() for key in data.keys),  # read in step with paths, a block at a time
         thumbnails=thumbnail_summary,
     )
     elapsed = time.perf_counter() - started

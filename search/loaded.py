@@ -10,6 +10,7 @@ import numpy as np
 from headstart.cache.fingerprint import Fingerprint
 from headstart.errors import HeadstartError
 from headstart.search.exact import l2_normalize
+from headstart.search.items import ItemTable
 from headstart.search.spec import IVF_KINDS, IndexSpec
 from headstart.search.thumbnails import ThumbnailStore
 
@@ -24,9 +25,7 @@ class LoadedIndex:
     cpu_index: Any
     spec: IndexSpec
     fingerprint: Fingerprint
-    paths: list[str]
-    labels: list[str | None]
-    keys: list[str]
+    items: ItemTable  # row -> path, label, key, read from disk when asked
     document: dict[str, Any]
     thumbnails: ThumbnailStore | None = None
 

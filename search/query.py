@@ -64,9 +64,14 @@ def ranked_neighbors(
 ) -> list[Neighbor]:
     """One :class:`Neighbor` per hit of each named query, best first (FAISS's -1 padding,
     where the index holds fewer than k items, left out)."""
-    return [
-        Neighbor(name, rank + 1, float(sim), loaded.paths[row], loaded.labels[row])
-        for name, sims, hits in zip(names, similarities, rows, strict=True)
-        for rank, (sim, row) in enumerate(zip(sims, hits, strict=True))
+    hits = [
+        (name, rank + 1, float(sim), int(row))
+        for name, sims, found in zip(names, similarities, rows, strict=True)
+        for rank, (sim, row) in enumerate(zip(sims, found, strict=True))
         if row >= 0
+    ]
+    items = loaded.items.take([row for *_, row in hits])
+    return [
+        Neighbor(name, rank, sim, item.path, item.label)
+        for (name, rank, sim, _), item in zip(hits, items, strict=True)
     ]

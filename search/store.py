@@ -1,31 +1,45 @@
 """Saving and loading an index directory.
 
-An index directory holds ``index.faiss``, ``items.csv`` (row, path, label, key) and
-``index.json`` (kind, parameters, recall, fingerprint, and the SHA-256 of ``index.faiss``, checked
-before FAISS parses the file).
+An index directory holds ``index.faiss``, ``items.sqlite`` (row -> path, label, key: see
+:mod:`headstart.search.items`), optionally thumbnails, and ``index.json`` (kind, parameters,
+recall, fingerprint, and the SHA-256 of each file, checked before FAISS parses one).
+``index.json`` is written last, so its presence marks a complete directory.
+
+Directories written before the item table (format ``headstart-index/1``, with ``items.csv``)
+still load: their items are converted into ``items.sqlite`` beside the CSV on first load, and
+``index.json`` is rewritten to describe it (each file published by a rename, so an interrupted
+conversion leaves the old directory as it was).
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from headstart.atomic import atomic_path, write_text_atomic
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import file_key
 from headstart.errors import HeadstartError
+from headstart.search.items import ITEMS_FILE, ItemTable, items_from_csv, write_items
 from headstart.search.loaded import LoadedIndex
 from headstart.search.spec import IndexSpec
 from headstart.search.thumbnails import ThumbnailStore, ThumbnailSummary
 from headstart.search.tune import apply_spec
 
-__all__ = ["INDEX_FORMAT", "load_index", "save_index"]
+__all__ = ["INDEX_FILE", "INDEX_FORMAT", "load_index", "save_index"]
 
-INDEX_FORMAT = "headstart-index/1"
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = "headstart-index/2"
+_CSV_FORMAT = "headstart-index/1"  # items.csv: read, converted on first load
+INDEX_FILE = "index.faiss"
+_CSV_ITEMS = "items.csv"
 
 
 def _on_gpu(index, spec: IndexSpec):
@@ -43,32 +57,25 @@ def save_index(
     recall: float,
     *,
     fingerprint: Fingerprint,
-    paths: list[str],
-    labels: list[str | None],
-    keys: list[str],
+    paths: Iterable[str],
+    labels: Iterable[str | None],
+    keys: Iterable[str],
     thumbnails: ThumbnailSummary | None = None,
 ) -> Path:
     """Write the index, its items and ``index.json`` (last, so it marks completeness).
 
-    ``thumbnails`` describes the ones already written into ``directory``, if any.
+    ``paths``, ``labels`` and ``keys`` are read in step, a block at a time. ``thumbnails``
+    describes the ones already written into ``directory``, if any.
     """
     import faiss
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / "index.faiss") as temporary:
+    with atomic_path(directory / INDEX_FILE) as temporary:
         faiss.write_index(index, str(temporary))
-    # Exact bytes for file names that are not UTF-8, read back the same way by load_index.
-    with (
-        atomic_path(directory / "items.csv") as temporary,
-        open(temporary, "w", newline="", encoding="utf-8", errors="surrogateescape") as f,
-    ):
-        table = csv.writer(f)
-        table.writerow(["row", "path", "label", "key"])
-        table.writerows(
-            [i, p, lab or "", k]
-            for i, (p, lab, k) in enumerate(zip(paths, labels, keys, strict=True))
-        )
+    count = write_items(directory / ITEMS_FILE, zip(paths, labels, keys, strict=True))
+    if count != index.ntotal:
+        raise HeadstartError(f"{count} items for {index.ntotal} vectors")
     document = {
         "format": INDEX_FORMAT,
         "spec": asdict(spec),
@@ -77,8 +84,8 @@ def save_index(
         "metric": "cosine",
         "recall_at_10": recall,
         "fingerprint": fingerprint.to_dict(),
-        "index_sha256": file_key(str(directory / "index.faiss")),
-        "items_sha256": file_key(str(directory / "items.csv")),
+        "index_sha256": file_key(str(directory / INDEX_FILE)),
+        "items_sha256": file_key(str(directory / ITEMS_FILE)),
         "thumbnails": thumbnails.to_dict() if thumbnails else None,
         "created_unix": time.time(),
     }
@@ -91,32 +98,65 @@ def load_index(directory: str | os.PathLike[str]) -> LoadedIndex:
     import faiss
 
     directory = Path(directory)
-    try:
-        document = json.loads((directory / "index.json").read_text())
-    except FileNotFoundError:
-        raise HeadstartError(f"{directory} is not a saved index (no index.json)") from None
-    if document.get("format") != INDEX_FORMAT:
-        raise HeadstartError(f"{directory} holds no {INDEX_FORMAT} index")
-    for name, digest in (("index.faiss", "index_sha256"), ("items.csv", "items_sha256")):
-        path = directory / name
-        if not path.is_file() or file_key(str(path)) != document.get(digest):
-            raise HeadstartError(f"{path} does not match index.json (altered or damaged)")
+    document = _read_document(directory)
+    if document.get("format") == _CSV_FORMAT:
+        document = _convert_csv_items(directory, document)
+    for name, digest in ((INDEX_FILE, "index_sha256"), (ITEMS_FILE, "items_sha256")):
+        _check_file(directory / name, document.get(digest))
     spec = IndexSpec(**document["spec"])
-    index = faiss.read_index(str(directory / "index.faiss"))
+    index = faiss.read_index(str(directory / INDEX_FILE))
     apply_spec(index, spec)
-    with open(directory / "items.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        rows = list(csv.DictReader(f))
-    if len(rows) != index.ntotal:
-        raise HeadstartError(f"{directory}: {len(rows)} items for {index.ntotal} vectors")
+    items = ItemTable(directory / ITEMS_FILE)
+    if len(items) != index.ntotal:
+        raise HeadstartError(f"{directory}: {len(items)} items for {index.ntotal} vectors")
     recorded = Fingerprint.recorded_in(document, str(directory / "index.json"))
     return LoadedIndex(
         index=_on_gpu(index, spec),
         cpu_index=index,
         spec=spec,
         fingerprint=recorded,
-        paths=[r["path"] for r in rows],
-        labels=[r["label"] or None for r in rows],
-        keys=[r["key"] for r in rows],
+        items=items,
         document=document,
-        thumbnails=ThumbnailStore(directory, len(rows)) if document.get("thumbnails") else None,
+        thumbnails=ThumbnailStore(directory, len(items)) if document.get("thumbnails") else None,
     )
+
+
+def _read_document(directory: Path) -> dict[str, Any]:
+    try:
+        document = json.loads((directory / "index.json").read_text())
+    except FileNotFoundError:
+        raise HeadstartError(f"{directory} is not a saved index (no index.json)") from None
+    except (OSError, ValueError) as exc:
+        raise HeadstartError(f"{directory}/index.json cannot be read ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") not in (
+        INDEX_FORMAT,
+        _CSV_FORMAT,
+    ):
+        raise HeadstartError(f"{directory} holds no {INDEX_FORMAT} index")
+    return document
+
+
+def _check_file(path: Path, digest: str | None) -> None:
+    if not path.is_file() or file_key(str(path)) != digest:
+        raise HeadstartError(f"{path} does not match index.json (altered or damaged)")
+
+
+def _convert_csv_items(directory: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """An index that keeps ``items.csv``: checked, then its items written as a table beside it
+    and ``index.json`` rewritten (last) to describe the table."""
+    _check_file(directory / _CSV_ITEMS, document.get("items_sha256"))
+    try:
+        items_from_csv(directory / _CSV_ITEMS, directory / ITEMS_FILE)
+        converted = {
+            **document,
+            "format": INDEX_FORMAT,
+            "items_sha256": file_key(str(directory / ITEMS_FILE)),
+        }
+        write_text_atomic(directory / "index.json", json.dumps(converted, indent=2) + "\n")
+    except OSError as exc:
+        raise HeadstartError(
+            f"{directory} keeps its items in the older items.csv, and converting them failed "
+            f"({exc}); make the directory writable once, or rebuild with headstart index build"
+        ) from None
+    log.info("%s: items.csv converted into %s", directory, ITEMS_FILE)
+    return converted

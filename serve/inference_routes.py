@@ -148,19 +148,18 @@ def _items(
     """Neighbors as answers show them: ids, labels, keys and thumbnail URLs, no server paths
     unless the service was started with --expose-paths."""
     found = []
-    for similarity, row in zip(similarities, rows, strict=True):
-        if row < 0:
-            continue
+    hits = [(float(sim), int(row)) for sim, row in zip(similarities, rows, strict=True) if row >= 0]
+    for (similarity, row), entry in zip(hits, index.items.take([r for _, r in hits]), strict=True):
         item = {
-            "id": int(row),
-            "label": printable(index.labels[row]) if index.labels[row] is not None else None,
-            "key": index.keys[row],
-            "similarity": float(similarity),
+            "id": row,
+            "label": printable(entry.label) if entry.label is not None else None,
+            "key": entry.key,
+            "similarity": similarity,
         }
         if index.thumbnails is not None:
-            item["thumbnail"] = thumbnail_url(int(row))
+            item["thumbnail"] = thumbnail_url(row)
         if expose_paths:
-            item["path"] = printable(index.paths[row])
+            item["path"] = printable(entry.path)
         found.append(item)
     return found
 

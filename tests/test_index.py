@@ -107,7 +107,7 @@ def test_saved_index_round_trips_and_refuses_tampering(tmp_path: Path) -> None:
 
     loaded = load_index(tmp_path)
     _, rows = loaded.search(X[:3], 1)
-    assert rows[:, 0].tolist() == [0, 1, 2] and loaded.paths[2] == "/img/2.jpg"
+    assert rows[:, 0].tolist() == [0, 1, 2] and loaded.items[2].path == "/img/2.jpg"
     assert (3, 7) in {(i, j) for i, j, _ in loaded.near_duplicates(0.9999)}
 
     data = (tmp_path / "index.faiss").read_bytes()

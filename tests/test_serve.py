@@ -134,7 +134,7 @@ def test_neighbors_by_image_and_by_vector_match_offline_knn(server: str, trained
         headers=AUTH,
     ).json()["neighbors"]
     loaded, offline = query_index(trained / "index", trained / "cache", sources=[str(query)], k=5)
-    assert [n["id"] for n in by_image] == [loaded.paths.index(n.path) for n in offline]
+    assert [loaded.items[n["id"]].path for n in by_image] == [n.path for n in offline]
     assert [n["similarity"] for n in by_image] == pytest.approx(
         [n.similarity for n in offline], abs=2e-3
     )

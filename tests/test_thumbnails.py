@@ -30,9 +30,10 @@ def built(tmp_path_factory) -> Path:
 
 def test_every_item_has_a_small_thumbnail_of_its_own_image(built: Path) -> None:
     index = load_index(built / "index")
-    assert index.thumbnails is not None and len(index.thumbnails) == len(index.paths)
+    assert index.thumbnails is not None and len(index.thumbnails) == len(index.items)
     assert json.loads((built / "index" / "index.json").read_text())["thumbnails"]["missing"] == 0
-    for row, (path, label) in enumerate(zip(index.paths, index.labels, strict=True)):
+    for row, item in enumerate(next(index.items.blocks())):
+        path, label = item.path, item.label
         thumbnail = Image.open(io.BytesIO(index.thumbnails.get(row)))
         assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 96
         # The colour the item's class is made of, so the row points at the right image.
