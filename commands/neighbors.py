@@ -1,4 +1,4 @@
-"""The nearest-neighbor commands: index build, knn."""
+"""The nearest-neighbor commands: index build, index verify, knn."""
 
 from __future__ import annotations
 
@@ -69,6 +69,25 @@ def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet
         )
 
 
+@index.command("verify")
+@click.argument("index_dir")
+def index_verify(index_dir) -> None:
+    """Check every byte of INDEX_DIR's files against what index build recorded.
+
+    Loading checks only sizes, modification times and sampled blocks; a copy whose files kept
+    their bytes but not their times is accepted here, and its new times recorded.
+    """
+    from headstart.search.store import verify_index
+
+    moved = verify_index(index_dir)
+    for name in moved:
+        click.echo(f"{name}: intact; its new modification time is recorded", err=True)
+    click.echo(f"{index_dir}: every file matches index.json")
+
+
+VERIFY_HELP = "First check every byte of the index's files (as `headstart index verify`)."
+
+
 @click.command()
 @click.argument("index_dir")
 @click.argument("queries", nargs=-1)
@@ -85,17 +104,31 @@ def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet
     type=click.FloatRange(-1, 1),
     help="List pairs of indexed items at least this similar instead.",
 )
+@click.option("--verify", is_flag=True, help=VERIFY_HELP)
 @runtime_options
 def knn(
-    index_dir, queries, k, keys, texts, duplicates, cache_dir, device, batch_size, workers, quiet
+    index_dir,
+    queries,
+    k,
+    keys,
+    texts,
+    duplicates,
+    verify,
+    cache_dir,
+    device,
+    batch_size,
+    workers,
+    quiet,
 ) -> None:
     """Nearest neighbors in INDEX_DIR of QUERIES (images, folders), of --key values or of
     --text queries."""
     from headstart.classify.tables import neighbor_lines
     from headstart.search.query import query_index
-    from headstart.search.store import load_index
+    from headstart.search.store import load_index, verify_index
     from headstart.search.text import refuse_text, text_neighbors
 
+    if verify:
+        verify_index(index_dir)
     if duplicates is not None:
         loaded = load_index(index_dir)
         pairs = loaded.near_duplicates(duplicates)

@@ -2,8 +2,10 @@
 
 An index directory holds ``index.faiss``, ``items.sqlite`` (row -> path, label, key: see
 :mod:`headstart.search.items`), optionally thumbnails, and ``index.json`` (kind, parameters,
-recall, fingerprint, and the SHA-256 of each file, checked before FAISS parses one).
-``index.json`` is written last, so its presence marks a complete directory.
+recall, fingerprint, and a stamp of each file: see :mod:`headstart.search.checksum`). Loading
+checks each file's size, time and sampled blocks before FAISS parses it; ``verify`` (``headstart
+index verify``, ``--verify``) checks every byte. ``index.json`` is written last, so its presence
+marks a complete directory.
 
 Directories written before the item table (format ``headstart-index/1``, with ``items.csv``)
 still load: their items are converted into ``items.sqlite`` beside the CSV on first load, and
@@ -26,13 +28,14 @@ from headstart.atomic import atomic_path, write_text_atomic
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import file_key
 from headstart.errors import HeadstartError
+from headstart.search.checksum import FileStamp, stamp_file
 from headstart.search.items import ITEMS_FILE, ItemTable, items_from_csv, write_items
 from headstart.search.loaded import LoadedIndex
 from headstart.search.spec import IndexSpec
 from headstart.search.thumbnails import ThumbnailStore, ThumbnailSummary
 from headstart.search.tune import apply_spec
 
-__all__ = ["INDEX_FILE", "INDEX_FORMAT", "load_index", "save_index"]
+__all__ = ["INDEX_FILE", "INDEX_FORMAT", "load_index", "save_index", "verify_index"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ INDEX_FORMAT = "headstart-index/2"
 _CSV_FORMAT = "headstart-index/1"  # items.csv: read, converted on first load
 INDEX_FILE = "index.faiss"
 _CSV_ITEMS = "items.csv"
+_CHECKED = (INDEX_FILE, ITEMS_FILE)  # thumbnails check their own offsets against their size
 
 
 def _on_gpu(index, spec: IndexSpec):
@@ -84,25 +88,27 @@ def save_index(
         "metric": "cosine",
         "recall_at_10": recall,
         "fingerprint": fingerprint.to_dict(),
-        "index_sha256": file_key(str(directory / INDEX_FILE)),
-        "items_sha256": file_key(str(directory / ITEMS_FILE)),
+        **_stamps(directory),
         "thumbnails": thumbnails.to_dict() if thumbnails else None,
         "created_unix": time.time(),
     }
-    write_text_atomic(directory / "index.json", json.dumps(document, indent=2) + "\n")
+    _write_document(directory, document)
     return directory
 
 
-def load_index(directory: str | os.PathLike[str]) -> LoadedIndex:
-    """Load a saved index after checking its files are the ones ``index.json`` describes."""
+def load_index(directory: str | os.PathLike[str], *, verify: bool = False) -> LoadedIndex:
+    """Load a saved index after checking its files are the ones ``index.json`` describes:
+    cheaply (size, modification time, sampled blocks), or every byte with ``verify``."""
     import faiss
 
     directory = Path(directory)
     document = _read_document(directory)
     if document.get("format") == _CSV_FORMAT:
         document = _convert_csv_items(directory, document)
-    for name, digest in ((INDEX_FILE, "index_sha256"), (ITEMS_FILE, "items_sha256")):
-        _check_file(directory / name, document.get(digest))
+    if not isinstance(document.get("files"), dict):
+        document = _stamp_unstamped(directory, document)
+    for name in _CHECKED:
+        _check(directory, name, document, full=verify)
     spec = IndexSpec(**document["spec"])
     index = faiss.read_index(str(directory / INDEX_FILE))
     apply_spec(index, spec)
@@ -136,23 +142,96 @@ def _read_document(directory: Path) -> dict[str, Any]:
     return document
 
 
-def _check_file(path: Path, digest: str | None) -> None:
+def verify_index(directory: str | os.PathLike[str]) -> list[str]:
+    """Check every byte of an index's files against ``index.json``; returns the files whose
+    contents agree but whose modification time moved (a copy), after recording the new time so
+    that loading accepts them. Raises when a file differs."""
+    directory = Path(directory)
+    document = _read_document(directory)
+    if document.get("format") == _CSV_FORMAT:
+        document = _convert_csv_items(directory, document)
+    if not isinstance(document.get("files"), dict):
+        document = _stamp_unstamped(directory, document)
+    for name in _CHECKED:
+        _check(directory, name, document, full=True)
+    moved = [
+        name
+        for name in _CHECKED
+        if os.stat(directory / name).st_mtime_ns != document["files"][name]["mtime_ns"]
+    ]
+    if moved:
+        files = dict(document["files"])
+        for name in moved:
+            files[name] = {**files[name], "mtime_ns": os.stat(directory / name).st_mtime_ns}
+        try:
+            _write_document(directory, {**document, "files": files})
+        except OSError as exc:
+            raise HeadstartError(
+                f"{directory}: every byte matches, but its new modification times cannot be "
+                f"recorded ({exc.strerror or exc}); make {directory} writable and verify again"
+            ) from None
+    return moved
+
+
+def _stamps(directory: Path) -> dict[str, Any]:
+    """index.json's record of the files: a stamp each, and (as before stamps) full digests."""
+    stamps = {name: stamp_file(directory / name) for name in _CHECKED}
+    return {
+        "files": {name: stamp.to_dict() for name, stamp in stamps.items()},
+        "index_sha256": stamps[INDEX_FILE].sha256,
+        "items_sha256": stamps[ITEMS_FILE].sha256,
+    }
+
+
+def _check(directory: Path, name: str, document: dict[str, Any], *, full: bool) -> None:
+    path = directory / name
+    stamp = FileStamp.from_dict(document["files"].get(name))
+    if stamp is None:
+        raise HeadstartError(f"{directory}/index.json does not describe {name}; rebuild the index")
+    why = stamp.full_difference(path) if full else stamp.quick_difference(path)
+    if why is None:
+        return
+    if why.startswith("it was modified"):
+        raise HeadstartError(
+            f"{path} does not match index.json: {why}; if the index was only copied, "
+            f"`headstart index verify {directory}` checks every byte and accepts it"
+        )
+    raise HeadstartError(
+        f"{path} does not match index.json (altered or damaged: {why}); rebuild the index"
+    )
+
+
+def _check_digest(path: Path, digest: str | None) -> None:
     if not path.is_file() or file_key(str(path)) != digest:
         raise HeadstartError(f"{path} does not match index.json (altered or damaged)")
+
+
+def _write_document(directory: Path, document: dict[str, Any]) -> None:
+    write_text_atomic(directory / "index.json", json.dumps(document, indent=2) + "\n")
+
+
+def _stamp_unstamped(directory: Path, document: dict[str, Any]) -> dict[str, Any]:
+    """An index saved with digests only: checked in full this once, then stamped (when the
+    directory is writable) so later loads are cheap."""
+    for name, digest in ((INDEX_FILE, "index_sha256"), (ITEMS_FILE, "items_sha256")):
+        _check_digest(directory / name, document.get(digest))
+    stamped = {**document, **_stamps(directory)}
+    try:
+        _write_document(directory, stamped)
+    except OSError as exc:
+        log.info("%s: cannot record its files' stamps (%s); checked in full", directory, exc)
+    return stamped
 
 
 def _convert_csv_items(directory: Path, document: dict[str, Any]) -> dict[str, Any]:
     """An index that keeps ``items.csv``: checked, then its items written as a table beside it
     and ``index.json`` rewritten (last) to describe the table."""
-    _check_file(directory / _CSV_ITEMS, document.get("items_sha256"))
+    _check_digest(directory / _CSV_ITEMS, document.get("items_sha256"))
+    _check_digest(directory / INDEX_FILE, document.get("index_sha256"))
     try:
         items_from_csv(directory / _CSV_ITEMS, directory / ITEMS_FILE)
-        converted = {
-            **document,
-            "format": INDEX_FORMAT,
-            "items_sha256": file_key(str(directory / ITEMS_FILE)),
-        }
-        write_text_atomic(directory / "index.json", json.dumps(converted, indent=2) + "\n")
+        converted = {**document, "format": INDEX_FORMAT, **_stamps(directory)}
+        _write_document(directory, converted)
     except OSError as exc:
         raise HeadstartError(
             f"{directory} keeps its items in the older items.csv, and converting them failed "

@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,7 @@ def test_unreadable_images_get_an_empty_entry_and_are_counted(tmp_path: Path) ->
 
 def test_altered_thumbnails_are_refused_when_the_index_loads(built: Path, tmp_path) -> None:
     copy = tmp_path / "index"
-    copy.mkdir()
-    for file in (built / "index").iterdir():
-        copy.joinpath(file.name).write_bytes(file.read_bytes())
+    shutil.copytree(built / "index", copy)  # times kept: the index's own files are intact
     with open(copy / "thumbnails.bin", "ab") as f:
         f.write(b"extra")
     with pytest.raises(HeadstartError, match="thumbnails do not match the index"):
