@@ -16,6 +16,8 @@ from headstart.search.thumbnails import ThumbnailStore
 
 __all__ = ["LoadedIndex"]
 
+_DUPLICATE_BLOCK = 4096
+
 
 @dataclass
 class LoadedIndex:
@@ -43,12 +45,14 @@ class LoadedIndex:
         import faiss
 
         if self.spec.kind in IVF_KINDS:
+            # Row -> (list, offset): 8 bytes a row, so rows can be read back in order.
             faiss.extract_index_ivf(self.cpu_index).make_direct_map()
-        vectors = self.cpu_index.reconstruct_n(0, self.cpu_index.ntotal)
+        total = self.cpu_index.ntotal
         pairs = []
-        for start in range(0, len(vectors), 4096):
-            block = vectors[start : start + 4096]
-            similarities, rows = self.index.search(block, min(k + 1, self.index.ntotal))
+        # A block of vectors at a time, reconstructed from the (mapped) index and searched.
+        for start in range(0, total, _DUPLICATE_BLOCK):
+            block = self.cpu_index.reconstruct_n(start, min(_DUPLICATE_BLOCK, total - start))
+            similarities, rows = self.index.search(block, min(k + 1, total))
             for offset, (sims, neighbors) in enumerate(zip(similarities, rows, strict=True)):
                 i = start + offset
                 pairs.extend(

@@ -31,7 +31,7 @@ from headstart.errors import HeadstartError
 from headstart.search.checksum import FileStamp, stamp_file
 from headstart.search.items import ITEMS_FILE, ItemTable, items_from_csv, write_items
 from headstart.search.loaded import LoadedIndex
-from headstart.search.spec import IndexSpec
+from headstart.search.spec import IVF_KINDS, IndexSpec
 from headstart.search.thumbnails import ThumbnailStore, ThumbnailSummary
 from headstart.search.tune import apply_spec
 
@@ -44,6 +44,23 @@ _CSV_FORMAT = "headstart-index/1"  # items.csv: read, converted on first load
 INDEX_FILE = "index.faiss"
 _CSV_ITEMS = "items.csv"
 _CHECKED = (INDEX_FILE, ITEMS_FILE)  # thumbnails check their own offsets against their size
+
+
+def _mmap_flags(spec: IndexSpec) -> int:
+    """FAISS's read flags that map ``spec``'s index from its file instead of reading it.
+
+    IVF kinds: IO_FLAG_MMAP makes the inverted lists stored in index.faiss a read-only
+    OnDiskInvertedLists over the file's own bytes; the coarse quantizer (nlist centroids) is
+    read. Flat and HNSW: IO_FLAG_MMAP_IFC (FAISS 1.10 and later; 1.15.1 here) maps the flat
+    codes, the vectors themselves; HNSW's graph is read. FAISS 1.15.1 refuses the two flags
+    together on an IVF index (its mapped reader is no file for the inverted lists' hook), and
+    IO_FLAG_MMAP alone leaves a flat index's codes in memory, hence one flag per kind.
+    """
+    import faiss
+
+    if spec.kind in IVF_KINDS:
+        return faiss.IO_FLAG_MMAP
+    return getattr(faiss, "IO_FLAG_MMAP_IFC", 0)  # an older FAISS: read into memory
 
 
 def _on_gpu(index, spec: IndexSpec):
@@ -96,9 +113,16 @@ def save_index(
     return directory
 
 
-def load_index(directory: str | os.PathLike[str], *, verify: bool = False) -> LoadedIndex:
+def load_index(
+    directory: str | os.PathLike[str], *, verify: bool = False, mmap: bool = True
+) -> LoadedIndex:
     """Load a saved index after checking its files are the ones ``index.json`` describes:
-    cheaply (size, modification time, sampled blocks), or every byte with ``verify``."""
+    cheaply (size, modification time, sampled blocks), or every byte with ``verify``.
+
+    ``mmap`` (the default) maps the vectors from ``index.faiss`` rather than reading them: the
+    process holds only what its searches touch, and processes serving one index share its
+    pages through the page cache. Off, the index is read into memory.
+    """
     import faiss
 
     directory = Path(directory)
@@ -110,7 +134,7 @@ def load_index(directory: str | os.PathLike[str], *, verify: bool = False) -> Lo
     for name in _CHECKED:
         _check(directory, name, document, full=verify)
     spec = IndexSpec(**document["spec"])
-    index = faiss.read_index(str(directory / INDEX_FILE))
+    index = faiss.read_index(str(directory / INDEX_FILE), _mmap_flags(spec) if mmap else 0)
     apply_spec(index, spec)
     items = ItemTable(directory / ITEMS_FILE)
     if len(items) != index.ntotal:
