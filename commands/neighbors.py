@@ -26,7 +26,8 @@ def index() -> None:
 )
 @click.option(
     "--max-memory",
-    help="Memory budget for the vectors, e.g. 2G (auto then compresses them: SQ8, else PQ).",
+    help="Memory budget for the build, e.g. 2G [default: half the available memory]; auto "
+    "compresses the vectors to fit (SQ8, else PQ), and a budget too small is refused.",
 )
 @click.option(
     "--target-recall", type=click.FloatRange(0, 1), default=TARGET_RECALL, show_default=True

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.search.budget import BuildPlan
 from headstart.search.settings import TARGET_RECALL
 from headstart.search.spec import COMPRESSED_KINDS, IVF_KINDS, IndexSpec
 from headstart.search.tune import tune
@@ -26,17 +27,21 @@ def build_index(
     *,
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
+    plan: BuildPlan | None = None,
 ) -> tuple[Any, IndexSpec, float]:
     """Build, fill and tune an index; returns (index, tuned spec, recall@10).
 
     Vectors are added a block at a time, IVF is trained on a sample, and exact neighbors for
-    tuning are merged block by block.
+    tuning are merged block by block. A ``plan`` (:func:`~headstart.search.budget.plan_build`)
+    sets the block and sample sizes that keep the build within a memory budget.
     """
     if isinstance(vectors, np.ndarray):
         vectors = Vectors(vectors)
+    if plan is not None:
+        vectors.block_rows = plan.block_rows
     index = empty_index(spec, vectors.dim)
     if spec.kind in IVF_KINDS:
-        _train_quantizers(index, vectors, spec, seed)
+        _train_quantizers(index, vectors, spec, seed, plan.train_rows if plan else None)
     for _, block in vectors.blocks():
         index.add(block)
     spec, recall = tune(index, vectors, spec, target_recall, seed)
@@ -68,12 +73,16 @@ def empty_index(spec: IndexSpec, d: int):
     return faiss.IndexIVFPQ(quantizer, d, spec.nlist, spec.pq_m, spec.pq_nbits, ip)
 
 
-def _train_quantizers(index, vectors: Vectors, spec: IndexSpec, seed: int) -> None:
-    """Train an IVF index's coarse (and product) quantizer on a sample of the vectors."""
+def _train_quantizers(
+    index, vectors: Vectors, spec: IndexSpec, seed: int, most: int | None
+) -> None:
+    """Train an IVF index's coarse (and product) quantizer on a sample of the vectors (of at
+    most ``most``, when a budget caps it)."""
     # FAISS wants >= 39 training vectors per centroid: per IVF list, and per PQ code.
     wanted = 39 * max(spec.nlist, 2**spec.pq_nbits if spec.kind == "ivfpq" else 0)
+    size = min(vectors.count, wanted, most if most is not None else wanted)
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(vectors.count, size=min(vectors.count, wanted), replace=False))
+    sample = np.sort(rng.choice(vectors.count, size=size, replace=False))
     if len(sample) < wanted:
         # Said once here, if at all, rather than by FAISS once per quantizer it trains.
         index.cp.min_points_per_centroid = 1

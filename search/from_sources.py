@@ -11,6 +11,7 @@ from pathlib import Path
 
 from headstart.classify.data import embed_sources
 from headstart.extract import ExtractOptions
+from headstart.search.budget import default_budget, plan_build
 from headstart.search.build import build_index
 from headstart.search.settings import TARGET_RECALL
 from headstart.search.spec import IndexSpec, choose_spec
@@ -44,11 +45,16 @@ def build_index_from_sources(
     thumbnails: bool = True,
     progress: bool = False,
 ) -> BuiltIndex:
+    """Embed ``sources`` (what the cache lacks) and index them into ``out``, within
+    ``max_memory`` bytes (default: half the memory available); a budget that cannot hold the
+    build is refused before it starts."""
+    budget = max_memory if max_memory is not None else default_budget()
     data = embed_sources(sources, embed, cache_dir, progress=progress)
     started = time.perf_counter()
     vectors = Vectors(data.store, data.keys)  # streamed from the shards, never all in memory
-    spec = choose_spec(vectors.count, vectors.dim, kind, max_memory)
-    index, spec, recall = build_index(vectors, spec, target_recall=target_recall)
+    spec = choose_spec(vectors.count, vectors.dim, kind, budget)
+    plan = plan_build(spec, vectors.count, vectors.dim, budget)
+    index, spec, recall = build_index(vectors, spec, target_recall=target_recall, plan=plan)
     # Written before index.json, which marks the directory complete.
     thumbnail_summary = write_thumbnails(out, data.paths) if thumbnails else None
     save_index(

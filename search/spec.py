@@ -27,6 +27,7 @@ __all__ = [
 COMPRESSED_KINDS = ("ivfsq", "ivfpq")
 IVF_KINDS = ("ivf", *COMPRESSED_KINDS)
 FLAT_BELOW = 100_000
+_ID_BYTES = 8  # an IVF list keeps an int64 id a vector
 
 
 @dataclass(frozen=True)
@@ -67,22 +68,28 @@ def choose_spec(n: int, d: int, kind: str = "auto", max_memory: int | None = Non
     nlist = int(2 ** round(math.log2(max(4 * math.sqrt(n), 16))))
     nlist = max(1, min(nlist, 65536, n // 39 or 1))  # FAISS wants >= 39 training points a list
     full_size = n * d * 4
+    # The codes share the budget with a block of vectors being added (an eighth at most) and
+    # an IVF list's int64 id a vector.
+    usable = None if max_memory is None else max_memory - max_memory // 8
     if kind == "auto":
-        if max_memory is None or full_size <= max_memory:
+        if usable is None or n * (d * 4 + _ID_BYTES) <= usable:
             kind = "flat" if n < FLAT_BELOW else "ivf"
         else:
-            kind = "ivfsq" if n * d <= max_memory else "ivfpq"
+            kind = "ivfsq" if n * (d + _ID_BYTES) <= usable else "ivfpq"
     if kind == "flat":
         return IndexSpec("flat")
     if kind == "hnsw":
         return IndexSpec("hnsw")
     if kind in ("ivf", "ivfsq"):
         return IndexSpec(kind, nlist=nlist)
-    budget = max_memory if max_memory is not None else full_size // 8
+    budget = usable if usable is not None else full_size // 8
     sizes = (128, 96, 64, 48, 32, 24, 16, 12, 8, 4)  # bytes a vector; more is more faithful
-    fitting = [m for m in sizes if d % m == 0 and m <= d // 2 and n * m <= budget]
+    fitting = [m for m in sizes if d % m == 0 and m <= d // 2 and n * (m + _ID_BYTES) <= budget]
     if not fitting:
-        raise HeadstartError(f"{n} vectors do not fit in {budget} bytes even at 4 bytes each")
+        raise HeadstartError(
+            f"{n} vectors do not fit in {max_memory or budget} bytes even at 4 bytes each; "
+            "give a larger --max-memory"
+        )
     # A codebook cannot have more centroids than there are training vectors.
     nbits = 8 if n >= 256 else max(1, int(math.log2(max(n, 2))))
     return IndexSpec("ivfpq", nlist=nlist, pq_m=fitting[0], pq_nbits=nbits)
