@@ -1,4 +1,4 @@
-"""The nearest-neighbor commands: index build, index verify, knn."""
+"""The nearest-neighbor commands: index build, add and verify, knn."""
 
 from __future__ import annotations
 
@@ -68,6 +68,38 @@ def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet
             f"{built.thumbnails.missing} items have no thumbnail (unreadable when indexed)",
             err=True,
         )
+
+
+@index.command("add")
+@click.argument("index_dir")
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--max-memory",
+    help="Memory budget, e.g. 2G [default: half the available memory]; the index is read "
+    "into memory to grow it, and a budget that cannot hold it is refused.",
+)
+@runtime_options
+def index_add(index_dir, sources, max_memory, cache_dir, device, batch_size, workers, quiet):
+    """Add the images of SOURCES that INDEX_DIR does not hold yet, without a rebuild.
+
+    They are embedded as the index's images were (only what the cache lacks). Killed at any
+    moment, the index is left as it was before, or grown.
+    """
+    from headstart.search.from_sources import add_sources_to_index
+    from headstart.search.spec import parse_size
+
+    grown = add_sources_to_index(
+        index_dir,
+        sources,
+        cache_dir,
+        runtime=runtime(device, batch_size, workers),
+        max_memory=parse_size(max_memory) if max_memory else None,
+        progress=not quiet,
+    )
+    click.echo(
+        f"added {grown.added} vectors ({grown.known} already indexed) -> {index_dir}: "
+        f"{grown.count} in all"
+    )
 
 
 @index.command("verify")

@@ -1,5 +1,6 @@
-"""The job behind ``headstart index build``: embed the sources through the cache (only what is
-missing), build an index over their vectors streamed from the shards, and save it."""
+"""The jobs behind ``headstart index build`` and ``index add``: embed the sources through the
+cache (only what is missing), then build an index over their vectors streamed from the shards,
+or add the new ones to an index."""
 
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from headstart.classify.data import embed_sources
-from headstart.extract import ExtractOptions
+from headstart.extract import ExtractOptions, options_for_fingerprint
 from headstart.search.budget import default_budget, plan_build
 from headstart.search.build import build_index
+from headstart.search.grow import add_to_index
 from headstart.search.settings import TARGET_RECALL
 from headstart.search.spec import IndexSpec, choose_spec
-from headstart.search.store import save_index
+from headstart.search.store import load_index, save_index
 from headstart.search.thumbnails import ThumbnailSummary, write_thumbnails
 from headstart.search.vectors import Vectors
 
-__all__ = ["BuiltIndex", "build_index_from_sources"]
+__all__ = ["BuiltIndex", "Grown", "add_sources_to_index", "build_index_from_sources"]
 
 
 @dataclass
@@ -72,3 +76,45 @@ def build_index_from_sources(
     return BuiltIndex(
         Path(out), spec, recall, vectors.count, elapsed, data.missing, thumbnail_summary
     )
+
+
+@dataclass
+class Grown:
+    """What ``index add`` did: vectors added, images already indexed, the index's size."""
+
+    added: int
+    known: int
+    count: int
+    missing: int
+
+
+def add_sources_to_index(
+    index_dir: str | os.PathLike[str],
+    sources: Sequence[str],
+    cache_dir: str | os.PathLike[str],
+    *,
+    runtime: dict | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
+) -> Grown:
+    """Embed ``sources`` as the index's were (only what the cache lacks) and add the images it
+    does not hold yet (by content key) to the index in ``index_dir``."""
+    loaded = load_index(index_dir)  # mapped: only its fingerprint and items are needed here
+    options = options_for_fingerprint(loaded.fingerprint, **(runtime or {}))
+    data = embed_sources(sources, options, cache_dir, progress=progress)
+    keys = [key.decode() for key in data.keys]
+    known = loaded.items.known(keys)
+    seen: set[str] = set()
+    rows = []
+    for row, key in enumerate(keys):
+        if key not in known and key not in seen:  # one row per new image, even if listed twice
+            seen.add(key)
+            rows.append(row)
+    new = np.asarray(rows, dtype=np.int64)
+    added = add_to_index(
+        index_dir,
+        Vectors(data.store, data.keys[new]),
+        [(data.paths[r], data.labels[r], keys[r]) for r in rows],
+        max_memory=max_memory if max_memory is not None else default_budget(),
+    )
+    return Grown(added.added, len(keys) - len(rows), added.count, data.missing)

@@ -29,9 +29,8 @@ from pathlib import Path
 from headstart.atomic import atomic_path
 from headstart.errors import HeadstartError
 
-__all__ = ["ITEMS_FILE", "Item", "ItemTable", "items_from_csv", "write_items"]
+__all__ = ["Item", "ItemTable", "items_from_csv", "write_items"]
 
-ITEMS_FILE = "items.sqlite"
 _BLOCK = 65_536  # rows a transaction when writing, and at most this many in memory
 _QUERY_ROWS = 500  # rows a SELECT asks for by id (under SQLite's bound-variable limit)
 
@@ -53,9 +52,16 @@ def _to_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def write_items(path: str | os.PathLike[str], items: Iterable[tuple[str, str | None, str]]) -> int:
+def write_items(
+    path: str | os.PathLike[str],
+    items: Iterable[tuple[str, str | None, str]],
+    *,
+    after: str | os.PathLike[str] | None = None,
+) -> int:
     """Write ``(path, label, key)`` rows, numbered from 0, to a new table at ``path``; returns
-    how many. Rows are consumed a block at a time, so ``items`` may be a generator."""
+    how many. Rows are consumed a block at a time, so ``items`` may be a generator. With
+    ``after`` (another table), its rows come first, copied by SQLite without passing through
+    Python, and ``items`` are numbered after them."""
     rows = 0
     with atomic_path(path) as temporary:
         connection = sqlite3.connect(temporary)
@@ -67,6 +73,12 @@ def write_items(path: str | os.PathLike[str], items: Iterable[tuple[str, str | N
                 "CREATE TABLE items (row INTEGER PRIMARY KEY, path BLOB NOT NULL, "
                 "label BLOB, key TEXT NOT NULL)"
             )
+            if after is not None:
+                connection.execute("ATTACH DATABASE ? AS old", (str(after),))
+                connection.execute("INSERT INTO items SELECT row, path, label, key FROM old.items")
+                connection.commit()
+                connection.execute("DETACH DATABASE old")
+                (rows,) = connection.execute("SELECT count(*) FROM items").fetchone()
             iterator = iter(items)
             while block := list(islice(iterator, _BLOCK)):
                 connection.executemany(
@@ -78,6 +90,9 @@ def write_items(path: str | os.PathLike[str], items: Iterable[tuple[str, str | N
                 )
                 connection.commit()
                 rows += len(block)
+            # Finding content keys (is this image indexed already?) reads the B-tree, not the table.
+            connection.execute("CREATE INDEX items_by_key ON items (key)")
+            connection.commit()
         finally:
             connection.close()
     return rows
@@ -137,6 +152,17 @@ class ItemTable:
         if missing:
             raise IndexError(f"no item {missing[0]}; the index holds {self._count}")
         return [found[r] for r in wanted]
+
+    def known(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` some item has."""
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(keys), _QUERY_ROWS):
+                chunk = list(keys[start : start + _QUERY_ROWS])
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT key FROM items WHERE key IN ({marks})"
+                found.update(key for (key,) in self._connection.execute(query, chunk))
+        return found
 
     def blocks(self, rows: int = _BLOCK) -> Iterator[list[Item]]:
         """Every item in row order, ``rows`` at a time."""

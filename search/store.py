@@ -5,7 +5,8 @@ An index directory holds ``index.faiss``, ``items.sqlite`` (row -> path, label, 
 recall, fingerprint, and a stamp of each file: see :mod:`headstart.search.checksum`). Loading
 checks each file's size, time and sampled blocks before FAISS parses it; ``verify`` (``headstart
 index verify``, ``--verify``) checks every byte. ``index.json`` is written last, so its presence
-marks a complete directory.
+marks a complete directory. ``index add`` grows an index into a new generation of files (see
+:mod:`headstart.search.layout`), which ``index.json`` then names.
 
 Directories written before the item table (format ``headstart-index/1``, with ``items.csv``)
 still load: their items are converted into ``items.sqlite`` beside the CSV on first load, and
@@ -29,21 +30,27 @@ from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import file_key
 from headstart.errors import HeadstartError
 from headstart.search.checksum import FileStamp, stamp_file
-from headstart.search.items import ITEMS_FILE, ItemTable, items_from_csv, write_items
+from headstart.search.items import ItemTable, items_from_csv, write_items
+from headstart.search.layout import Layout
 from headstart.search.loaded import LoadedIndex
 from headstart.search.spec import IVF_KINDS, IndexSpec
 from headstart.search.thumbnails import ThumbnailStore, ThumbnailSummary
 from headstart.search.tune import apply_spec
 
-__all__ = ["INDEX_FILE", "INDEX_FORMAT", "load_index", "save_index", "verify_index"]
+__all__ = [
+    "INDEX_FORMAT",
+    "file_record",
+    "load_index",
+    "save_index",
+    "verify_index",
+    "write_document",
+]
 
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "headstart-index/2"
 _CSV_FORMAT = "headstart-index/1"  # items.csv: read, converted on first load
-INDEX_FILE = "index.faiss"
 _CSV_ITEMS = "items.csv"
-_CHECKED = (INDEX_FILE, ITEMS_FILE)  # thumbnails check their own offsets against their size
 
 
 def _mmap_flags(spec: IndexSpec) -> int:
@@ -92,9 +99,10 @@ def save_index(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / INDEX_FILE) as temporary:
+    layout = Layout()
+    with atomic_path(directory / layout.index) as temporary:
         faiss.write_index(index, str(temporary))
-    count = write_items(directory / ITEMS_FILE, zip(paths, labels, keys, strict=True))
+    count = write_items(directory / layout.items, zip(paths, labels, keys, strict=True))
     if count != index.ntotal:
         raise HeadstartError(f"{count} items for {index.ntotal} vectors")
     document = {
@@ -105,11 +113,11 @@ def save_index(
         "metric": "cosine",
         "recall_at_10": recall,
         "fingerprint": fingerprint.to_dict(),
-        **_stamps(directory),
+        **file_record(directory, layout),
         "thumbnails": thumbnails.to_dict() if thumbnails else None,
         "created_unix": time.time(),
     }
-    _write_document(directory, document)
+    write_document(directory, document)
     return directory
 
 
@@ -126,17 +134,13 @@ def load_index(
     import faiss
 
     directory = Path(directory)
-    document = _read_document(directory)
-    if document.get("format") == _CSV_FORMAT:
-        document = _convert_csv_items(directory, document)
-    if not isinstance(document.get("files"), dict):
-        document = _stamp_unstamped(directory, document)
-    for name in _CHECKED:
+    document, layout = _current(directory)
+    for name in (layout.index, layout.items):
         _check(directory, name, document, full=verify)
     spec = IndexSpec(**document["spec"])
-    index = faiss.read_index(str(directory / INDEX_FILE), _mmap_flags(spec) if mmap else 0)
+    index = faiss.read_index(str(directory / layout.index), _mmap_flags(spec) if mmap else 0)
     apply_spec(index, spec)
-    items = ItemTable(directory / ITEMS_FILE)
+    items = ItemTable(directory / layout.items)
     if len(items) != index.ntotal:
         raise HeadstartError(f"{directory}: {len(items)} items for {index.ntotal} vectors")
     recorded = Fingerprint.recorded_in(document, str(directory / "index.json"))
@@ -147,7 +151,11 @@ def load_index(
         fingerprint=recorded,
         items=items,
         document=document,
-        thumbnails=ThumbnailStore(directory, len(items)) if document.get("thumbnails") else None,
+        thumbnails=(
+            ThumbnailStore(directory, len(items), layout.thumbnails)
+            if document.get("thumbnails")
+            else None
+        ),
     )
 
 
@@ -171,16 +179,13 @@ def verify_index(directory: str | os.PathLike[str]) -> list[str]:
     contents agree but whose modification time moved (a copy), after recording the new time so
     that loading accepts them. Raises when a file differs."""
     directory = Path(directory)
-    document = _read_document(directory)
-    if document.get("format") == _CSV_FORMAT:
-        document = _convert_csv_items(directory, document)
-    if not isinstance(document.get("files"), dict):
-        document = _stamp_unstamped(directory, document)
-    for name in _CHECKED:
+    document, layout = _current(directory)
+    checked = (layout.index, layout.items)
+    for name in checked:
         _check(directory, name, document, full=True)
     moved = [
         name
-        for name in _CHECKED
+        for name in checked
         if os.stat(directory / name).st_mtime_ns != document["files"][name]["mtime_ns"]
     ]
     if moved:
@@ -188,7 +193,7 @@ def verify_index(directory: str | os.PathLike[str]) -> list[str]:
         for name in moved:
             files[name] = {**files[name], "mtime_ns": os.stat(directory / name).st_mtime_ns}
         try:
-            _write_document(directory, {**document, "files": files})
+            write_document(directory, {**document, "files": files})
         except OSError as exc:
             raise HeadstartError(
                 f"{directory}: every byte matches, but its new modification times cannot be "
@@ -197,13 +202,27 @@ def verify_index(directory: str | os.PathLike[str]) -> list[str]:
     return moved
 
 
-def _stamps(directory: Path) -> dict[str, Any]:
-    """index.json's record of the files: a stamp each, and (as before stamps) full digests."""
-    stamps = {name: stamp_file(directory / name) for name in _CHECKED}
+def _current(directory: Path) -> tuple[dict[str, Any], Layout]:
+    """``index.json`` (older directories brought up to date first) and the files it names."""
+    document = _read_document(directory)
+    if document.get("format") == _CSV_FORMAT:
+        document = _convert_csv_items(directory, document)
+    if not isinstance(document.get("files"), dict):
+        document = _stamp_unstamped(directory, document)
+    return document, Layout.of(document)
+
+
+def file_record(directory: str | os.PathLike[str], layout: Layout) -> dict[str, Any]:
+    """index.json's record of ``layout``'s files, just written: their generation, a stamp of
+    the index and the items each, and (as before stamps) their full digests. Thumbnails check
+    their own offsets against their size."""
+    directory = Path(directory)
+    stamps = {name: stamp_file(directory / name) for name in (layout.index, layout.items)}
     return {
+        "generation": layout.generation,
         "files": {name: stamp.to_dict() for name, stamp in stamps.items()},
-        "index_sha256": stamps[INDEX_FILE].sha256,
-        "items_sha256": stamps[ITEMS_FILE].sha256,
+        "index_sha256": stamps[layout.index].sha256,
+        "items_sha256": stamps[layout.items].sha256,
     }
 
 
@@ -230,18 +249,20 @@ def _check_digest(path: Path, digest: str | None) -> None:
         raise HeadstartError(f"{path} does not match index.json (altered or damaged)")
 
 
-def _write_document(directory: Path, document: dict[str, Any]) -> None:
-    write_text_atomic(directory / "index.json", json.dumps(document, indent=2) + "\n")
+def write_document(directory: str | os.PathLike[str], document: dict[str, Any]) -> None:
+    """Replace ``index.json`` by a rename: readers see the old document or the new one."""
+    write_text_atomic(Path(directory) / "index.json", json.dumps(document, indent=2) + "\n")
 
 
 def _stamp_unstamped(directory: Path, document: dict[str, Any]) -> dict[str, Any]:
     """An index saved with digests only: checked in full this once, then stamped (when the
     directory is writable) so later loads are cheap."""
-    for name, digest in ((INDEX_FILE, "index_sha256"), (ITEMS_FILE, "items_sha256")):
+    layout = Layout.of(document)
+    for name, digest in ((layout.index, "index_sha256"), (layout.items, "items_sha256")):
         _check_digest(directory / name, document.get(digest))
-    stamped = {**document, **_stamps(directory)}
+    stamped = {**document, **file_record(directory, layout)}
     try:
-        _write_document(directory, stamped)
+        write_document(directory, stamped)
     except OSError as exc:
         log.info("%s: cannot record its files' stamps (%s); checked in full", directory, exc)
     return stamped
@@ -251,15 +272,16 @@ def _convert_csv_items(directory: Path, document: dict[str, Any]) -> dict[str, A
     """An index that keeps ``items.csv``: checked, then its items written as a table beside it
     and ``index.json`` rewritten (last) to describe the table."""
     _check_digest(directory / _CSV_ITEMS, document.get("items_sha256"))
-    _check_digest(directory / INDEX_FILE, document.get("index_sha256"))
+    layout = Layout()
+    _check_digest(directory / layout.index, document.get("index_sha256"))
     try:
-        items_from_csv(directory / _CSV_ITEMS, directory / ITEMS_FILE)
-        converted = {**document, "format": INDEX_FORMAT, **_stamps(directory)}
-        _write_document(directory, converted)
+        items_from_csv(directory / _CSV_ITEMS, directory / layout.items)
+        converted = {**document, "format": INDEX_FORMAT, **file_record(directory, layout)}
+        write_document(directory, converted)
     except OSError as exc:
         raise HeadstartError(
             f"{directory} keeps its items in the older items.csv, and converting them failed "
             f"({exc}); make the directory writable once, or rebuild with headstart index build"
         ) from None
-    log.info("%s: items.csv converted into %s", directory, ITEMS_FILE)
+    log.info("%s: items.csv converted into %s", directory, layout.items)
     return converted
