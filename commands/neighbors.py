@@ -16,8 +16,21 @@ def index() -> None:
 
 
 @index.command("build")
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @embedding_options
+@click.option(
+    "--from-embeddings",
+    "embeddings_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Index the vectors of a .npy or .parquet file instead of embedding SOURCES "
+    "(no --model needed).",
+)
+@click.option(
+    "--vector-column",
+    default="embedding",
+    show_default=True,
+    help="The Parquet column holding the vectors.",
+)
 @click.option(
     "--kind",
     type=click.Choice(INDEX_KINDS),
@@ -41,13 +54,47 @@ def index() -> None:
 )
 @click.option("-o", "--out", default="index", show_default=True, help="Index directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet, **params) -> None:
-    """Build a FAISS index over the embeddings of SOURCES."""
-    from headstart.search.from_sources import build_index_from_sources
+def index_build(
+    sources,
+    embeddings_file,
+    vector_column,
+    kind,
+    max_memory,
+    target_recall,
+    thumbnails,
+    out,
+    quiet,
+    **params,
+) -> None:
+    """Build a FAISS index over the embeddings of SOURCES (or of --from-embeddings FILE)."""
+    from headstart.search.from_sources import (
+        build_index_from_embeddings,
+        build_index_from_sources,
+    )
     from headstart.search.spec import parse_size
 
-    embed, cache_dir = extract_options(params)
     budget = parse_size(max_memory) if max_memory else None
+    if embeddings_file is not None:
+        if sources:
+            raise click.UsageError("give SOURCES or --from-embeddings, not both")
+        built = build_index_from_embeddings(
+            embeddings_file,
+            out,
+            vector_column=vector_column,
+            kind=kind,
+            max_memory=budget,
+            target_recall=target_recall,
+        )
+        click.echo(
+            f"indexed {built.count} vectors: {built.spec.describe()}, recall@10 "
+            f"{built.recall:.3f} against exact search ({built.seconds:.1f} s) -> {out}"
+        )
+        return
+    if not sources:
+        raise click.UsageError("give SOURCES to embed, or --from-embeddings FILE")
+    if not params.get("model"):
+        raise click.UsageError("Missing option '-m' / '--model'.")
+    embed, cache_dir = extract_options(params)
     built = build_index_from_sources(
         sources,
         embed,
@@ -68,6 +115,10 @@ def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet
             f"{built.thumbnails.missing} items have no thumbnail (unreadable when indexed)",
             err=True,
         )
+
+
+# --from-embeddings needs no model: --model is checked in the command instead.
+next(p for p in index_build.params if p.name == "model").required = False
 
 
 @index.command("add")

@@ -16,6 +16,7 @@ from headstart.classify.data import embed_sources
 from headstart.extract import ExtractOptions, options_for_fingerprint
 from headstart.search.budget import default_budget, plan_build
 from headstart.search.build import build_index
+from headstart.search.embeddings_file import embeddings_fingerprint, open_embeddings
 from headstart.search.grow import add_to_index
 from headstart.search.settings import TARGET_RECALL
 from headstart.search.spec import IndexSpec, choose_spec
@@ -23,7 +24,13 @@ from headstart.search.store import load_index, save_index
 from headstart.search.thumbnails import ThumbnailSummary, write_thumbnails
 from headstart.search.vectors import Vectors
 
-__all__ = ["BuiltIndex", "Grown", "add_sources_to_index", "build_index_from_sources"]
+__all__ = [
+    "BuiltIndex",
+    "Grown",
+    "add_sources_to_index",
+    "build_index_from_embeddings",
+    "build_index_from_sources",
+]
 
 
 @dataclass
@@ -118,3 +125,38 @@ def add_sources_to_index(
         max_memory=max_memory if max_memory is not None else default_budget(),
     )
     return Grown(added.added, len(keys) - len(rows), added.count, data.missing)
+
+
+def build_index_from_embeddings(
+    file: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    vector_column: str = "embedding",
+    kind: str = "auto",
+    max_memory: int | None = None,
+    target_recall: float = TARGET_RECALL,
+) -> BuiltIndex:
+    """Index the vectors of a ``.npy`` or Parquet file (as autofaiss does), read in blocks.
+
+    Item ``i`` is named ``FILE#i``: the file says nothing of images, so the index keeps no
+    labels, content keys or thumbnails.
+    """
+    budget = max_memory if max_memory is not None else default_budget()
+    started = time.perf_counter()
+    vectors = open_embeddings(file, vector_column)
+    spec = choose_spec(vectors.count, vectors.dim, kind, budget)
+    plan = plan_build(spec, vectors.count, vectors.dim, budget)  # refused here, before work
+    index, spec, recall = build_index(vectors, spec, target_recall=target_recall, plan=plan)
+    name = Path(file).name
+    save_index(
+        out,
+        index,
+        spec,
+        recall,
+        fingerprint=embeddings_fingerprint(file, vectors.dim),
+        paths=(f"{name}#{row}" for row in range(vectors.count)),
+        labels=(None for _ in range(vectors.count)),
+        keys=("" for _ in range(vectors.count)),
+    )
+    elapsed = time.perf_counter() - started
+    return BuiltIndex(Path(out), spec, recall, vectors.count, elapsed, 0, None)
