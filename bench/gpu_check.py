@@ -191,7 +191,7 @@ def heads_check(smoke: bool) -> bool:
     if faiss.get_num_gpus() == 0:
         print("FAISS GPU search: not checked (this FAISS build sees no GPU)")
         return ok
-    from headstart.classify.neighbors import exact_search, l2_normalize
+    from headstart.search.exact import exact_search, l2_normalize
 
     database, queries = l2_normalize(X), l2_normalize(X[:1000])
     found = {}
@@ -325,9 +325,9 @@ def clip_side(
 ) -> ClipSide:
     """Embed ``paths`` on ``device`` at ``precision``, build the zero-shot head of ``classes``,
     encode the queries and search an index of the images, as a user's commands would."""
-    from headstart.classify.text_search import text_neighbors
     from headstart.classify.zeroshot import zeroshot_head
     from headstart.extract.text import TextEncoder, encode_texts
+    from headstart.search.text import text_neighbors
 
     cache = work / f"clip-{device}-{precision}"
     manifest = work / "clip-images.txt"
@@ -365,7 +365,9 @@ def clip_side(
 def clip_index(embeddings: np.ndarray, paths: list[Path], fingerprint, directory: Path):
     """A saved and reloaded index of the images, as ``headstart index`` makes one."""
     from headstart.cache.keys import file_key
-    from headstart.classify.index import build_index, choose_spec, load_index, save_index
+    from headstart.search.build import build_index
+    from headstart.search.spec import choose_spec
+    from headstart.search.store import load_index, save_index
 
     index, spec, recall = build_index(embeddings, choose_spec(*embeddings.shape))
     save_index(

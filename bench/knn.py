@@ -22,8 +22,9 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from synthetic import embedding_like
 
-from headstart.classify.index import build_index, choose_spec
-from headstart.classify.neighbors import exact_search
+from headstart.search.build import build_index
+from headstart.search.exact import exact_search
+from headstart.search.spec import choose_spec
 
 
 def timed(fn, repeat: int = 3):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.cache import EmbeddingCache, FileRecord, Fingerprint, ShardWriter, content_key
-from headstart.classify.neighbors import l2_normalize
+from headstart.search.exact import l2_normalize
 
 
 def embedding_blocks(

@@ -11,34 +11,11 @@ import numpy as np
 
 from headstart.classify.heads import Head, HeadOption, register_head
 from headstart.errors import HeadstartError
+from headstart.search.exact import exact_search, l2_normalize  # re-exported: heads use them
 
 __all__ = ["KNNHead", "NearestClassMeanHead", "exact_search", "knn_votes", "l2_normalize"]
 
 VOTES = ("weighted", "majority")
-
-
-def l2_normalize(X: np.ndarray) -> np.ndarray:
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norms, 1e-12)
-
-
-def exact_search(
-    database: np.ndarray, queries: np.ndarray, k: int, *, gpu: bool | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product search: (similarities, indices), each (n_queries, k), best first.
-
-    ``gpu=None`` uses the GPUs FAISS sees, if any.
-    """
-    import faiss
-
-    index = faiss.IndexFlatIP(database.shape[1])
-    if gpu is None:
-        gpu = faiss.get_num_gpus() > 0
-    if gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(np.ascontiguousarray(database, dtype=np.float32))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 def knn_votes(

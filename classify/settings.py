@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_HEAD", "INDEX_KINDS", "NEIGHBORS", "TARGET_RECALL", "VAL_SPLIT", "TrainOptions"]
+__all__ = ["DEFAULT_HEAD", "VAL_SPLIT", "TrainOptions"]
 
 DEFAULT_HEAD = "logreg"  # what `train` fits when no head is named
 VAL_SPLIT = 0.2  # the held-out fraction when no validation source is given
-INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfsq", "ivfpq")  # auto: chosen by size and memory
-TARGET_RECALL = 0.95  # recall@10 against exact search that an approximate index is tuned to
-NEIGHBORS = 10  # how many neighbors a query returns unless told
 
 
 @dataclass(frozen=True)

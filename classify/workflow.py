@@ -1,4 +1,4 @@
-"""The jobs behind ``headstart train``, ``evaluate``, ``predict``, ``index build`` and ``knn``.
+"""The jobs behind ``headstart train``, ``evaluate`` and ``predict``.
 
 Each takes image sources, gets their embeddings through the cache (embedding only what is
 missing) and hands arrays to the heads, metrics and indexes; the command line only prints.
@@ -7,7 +7,6 @@ missing) and hands arrays to the heads, metrics and indexes; the command line on
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from headstart.cache.fingerprint import Fingerprint
-from headstart.cache.keys import KEY_DTYPE
-from headstart.cache.store import EmbeddingCache
 from headstart.classify.data import (
     Embedded,
     class_counts,
@@ -24,30 +21,18 @@ from headstart.classify.data import (
     train_and_validation,
 )
 from headstart.classify.heads import Head, get_head
-from headstart.classify.index import (
-    IndexSpec,
-    LoadedIndex,
-    Vectors,
-    build_index,
-    choose_spec,
-    load_index,
-    save_index,
-)
 from headstart.classify.metrics import Metrics, per_class_report, score
 from headstart.classify.persist import LoadedHead, load_head, save_head
-from headstart.classify.settings import NEIGHBORS, TARGET_RECALL, TrainOptions
+from headstart.classify.settings import TrainOptions
 from headstart.classify.sweep import LeaderboardRow, fit_and_score, refit, sweep
-from headstart.classify.thumbnails import ThumbnailSummary, write_thumbnails
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, options_for_fingerprint
 
 __all__ = [
     "TrainOptions",
     "TrainResult",
-    "build_index_from_sources",
     "evaluate_head",
     "predict_with_head",
-    "query_index",
     "score_head",
     "train_head",
 ]
@@ -308,94 +293,3 @@ def predict_with_head(
     failures = data.summary.failure_examples if data.summary else []
     proba = loaded.head.predict_proba(data.X)
     return Predictions(data.paths, proba, np.asarray(loaded.head.classes_), data.missing, failures)
-
-
-@dataclass
-class BuiltIndex:
-    directory: Path
-    spec: IndexSpec
-    recall: float
-    count: int
-    seconds: float
-    missing: int
-    thumbnails: ThumbnailSummary | None = None
-
-
-def build_index_from_sources(
-    sources: Sequence[str],
-    embed: ExtractOptions,
-    cache_dir: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    kind: str = "auto",
-    max_memory: int | None = None,
-    target_recall: float = TARGET_RECALL,
-    thumbnails: bool = True,
-    progress: bool = False,
-) -> BuiltIndex:
-    data = embed_sources(sources, embed, cache_dir, progress=progress)
-    started = time.perf_counter()
-    vectors = Vectors(data.store, data.keys)  # streamed from the shards, never all in memory
-    spec = choose_spec(vectors.count, vectors.dim, kind, max_memory)
-    index, spec, recall = build_index(vectors, spec, target_recall=target_recall)
-    keys = [k.decode() for k in data.keys.tolist()]
-    # Written before index.json, which marks the directory complete.
-    thumbnail_summary = write_thumbnails(out, data.paths) if thumbnails else None
-    save_index(
-        out,
-        index,
-        spec,
-        recall,
-        fingerprint=data.fingerprint,
-        paths=data.paths,
-        labels=list(data.labels),
-        keys=keys,
-        thumbnails=thumbnail_summary,
-    )
-    elapsed = time.perf_counter() - started
-    return BuiltIndex(
-        Path(out), spec, recall, vectors.count, elapsed, data.missing, thumbnail_summary
-    )
-
-
-@dataclass
-class Neighbor:
-    query: str
-    rank: int
-    similarity: float
-    path: str
-    label: str | None
-
-
-def query_index(
-    index_dir: str | os.PathLike[str],
-    cache_dir: str | os.PathLike[str],
-    *,
-    sources: Sequence[str] = (),
-    keys: Sequence[str] = (),
-    k: int = NEIGHBORS,
-    runtime: dict | None = None,
-    progress: bool = False,
-) -> tuple[LoadedIndex, list[Neighbor]]:
-    """Neighbors of query images (embedded like the index) and of cached content keys."""
-    loaded = load_index(index_dir)
-    names: list[str] = []
-    blocks = []
-    if sources:
-        data = _embed_for(loaded.fingerprint, sources, cache_dir, runtime or {}, progress)
-        names.extend(data.paths)
-        blocks.append(data.X)
-    if keys:
-        store = EmbeddingCache(cache_dir).open(loaded.fingerprint)
-        blocks.append(store.get(np.asarray(keys, dtype=KEY_DTYPE)))
-        names.extend(f"key:{key}" for key in keys)
-    if not blocks:
-        raise HeadstartError("give query images or --key values")
-    similarities, rows = loaded.search(np.concatenate(blocks), k)
-    found = [
-        Neighbor(name, rank + 1, float(sim), loaded.paths[row], loaded.labels[row])
-        for name, sims, hits in zip(names, similarities, rows, strict=True)
-        for rank, (sim, row) in enumerate(zip(sims, hits, strict=True))
-        if row >= 0
-    ]
-    return loaded, found

@@ -1,11 +1,11 @@
-"""The nearest-neighbor commands: index build, knn."""
+"""The nearest-neighbor commands: index build, add and verify, knn."""
 
 from __future__ import annotations
 
 import click
 
-from headstart.classify.settings import INDEX_KINDS, NEIGHBORS, TARGET_RECALL
 from headstart.commands.options import embedding_options, extract_options, runtime, runtime_options
+from headstart.search.settings import INDEX_KINDS, NEIGHBORS, TARGET_RECALL
 
 __all__ = ["index", "knn"]
 
@@ -16,8 +16,21 @@ def index() -> None:
 
 
 @index.command("build")
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @embedding_options
+@click.option(
+    "--from-embeddings",
+    "embeddings_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Index the vectors of a .npy or .parquet file instead of embedding SOURCES "
+    "(no --model needed).",
+)
+@click.option(
+    "--vector-column",
+    default="embedding",
+    show_default=True,
+    help="The Parquet column holding the vectors.",
+)
 @click.option(
     "--kind",
     type=click.Choice(INDEX_KINDS),
@@ -26,7 +39,8 @@ def index() -> None:
 )
 @click.option(
     "--max-memory",
-    help="Memory budget for the vectors, e.g. 2G (auto then compresses them: SQ8, else PQ).",
+    help="Memory budget for the build, e.g. 2G [default: half the available memory]; auto "
+    "compresses the vectors to fit (SQ8, else PQ), and a budget too small is refused.",
 )
 @click.option(
     "--target-recall", type=click.FloatRange(0, 1), default=TARGET_RECALL, show_default=True
@@ -40,13 +54,47 @@ def index() -> None:
 )
 @click.option("-o", "--out", default="index", show_default=True, help="Index directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet, **params) -> None:
-    """Build a FAISS index over the embeddings of SOURCES."""
-    from headstart.classify.index import parse_size
-    from headstart.classify.workflow import build_index_from_sources
+def index_build(
+    sources,
+    embeddings_file,
+    vector_column,
+    kind,
+    max_memory,
+    target_recall,
+    thumbnails,
+    out,
+    quiet,
+    **params,
+) -> None:
+    """Build a FAISS index over the embeddings of SOURCES (or of --from-embeddings FILE)."""
+    from headstart.search.from_sources import (
+        build_index_from_embeddings,
+        build_index_from_sources,
+    )
+    from headstart.search.spec import parse_size
 
-    embed, cache_dir = extract_options(params)
     budget = parse_size(max_memory) if max_memory else None
+    if embeddings_file is not None:
+        if sources:
+            raise click.UsageError("give SOURCES or --from-embeddings, not both")
+        built = build_index_from_embeddings(
+            embeddings_file,
+            out,
+            vector_column=vector_column,
+            kind=kind,
+            max_memory=budget,
+            target_recall=target_recall,
+        )
+        click.echo(
+            f"indexed {built.count} vectors: {built.spec.describe()}, recall@10 "
+            f"{built.recall:.3f} against exact search ({built.seconds:.1f} s) -> {out}"
+        )
+        return
+    if not sources:
+        raise click.UsageError("give SOURCES to embed, or --from-embeddings FILE")
+    if not params.get("model"):
+        raise click.UsageError("Missing option '-m' / '--model'.")
+    embed, cache_dir = extract_options(params)
     built = build_index_from_sources(
         sources,
         embed,
@@ -69,6 +117,61 @@ def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet
         )
 
 
+# --from-embeddings needs no model: --model is checked in the command instead.
+next(p for p in index_build.params if p.name == "model").required = False
+
+
+@index.command("add")
+@click.argument("index_dir")
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--max-memory",
+    help="Memory budget, e.g. 2G [default: half the available memory]; the index is read "
+    "into memory to grow it, and a budget that cannot hold it is refused.",
+)
+@runtime_options
+def index_add(index_dir, sources, max_memory, cache_dir, device, batch_size, workers, quiet):
+    """Add the images of SOURCES that INDEX_DIR does not hold yet, without a rebuild.
+
+    They are embedded as the index's images were (only what the cache lacks). Killed at any
+    moment, the index is left as it was before, or grown.
+    """
+    from headstart.search.from_sources import add_sources_to_index
+    from headstart.search.spec import parse_size
+
+    grown = add_sources_to_index(
+        index_dir,
+        sources,
+        cache_dir,
+        runtime=runtime(device, batch_size, workers),
+        max_memory=parse_size(max_memory) if max_memory else None,
+        progress=not quiet,
+    )
+    click.echo(
+        f"added {grown.added} vectors ({grown.known} already indexed) -> {index_dir}: "
+        f"{grown.count} in all"
+    )
+
+
+@index.command("verify")
+@click.argument("index_dir")
+def index_verify(index_dir) -> None:
+    """Check every byte of INDEX_DIR's files against what index build recorded.
+
+    Loading checks only sizes, modification times and sampled blocks; a copy whose files kept
+    their bytes but not their times is accepted here, and its new times recorded.
+    """
+    from headstart.search.store import verify_index
+
+    moved = verify_index(index_dir)
+    for name in moved:
+        click.echo(f"{name}: intact; its new modification time is recorded", err=True)
+    click.echo(f"{index_dir}: every file matches index.json")
+
+
+VERIFY_HELP = "First check every byte of the index's files (as `headstart index verify`)."
+
+
 @click.command()
 @click.argument("index_dir")
 @click.argument("queries", nargs=-1)
@@ -85,22 +188,39 @@ def index_build(sources, kind, max_memory, target_recall, thumbnails, out, quiet
     type=click.FloatRange(-1, 1),
     help="List pairs of indexed items at least this similar instead.",
 )
+@click.option("--verify", is_flag=True, help=VERIFY_HELP)
 @runtime_options
 def knn(
-    index_dir, queries, k, keys, texts, duplicates, cache_dir, device, batch_size, workers, quiet
+    index_dir,
+    queries,
+    k,
+    keys,
+    texts,
+    duplicates,
+    verify,
+    cache_dir,
+    device,
+    batch_size,
+    workers,
+    quiet,
 ) -> None:
     """Nearest neighbors in INDEX_DIR of QUERIES (images, folders), of --key values or of
     --text queries."""
-    from headstart.classify.index import load_index
     from headstart.classify.tables import neighbor_lines
-    from headstart.classify.text_search import refuse_text, text_neighbors
-    from headstart.classify.workflow import query_index
+    from headstart.search.query import query_index
+    from headstart.search.store import load_index, verify_index
+    from headstart.search.text import refuse_text, text_neighbors
 
+    if verify:
+        verify_index(index_dir)
     if duplicates is not None:
         loaded = load_index(index_dir)
         pairs = loaded.near_duplicates(duplicates)
-        for i, j, similarity in pairs:
-            click.echo(f"{similarity:.4f}\t{loaded.paths[i]}\t{loaded.paths[j]}")
+        for start in range(0, len(pairs), 1000):  # items read from disk a page at a time
+            page = pairs[start : start + 1000]
+            items = loaded.items.take([row for i, j, _ in page for row in (i, j)])
+            for n, (_, _, similarity) in enumerate(page):
+                click.echo(f"{similarity:.4f}\t{items[2 * n].path}\t{items[2 * n + 1].path}")
         click.echo(f"{len(pairs)} pairs with similarity >= {duplicates}", err=True)
         return
     if not (queries or keys or texts):

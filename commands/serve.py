@@ -65,7 +65,12 @@ _serve = functools.partial(default_of, ServeSettings)
     is_flag=True,
     help="Include indexed items' file paths in neighbor answers (off: ids only).",
 )
-def serve(host: str, port: int, api_key_env: str | None, **params) -> None:
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="First check every byte of the index's files (as `headstart index verify`).",
+)
+def serve(host: str, port: int, api_key_env: str | None, verify: bool, **params) -> None:
     """Serve a head (and an index) over HTTP: /v1/classify, /v1/embed, /v1/neighbors."""
     import uvicorn
 
@@ -74,6 +79,10 @@ def serve(host: str, port: int, api_key_env: str | None, **params) -> None:
 
     # The other options are named after the ServeSettings fields they set.
     settings = ServeSettings(api_key=_api_key(api_key_env), **take_settings(params, ServeSettings))
+    if verify and settings.index_dir is not None:
+        from headstart.search.store import verify_index
+
+        verify_index(settings.index_dir)  # loading below then checks sizes, times and samples
     check_artifacts(settings.head_dir, settings.index_dir)  # a mismatched pair never starts
     _check_can_listen(host, port)
     if host not in _LOOPBACK and settings.api_key is None:

@@ -120,7 +120,7 @@ def accuracy(metrics: Path) -> float:
 
 def neighbor_agreement(index: Path, queries: Path, cache: Path, k: int) -> float:
     """The share of the k nearest neighbors of each query image that are of its class."""
-    from headstart.classify.workflow import query_index
+    from headstart.search.query import query_index
 
     _, found = query_index(index, cache, sources=[str(queries)], k=k)
     same = [Path(n.query).parent.name == n.label for n in found]

@@ -1,7 +1,7 @@
 """The pictures of a report, as bytes ready to inline: PNG plots and JPEG thumbnails.
 
 Plots come from :mod:`headstart.classify.plots` (the same ones ``train --plot`` and
-``finetune`` write as files), thumbnails from :mod:`headstart.classify.thumbnails`, and only
+``finetune`` write as files), thumbnails from :mod:`headstart.search.thumbnails`, and only
 for the images the gallery shows.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from headstart.classify.plots import plot_confusion, plot_embedding_map, plot_learning_curve
-from headstart.classify.thumbnails import thumbnail_of_file
 from headstart.report.gather import ReportData
 from headstart.report.settings import DEFAULT_MAP, MAPS
+from headstart.search.thumbnails import thumbnail_of_file
 
 __all__ = ["MAX_TABLE_CLASSES", "Figures", "draw"]
 

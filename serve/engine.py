@@ -18,8 +18,6 @@ import torch
 
 from headstart.cache.fingerprint import Fingerprint
 from headstart.classify.heads import Head
-from headstart.classify.index import LoadedIndex, load_index
-from headstart.classify.neighbors import l2_normalize
 from headstart.classify.persist import load_head
 from headstart.device import AUTO
 from headstart.errors import HeadstartError, first_line
@@ -30,6 +28,9 @@ from headstart.extract.mapper import Embedder
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.text import TextEncoder, why_no_text
 from headstart.pathnames import printable
+from headstart.search.exact import l2_normalize
+from headstart.search.loaded import LoadedIndex
+from headstart.search.store import load_index
 
 __all__ = ["Engine", "check_artifacts", "load_engine"]
 

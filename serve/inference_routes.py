@@ -12,9 +12,9 @@ import torch
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from headstart.classify.index import LoadedIndex
 from headstart.extract.decode import DecodeError
 from headstart.pathnames import printable
+from headstart.search.loaded import LoadedIndex
 from headstart.serve.dependencies import ReadyEngine, Service, authorised
 from headstart.serve.engine import Engine
 from headstart.serve.item_routes import thumbnail_url
@@ -148,19 +148,18 @@ def _items(
     """Neighbors as answers show them: ids, labels, keys and thumbnail URLs, no server paths
     unless the service was started with --expose-paths."""
     found = []
-    for similarity, row in zip(similarities, rows, strict=True):
-        if row < 0:
-            continue
+    hits = [(float(sim), int(row)) for sim, row in zip(similarities, rows, strict=True) if row >= 0]
+    for (similarity, row), entry in zip(hits, index.items.take([r for _, r in hits]), strict=True):
         item = {
-            "id": int(row),
-            "label": printable(index.labels[row]) if index.labels[row] is not None else None,
-            "key": index.keys[row],
-            "similarity": float(similarity),
+            "id": row,
+            "label": printable(entry.label) if entry.label is not None else None,
+            "key": entry.key,
+            "similarity": similarity,
         }
         if index.thumbnails is not None:
-            item["thumbnail"] = thumbnail_url(int(row))
+            item["thumbnail"] = thumbnail_url(row)
         if expose_paths:
-            item["path"] = printable(index.paths[row])
+            item["path"] = printable(entry.path)
         found.append(item)
     return found
 

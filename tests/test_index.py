@@ -4,16 +4,11 @@ import numpy as np
 import pytest
 
 from headstart.cache import Fingerprint
-from headstart.classify.index import (
-    IndexSpec,
-    build_index,
-    choose_spec,
-    load_index,
-    parse_size,
-    save_index,
-)
-from headstart.classify.neighbors import exact_search, l2_normalize
 from headstart.errors import HeadstartError
+from headstart.search.build import build_index
+from headstart.search.exact import exact_search, l2_normalize
+from headstart.search.spec import IndexSpec, choose_spec, parse_size
+from headstart.search.store import load_index, save_index
 
 FINGERPRINT = Fingerprint({"model": "test"}, {"model": "resnet18", "weights": "none"})
 
@@ -112,7 +107,7 @@ def test_saved_index_round_trips_and_refuses_tampering(tmp_path: Path) -> None:
 
     loaded = load_index(tmp_path)
     _, rows = loaded.search(X[:3], 1)
-    assert rows[:, 0].tolist() == [0, 1, 2] and loaded.paths[2] == "/img/2.jpg"
+    assert rows[:, 0].tolist() == [0, 1, 2] and loaded.items[2].path == "/img/2.jpg"
     assert (3, 7) in {(i, j) for i, j, _ in loaded.near_duplicates(0.9999)}
 
     data = (tmp_path / "index.faiss").read_bytes()

@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
-from headstart.classify.workflow import predict_with_head, query_index
+from headstart.classify.workflow import predict_with_head
 from headstart.cli import main
 from headstart.commands.options import DEFAULT_DEVICE
 from headstart.commands.serve import serve
+from headstart.search.query import query_index
 from headstart.serve import Client, ServiceError
 from headstart.serve.settings import ServeSettings
 
@@ -133,7 +134,7 @@ def test_neighbors_by_image_and_by_vector_match_offline_knn(server: str, trained
         headers=AUTH,
     ).json()["neighbors"]
     loaded, offline = query_index(trained / "index", trained / "cache", sources=[str(query)], k=5)
-    assert [n["id"] for n in by_image] == [loaded.paths.index(n.path) for n in offline]
+    assert [loaded.items[n["id"]].path for n in by_image] == [n.path for n in offline]
     assert [n["similarity"] for n in by_image] == pytest.approx(
         [n.similarity for n in offline], abs=2e-3
     )

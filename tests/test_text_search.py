@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from playwright.sync_api import expect
 from schemathesis import GenerationMode
 
-from headstart.classify.index import load_index
 from headstart.extract.text import encode_texts
+from headstart.search.store import load_index
 from headstart.serve.app import create_app
 from headstart.serve.settings import ServeSettings
 
@@ -100,8 +100,8 @@ def test_knn_by_text_is_the_index_search_of_the_cached_text_embedding(
     for number, text in enumerate(texts):
         similarities, rows = offline_search(workspace, text, 4)
         mine = shown[4 * number : 4 * number + 4]
-        assert [row[3] for row in mine] == [loaded.paths[r] for r in rows]
-        assert [row[2] for row in mine] == [loaded.labels[r] for r in rows]
+        assert [row[3] for row in mine] == [item.path for item in loaded.items.take(rows)]
+        assert [row[2] for row in mine] == [item.label for item in loaded.items.take(rows)]
         assert [float(row[1]) for row in mine] == pytest.approx(similarities, abs=1e-4)
 
     again = run_cli(*args, "--text", texts[1])
@@ -148,7 +148,8 @@ def test_search_answers_the_index_search_of_the_text(
     assert [n["similarity"] for n in body["neighbors"]] == pytest.approx(similarities, abs=1e-4)
     loaded = load_index(workspace / "index")
     first = body["neighbors"][0]
-    assert first["label"] == loaded.labels[first["id"]] and first["key"] == loaded.keys[first["id"]]
+    item = loaded.items[first["id"]]
+    assert first["label"] == item.label and first["key"] == item.key
     assert first["thumbnail"] == f"/v1/items/{first['id']}/thumbnail" and "path" not in first
     assert body["fingerprint"] == info["fingerprint"]
     # Ten neighbours by default; a repeated text is not encoded again.

@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,9 @@ import pytest
 from helpers import COLOURS, FAST_ARGS, make_colour_folder, run_cli
 from PIL import Image
 
-from headstart.classify.index import load_index
-from headstart.classify.thumbnails import ThumbnailStore, make_thumbnail, write_thumbnails
 from headstart.errors import HeadstartError
+from headstart.search.store import load_index
+from headstart.search.thumbnails import ThumbnailStore, make_thumbnail, write_thumbnails
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,10 @@ def built(tmp_path_factory) -> Path:
 
 def test_every_item_has_a_small_thumbnail_of_its_own_image(built: Path) -> None:
     index = load_index(built / "index")
-    assert index.thumbnails is not None and len(index.thumbnails) == len(index.paths)
+    assert index.thumbnails is not None and len(index.thumbnails) == len(index.items)
     assert json.loads((built / "index" / "index.json").read_text())["thumbnails"]["missing"] == 0
-    for row, (path, label) in enumerate(zip(index.paths, index.labels, strict=True)):
+    for row, item in enumerate(next(index.items.blocks())):
+        path, label = item.path, item.label
         thumbnail = Image.open(io.BytesIO(index.thumbnails.get(row)))
         assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 96
         # The colour the item's class is made of, so the row points at the right image.
@@ -68,9 +70,7 @@ def test_unreadable_images_get_an_empty_entry_and_are_counted(tmp_path: Path) ->
 
 def test_altered_thumbnails_are_refused_when_the_index_loads(built: Path, tmp_path) -> None:
     copy = tmp_path / "index"
-    copy.mkdir()
-    for file in (built / "index").iterdir():
-        copy.joinpath(file.name).write_bytes(file.read_bytes())
+    shutil.copytree(built / "index", copy)  # times kept: the index's own files are intact
     with open(copy / "thumbnails.bin", "ab") as f:
         f.write(b"extra")
     with pytest.raises(HeadstartError, match="thumbnails do not match the index"):

@@ -1,7 +1,8 @@
 """Small JPEG thumbnails of an index's items, so neighbours can be shown without server paths.
 
 An index directory keeps them in two files: ``thumbnails.bin``, the JPEGs one after another in
-row order, and ``thumbnails.npy``, the ``n + 1`` offsets into it (row ``i`` is
+row order, and ``thumbnails.npy``, the ``n + 1`` offsets into it (an index grown by ``index
+add`` names them ``thumbnails.G.bin`` and ``thumbnails.G.npy`` after its generation G) (row ``i`` is
 ``bin[offsets[i]:offsets[i + 1]]``; an empty slice means the image could not be read). Two
 files rather than one per item because an index may hold millions of items. Writing streams:
 one chunk of images is read and shrunk at a time, on a few threads (Pillow's JPEG decoder
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ __all__ = [
 THUMBNAIL_SIDE = 96
 log = logging.getLogger(__name__)
 
-_DATA, _OFFSETS = "thumbnails.bin", "thumbnails.npy"
+STEM = "thumbnails"
 _QUALITY = 80
 _CHUNK = 256
 
@@ -77,8 +79,13 @@ def write_thumbnails(
     *,
     side: int = THUMBNAIL_SIDE,
     workers: int | None = None,
+    stem: str = STEM,
+    after: ThumbnailStore | None = None,
+    missing: int = 0,
 ) -> ThumbnailSummary:
-    """Write the thumbnails of ``paths`` (in row order) into ``directory``.
+    """Write the thumbnails of ``paths`` (in row order) into ``directory``, as ``stem.bin``
+    and ``stem.npy``; after a copy of ``after``'s, when given (an index growing, whose
+    thumbnails ``missing`` of them lacked).
 
     An image that cannot be read any more (moved, damaged) gets an empty entry and is counted
     as missing; it never stops the index.
@@ -87,19 +94,22 @@ def write_thumbnails(
     directory.mkdir(parents=True, exist_ok=True)
     workers = workers or min(8, os.cpu_count() or 1)
     offsets = [0]
-    missing = 0
     with (
-        atomic_path(directory / _DATA) as temporary,
+        atomic_path(directory / f"{stem}.bin") as temporary,
         open(temporary, "wb") as out,
         ThreadPoolExecutor(workers, thread_name_prefix="headstart-thumbnails") as pool,
     ):
+        if after is not None:
+            with open(after.data_path, "rb") as old:
+                shutil.copyfileobj(old, out)
+            offsets = after.offsets.tolist()  # 8 bytes a row: what the store holds already
         for chunk in _chunks(paths, _CHUNK):
             for thumbnail in pool.map(lambda path: thumbnail_of_file(path, side), chunk):
                 missing += thumbnail is None
                 if thumbnail:
                     out.write(thumbnail)
                 offsets.append(offsets[-1] + len(thumbnail or b""))
-    with atomic_path(directory / _OFFSETS) as temporary:
+    with atomic_path(directory / f"{stem}.npy") as temporary:
         np.save(temporary, np.asarray(offsets, dtype=np.int64))
     return ThumbnailSummary(side, len(offsets) - 1, missing, offsets[-1])
 
@@ -107,12 +117,12 @@ def write_thumbnails(
 class ThumbnailStore:
     """Reads one thumbnail at a time from an index directory; safe to share between threads."""
 
-    def __init__(self, directory: str | os.PathLike[str], count: int) -> None:
+    def __init__(self, directory: str | os.PathLike[str], count: int, stem: str = STEM) -> None:
         directory = Path(directory)
-        self._data_path = directory / _DATA
+        self.data_path = directory / f"{stem}.bin"
         try:
-            self._offsets = np.load(directory / _OFFSETS, allow_pickle=False)
-            size = self._data_path.stat().st_size
+            self._offsets = np.load(directory / f"{stem}.npy", allow_pickle=False)
+            size = self.data_path.stat().st_size
         except (OSError, ValueError) as exc:
             raise HeadstartError(f"{directory}: cannot read its thumbnails ({exc})") from None
         offsets = self._offsets
@@ -131,6 +141,11 @@ class ThumbnailStore:
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """The ``n + 1`` offsets of the thumbnails in the data file."""
+        return self._offsets
+
     def get(self, row: int) -> bytes | None:
         """The JPEG of item ``row``; None when it has none (unreadable when indexed)."""
         if not 0 <= row < len(self):
@@ -140,7 +155,7 @@ class ThumbnailStore:
             return None
         # A fresh descriptor per read: os.pread on a shared one would also do, but a thumbnail
         # read is rare next to a forward pass and this keeps no file open between requests.
-        with open(self._data_path, "rb") as f:
+        with open(self.data_path, "rb") as f:
             f.seek(start)
             return f.read(end - start)
 

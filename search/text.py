@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from headstart.classify.index import LoadedIndex
-from headstart.classify.settings import NEIGHBORS
-from headstart.classify.workflow import Neighbor
 from headstart.device import AUTO
 from headstart.errors import HeadstartError
+from headstart.search.loaded import LoadedIndex
+from headstart.search.query import Neighbor, ranked_neighbors
+from headstart.search.settings import NEIGHBORS
 
 __all__ = ["refuse_text", "text_neighbors"]
 
@@ -60,9 +60,4 @@ def text_neighbors(
         return []
     vectors = encode_texts(list(texts), loaded.fingerprint, cache_dir, device=device)
     similarities, rows = loaded.search(vectors, k)
-    return [
-        Neighbor(f"text:{text}", rank + 1, float(sim), loaded.paths[row], loaded.labels[row])
-        for text, sims, hits in zip(texts, similarities, rows, strict=True)
-        for rank, (sim, row) in enumerate(zip(sims, hits, strict=True))
-        if row >= 0
-    ]
+    return ranked_neighbors(loaded, [f"text:{text}" for text in texts], similarities, rows)

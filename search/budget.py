@@ -1,0 +1,86 @@
+"""What an index build holds in memory, and whether a budget can hold it.
+
+The budget is the caller's (``index build --max-memory``), or by default half of the memory
+the machine has available. From it the build derives how many vectors a block reads and how
+many train the quantizers; a budget that cannot hold the index's codes, one block and the
+smallest training sample is refused in one line before the build starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from headstart.errors import HeadstartError
+from headstart.search.spec import IndexSpec
+
+__all__ = ["BuildPlan", "default_budget", "plan_build", "resident_bytes"]
+
+_MAX_BLOCK_ROWS = 65_536
+_MIN_BLOCK_ROWS = 1_024
+_BLOCK_SHARE = 8  # a block of vectors takes at most this fraction of the budget
+_ID_BYTES = 8  # FAISS keeps an int64 id per vector in each inverted list
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How a build of ``n`` vectors works within its budget."""
+
+    budget: int
+    block_rows: int  # vectors read, normalised and added at a time
+    train_rows: int  # vectors the quantizers train on (0 for flat and HNSW)
+    resident: int  # bytes the finished index holds
+
+
+def default_budget() -> int:
+    """Half the memory available now: the rest stays for the system and other work."""
+    import psutil
+
+    return psutil.virtual_memory().available // 2
+
+
+def resident_bytes(spec: IndexSpec, n: int, d: int) -> int:
+    """Bytes a built index of ``spec`` holds for ``n`` vectors of ``d`` dimensions."""
+    centroids = spec.nlist * d * 4
+    if spec.kind == "flat":
+        return n * d * 4
+    if spec.kind == "hnsw":
+        return n * (d * 4 + 2 * spec.hnsw_m * 4)  # vectors, and about 2M links a vector
+    per_vector = {"ivf": d * 4, "ivfsq": d, "ivfpq": spec.pq_m}[spec.kind] + _ID_BYTES
+    return n * per_vector + centroids
+
+
+def _wanted_training(spec: IndexSpec) -> tuple[int, int]:
+    """(advised, least) training vectors: FAISS advises 39 a centroid and needs one."""
+    if spec.kind not in ("ivf", "ivfsq", "ivfpq"):
+        return 0, 0
+    centroids = max(spec.nlist, 2**spec.pq_nbits if spec.kind == "ivfpq" else 0)
+    return 39 * centroids, centroids
+
+
+def plan_build(spec: IndexSpec, n: int, d: int, budget: int) -> BuildPlan:
+    """The block and training sizes that keep the build of ``spec`` within ``budget`` bytes;
+    HeadstartError, in one line, when no sizes do."""
+    resident = resident_bytes(spec, n, d)
+    row = d * 4
+    block_rows = max(_MIN_BLOCK_ROWS, min(_MAX_BLOCK_ROWS, budget // _BLOCK_SHARE // row))
+    block_rows = min(block_rows, max(n, 1))
+    advised, least = _wanted_training(spec)
+    # Training happens before any vector is added: the sample shares the budget with a block.
+    room = budget - block_rows * row
+    train_rows = min(n, advised, max(room // row, 0)) if advised else 0
+    needed = resident + block_rows * row
+    if needed > budget or (advised and train_rows < min(n, least)):
+        least_bytes = max(needed, (min(n, least) + block_rows) * row)
+        raise HeadstartError(
+            f"indexing {n} vectors of {d} dimensions as {spec.describe()} needs about "
+            f"{_size(least_bytes)}; the budget is {_size(budget)}: give a larger --max-memory "
+            "or a more compressed --kind (ivfsq, ivfpq)"
+        )
+    return BuildPlan(budget, block_rows, train_rows, resident)
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f}{unit}"
+    return f"{count} bytes"

@@ -1,0 +1,162 @@
+"""The jobs behind ``headstart index build`` and ``index add``: embed the sources through the
+cache (only what is missing), then build an index over their vectors streamed from the shards,
+or add the new ones to an index."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headstart.classify.data import embed_sources
+from headstart.extract import ExtractOptions, options_for_fingerprint
+from headstart.search.budget import default_budget, plan_build
+from headstart.search.build import build_index
+from headstart.search.embeddings_file import embeddings_fingerprint, open_embeddings
+from headstart.search.grow import add_to_index
+from headstart.search.settings import TARGET_RECALL
+from headstart.search.spec import IndexSpec, choose_spec
+from headstart.search.store import load_index, save_index
+from headstart.search.thumbnails import ThumbnailSummary, write_thumbnails
+from headstart.search.vectors import Vectors
+
+__all__ = [
+    "BuiltIndex",
+    "Grown",
+    "add_sources_to_index",
+    "build_index_from_embeddings",
+    "build_index_from_sources",
+]
+
+
+@dataclass
+class BuiltIndex:
+    directory: Path
+    spec: IndexSpec
+    recall: float
+    count: int
+    seconds: float
+    missing: int
+    thumbnails: ThumbnailSummary | None = None
+
+
+def build_index_from_sources(
+    sources: Sequence[str],
+    embed: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    kind: str = "auto",
+    max_memory: int | None = None,
+    target_recall: float = TARGET_RECALL,
+    thumbnails: bool = True,
+    progress: bool = False,
+) -> BuiltIndex:
+    """Embed ``sources`` (what the cache lacks) and index them into ``out``, within
+    ``max_memory`` bytes (default: half the memory available); a budget that cannot hold the
+    build is refused before it starts."""
+    budget = max_memory if max_memory is not None else default_budget()
+    data = embed_sources(sources, embed, cache_dir, progress=progress)
+    started = time.perf_counter()
+    vectors = Vectors(data.store, data.keys)  # streamed from the shards, never all in memory
+    spec = choose_spec(vectors.count, vectors.dim, kind, budget)
+    plan = plan_build(spec, vectors.count, vectors.dim, budget)
+    index, spec, recall = build_index(vectors, spec, target_recall=target_recall, plan=plan)
+    # Written before index.json, which marks the directory complete.
+    thumbnail_summary = write_thumbnails(out, data.paths) if thumbnails else None
+    save_index(
+        out,
+        index,
+        spec,
+        recall,
+        fingerprint=data.fingerprint,
+        paths=data.paths,
+        labels=data.labels,
+        keys=(key.decode() for key in data.keys),  # read in step with paths, a block at a time
+        thumbnails=thumbnail_summary,
+    )
+    elapsed = time.perf_counter() - started
+    return BuiltIndex(
+        Path(out), spec, recall, vectors.count, elapsed, data.missing, thumbnail_summary
+    )
+
+
+@dataclass
+class Grown:
+    """What ``index add`` did: vectors added, images already indexed, the index's size."""
+
+    added: int
+    known: int
+    count: int
+    missing: int
+
+
+def add_sources_to_index(
+    index_dir: str | os.PathLike[str],
+    sources: Sequence[str],
+    cache_dir: str | os.PathLike[str],
+    *,
+    runtime: dict | None = None,
+    max_memory: int | None = None,
+    progress: bool = False,
+) -> Grown:
+    """Embed ``sources`` as the index's were (only what the cache lacks) and add the images it
+    does not hold yet (by content key) to the index in ``index_dir``."""
+    loaded = load_index(index_dir)  # mapped: only its fingerprint and items are needed here
+    options = options_for_fingerprint(loaded.fingerprint, **(runtime or {}))
+    data = embed_sources(sources, options, cache_dir, progress=progress)
+    keys = [key.decode() for key in data.keys]
+    known = loaded.items.known(keys)
+    seen: set[str] = set()
+    rows = []
+    for row, key in enumerate(keys):
+        if key not in known and key not in seen:  # one row per new image, even if listed twice
+            seen.add(key)
+            rows.append(row)
+    new = np.asarray(rows, dtype=np.int64)
+    added = add_to_index(
+        index_dir,
+        Vectors(data.store, data.keys[new]),
+        [(data.paths[r], data.labels[r], keys[r]) for r in rows],
+        max_memory=max_memory if max_memory is not None else default_budget(),
+    )
+    return Grown(added.added, len(keys) - len(rows), added.count, data.missing)
+
+
+def build_index_from_embeddings(
+    file: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    vector_column: str = "embedding",
+    kind: str = "auto",
+    max_memory: int | None = None,
+    target_recall: float = TARGET_RECALL,
+) -> BuiltIndex:
+    """Index the vectors of a ``.npy`` or Parquet file (as autofaiss does), read in blocks.
+
+    Item ``i`` is named ``FILE#i``: the file says nothing of images, so the index keeps no
+    labels, content keys or thumbnails.
+    """
+    budget = max_memory if max_memory is not None else default_budget()
+    started = time.perf_counter()
+    vectors = open_embeddings(file, vector_column)
+    spec = choose_spec(vectors.count, vectors.dim, kind, budget)
+    plan = plan_build(spec, vectors.count, vectors.dim, budget)  # refused here, before work
+    index, spec, recall = build_index(vectors, spec, target_recall=target_recall, plan=plan)
+    name = Path(file).name
+    save_index(
+        out,
+        index,
+        spec,
+        recall,
+        fingerprint=embeddings_fingerprint(file, vectors.dim),
+        paths=(f"{name}#{row}" for row in range(vectors.count)),
+        labels=(None for _ in range(vectors.count)),
+        keys=("" for _ in range(vectors.count)),
+    )
+    elapsed = time.perf_counter() - started
+    return BuiltIndex(Path(out), spec, recall, vectors.count, elapsed, 0, None)
