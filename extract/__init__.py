@@ -3,7 +3,8 @@
 The pipeline's stages each have a module: :mod:`~headstart.extract.sources` (what to embed),
 :mod:`~headstart.extract.plan` (what is missing), :mod:`~headstart.extract.reader` (read, hash,
 decode), :mod:`~headstart.extract.mapper` (forward pass), and the cache's writer;
-:mod:`~headstart.extract.runner` connects them.
+:mod:`~headstart.extract.runner` connects them. :mod:`~headstart.extract.recipe` resolves a request
+(or a fingerprint) into the model that runs.
 
 Example:
     >>> from headstart.extract import ExtractOptions, extract  # doctest: +SKIP
@@ -27,10 +28,11 @@ _EXPORTS = {
     "PreprocessOverrides": "options",
     "ExtractOptions": "options",
     "ExtractSummary": "runner",
-    "Recipe": "runner",
+    "Recipe": "recipe",
     "extract": "runner",
-    "options_for_fingerprint": "runner",
-    "resolve_recipe": "runner",
+    "options_for_fingerprint": "recipe",
+    "recipe_for_fingerprint": "recipe",
+    "resolve_recipe": "recipe",
     "ImageItem": "sources",
     "iter_images": "sources",
 }
@@ -45,13 +47,13 @@ if TYPE_CHECKING:
     )
     from headstart.extract.options import ExtractOptions, PreprocessOverrides
     from headstart.extract.preprocess import Preprocess
-    from headstart.extract.runner import (
-        ExtractSummary,
+    from headstart.extract.recipe import (
         Recipe,
-        extract,
         options_for_fingerprint,
+        recipe_for_fingerprint,
         resolve_recipe,
     )
+    from headstart.extract.runner import ExtractSummary, extract
     from headstart.extract.sources import ImageItem, iter_images
 
 
@@ -78,5 +80,6 @@ __all__ = [
     "iter_images",
     "list_backbones",
     "options_for_fingerprint",
+    "recipe_for_fingerprint",
     "resolve_recipe",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,7 +21,10 @@ from headstart.device import autocast
 from headstart.errors import HeadstartError, first_line
 from headstart.extract.preprocess import Preprocess, normalize
 
-__all__ = ["Embedder", "PendingEmbedding"]
+if TYPE_CHECKING:
+    from headstart.extract.recipe import Recipe
+
+__all__ = ["Embedder", "PendingEmbedding", "build_embedder"]
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +157,18 @@ class Embedder:
             raise HeadstartError(
                 f"the model failed on a batch of shape {tuple(images.shape)}: {first_line(exc)}"
             ) from None
+
+
+def build_embedder(recipe: Recipe, *, compile: bool = False) -> Embedder:
+    """The recipe's feature model (loaded with its weights, cut at its layer) on its device, at
+    its precision: what ``extract``, the service and the heads' verbs run images through.
+
+    Example:
+        >>> embedder = build_embedder(resolve_recipe(ExtractOptions("resnet18")))  # doctest: +SKIP
+    """
+    from headstart.extract.features import build_feature_model
+
+    features = build_feature_model(recipe.backbone, recipe.layer)
+    return Embedder(
+        features.module, recipe.preprocess, recipe.device, recipe.precision, compile=compile
+    )

@@ -111,12 +111,12 @@ class TextEncoder:
         """The text side of the model that made ``fingerprint``'s embeddings, rebuilt from its
         recipe; refuses an image-only fingerprint, or one that can no longer be reproduced."""
         from headstart.extract._open_clip import image_text_model, tokenizer_for
-        from headstart.extract.runner import options_for_fingerprint, resolve_recipe
+        from headstart.extract.recipe import recipe_for_fingerprint
 
         reason = why_no_text(fingerprint)
         if reason is not None:
             raise HeadstartError(f"fingerprint {fingerprint.id} cannot embed text: {reason}")
-        recipe = resolve_recipe(options_for_fingerprint(fingerprint, device=device))
+        recipe = recipe_for_fingerprint(fingerprint, device=device)
         model = image_text_model(recipe.backbone)
         tokenizer = tokenizer_for(recipe.backbone)
         if hasattr(model, "visual"):

@@ -21,10 +21,9 @@ from headstart.classify.heads import Head
 from headstart.classify.persist import load_head
 from headstart.device import AUTO
 from headstart.errors import HeadstartError, first_line
-from headstart.extract import options_for_fingerprint, resolve_recipe
-from headstart.extract.decode import decode_image
-from headstart.extract.features import build_feature_model
-from headstart.extract.mapper import Embedder
+from headstart.extract import recipe_for_fingerprint
+from headstart.extract.decode import decode_pixels
+from headstart.extract.mapper import Embedder, build_embedder
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.text import TextEncoder, why_no_text
 from headstart.pathnames import printable
@@ -66,7 +65,7 @@ class Engine:
 
     def decode(self, data: bytes) -> torch.Tensor:
         """Image bytes -> (3, H, W) uint8, exactly as extraction prepares them."""
-        image = decode_image(data, min_side=self.preprocess.resize_size)
+        image = decode_pixels(data, min_side=self.preprocess.resize_size)
         return to_uint8_tensor(image, self.preprocess)
 
     def embed(self, pixels: torch.Tensor) -> np.ndarray:
@@ -118,11 +117,9 @@ def load_engine(
 ) -> Engine:
     """Build the backbone the head was trained on, and warm it up."""
     loaded, index = check_artifacts(head_dir, index_dir)
-    options = options_for_fingerprint(loaded.fingerprint, device=device)
-    recipe = resolve_recipe(options)
-    features = build_feature_model(recipe.backbone, recipe.layer)
+    recipe = recipe_for_fingerprint(loaded.fingerprint, device=device)
     # Request batches vary in size, and compiling per size would stall requests: stay eager.
-    embedder = Embedder(features.module, recipe.preprocess, recipe.device, recipe.precision)
+    embedder = build_embedder(recipe)
     crop = recipe.preprocess.crop_size
     warm = embedder(torch.zeros((2, 3, crop, crop), dtype=torch.uint8))
     log.info("model %s ready on %s (dim %d)", recipe.backbone.name, recipe.device, warm.shape[1])

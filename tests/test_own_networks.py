@@ -27,7 +27,7 @@ from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, PreprocessOverrides
 from headstart.extract.classifier import find_classifier
 from headstart.extract.features import build_feature_model
-from headstart.extract.runner import options_for_fingerprint, resolve_recipe
+from headstart.extract.recipe import options_for_fingerprint, resolve_recipe
 
 NETWORK_CODE = """
 import torch
