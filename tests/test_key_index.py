@@ -213,3 +213,21 @@ def test_opening_a_store_costs_the_same_at_any_size(tmp_path: Path) -> None:
         peaks.append(int(subprocess.run(script, capture_output=True, check=True).stdout))
     grown_mb = (peaks[1] - peaks[0]) / 1024
     assert grown_mb < 8, f"peak RSS grew {grown_mb:.1f} MB from 50k to 400k keys"
+
+
+def test_merged_runs_keep_the_newest_copy_of_overlapping_keys(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    store = cache.create(FP)
+    rng = np.random.default_rng(7)
+    newest: dict[bytes, float] = {}
+    for step in range(MAX_RUNS + 1):  # the last step merges every run, overlapping keys and all
+        names = rng.choice(60, size=25, replace=False)
+        keys = publish(store, names, value=float(step))
+        newest.update(dict.fromkeys(keys.tolist(), float(step)))
+        store = cache.open(FP)
+    assert len(runs_of(store)) == 1 and len(store) == len(newest)
+    keys = np.array(sorted(newest), dtype="S64")
+    np.testing.assert_array_equal(store.get(keys)[:, 0], [newest[k] for k in keys])
+    np.testing.assert_array_equal(np.concatenate(list(store.iter_sorted_keys(5))), keys)
+    served = np.concatenate([chunk.keys for chunk in store.iter_chunks()])
+    assert len(served) == len(newest) and set(served.tolist()) == set(newest)
