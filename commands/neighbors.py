@@ -1,4 +1,4 @@
-"""The nearest-neighbor commands: index build, add and verify, knn."""
+"""The nearest-neighbor commands: index build, add, merge and verify, knn."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def index() -> None:
     help="The Parquet column holding the vectors.",
 )
 @click.option(
+    "--trained-from",
+    metavar="INDEX",
+    help="Share the trained quantizer of this IVF index (a part built before), so that "
+    "index merge can join the two.",
+)
+@click.option(
     "--kind",
     type=click.Choice(INDEX_KINDS),
     default=INDEX_KINDS[0],
@@ -58,6 +64,7 @@ def index_build(
     sources,
     embeddings_file,
     vector_column,
+    trained_from,
     kind,
     max_memory,
     target_recall,
@@ -84,6 +91,7 @@ def index_build(
             kind=kind,
             max_memory=budget,
             target_recall=target_recall,
+            trained_from=trained_from,
         )
         click.echo(
             f"indexed {built.count} vectors: {built.spec.describe()}, recall@10 "
@@ -104,6 +112,7 @@ def index_build(
         max_memory=budget,
         target_recall=target_recall,
         thumbnails=thumbnails,
+        trained_from=trained_from,
         progress=not quiet,
     )
     click.echo(
@@ -151,6 +160,25 @@ def index_add(index_dir, sources, max_memory, cache_dir, device, batch_size, wor
         f"added {grown.added} vectors ({grown.known} already indexed) -> {index_dir}: "
         f"{grown.count} in all"
     )
+
+
+@index.command("merge")
+@click.argument("out")
+@click.argument("parts", nargs=-1, required=True)
+@click.option(
+    "--max-memory",
+    help="Memory budget, e.g. 2G [default: half the available memory]; the merged index is "
+    "built in memory, and a budget that cannot hold it is refused.",
+)
+def index_merge(out, parts, max_memory) -> None:
+    """Merge IVF index PARTS (built with --trained-from one of them) into a new index OUT."""
+    from headstart.search.budget import default_budget
+    from headstart.search.merge import merge_indexes
+    from headstart.search.spec import parse_size
+
+    budget = parse_size(max_memory) if max_memory else default_budget()
+    merged = merge_indexes(out, parts, max_memory=budget)
+    click.echo(f"merged {merged.parts} parts: {merged.count} vectors -> {out}")
 
 
 @index.command("verify")

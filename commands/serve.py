@@ -66,6 +66,13 @@ _serve = functools.partial(default_of, ServeSettings)
     help="Include indexed items' file paths in neighbor answers (off: ids only).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=_serve("workers"),
+    show_default=True,
+    help="Server processes: each loads the model, all share the memory-mapped index.",
+)
+@click.option(
     "--verify",
     is_flag=True,
     help="First check every byte of the index's files (as `headstart index verify`).",
@@ -89,7 +96,22 @@ def serve(host: str, port: int, api_key_env: str | None, verify: bool, **params)
         log.warning("serving on %s without an API key: anyone who can reach it can use it", host)
     click.echo(f"serving {settings.head_dir} on http://{host}:{port} (API docs at /docs)", err=True)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        if settings.workers > 1:
+            from headstart.serve.workers import settings_for_workers
+
+            # Workers are fresh processes (uvicorn spawns them): they build their apps from
+            # the settings this process hands them in its environment.
+            os.environ.update(settings_for_workers(settings))
+            uvicorn.run(
+                "headstart.serve.workers:create_app_from_environment",
+                factory=True,
+                workers=settings.workers,
+                host=host,
+                port=port,
+                log_level="warning",
+            )
+        else:
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     except SystemExit as exc:  # uvicorn exits 3 when it cannot start: not our "some files failed"
         if exc.code:
             raise HeadstartError(f"the server could not start on {host}:{port}") from None

@@ -28,19 +28,22 @@ def build_index(
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
     plan: BuildPlan | None = None,
+    trained: Any = None,
 ) -> tuple[Any, IndexSpec, float]:
     """Build, fill and tune an index; returns (index, tuned spec, recall@10).
 
     Vectors are added a block at a time, IVF is trained on a sample, and exact neighbors for
     tuning are merged block by block. A ``plan`` (:func:`~headstart.search.budget.plan_build`)
-    sets the block and sample sizes that keep the build within a memory budget.
+    sets the block and sample sizes that keep the build within a memory budget. ``trained``,
+    an empty IVF index of ``spec`` already trained (another part's: see
+    :mod:`headstart.search.merge`), is filled instead of training a new one.
     """
     if isinstance(vectors, np.ndarray):
         vectors = Vectors(vectors)
     if plan is not None:
         vectors.block_rows = plan.block_rows
-    index = empty_index(spec, vectors.dim)
-    if spec.kind in IVF_KINDS:
+    index = trained if trained is not None else empty_index(spec, vectors.dim)
+    if trained is None and spec.kind in IVF_KINDS:
         _train_quantizers(index, vectors, spec, seed, plan.train_rows if plan else None)
     for _, block in vectors.blocks():
         index.add(block)

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from headstart.cache.fingerprint import Fingerprint
 from headstart.classify.data import embed_sources
+from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, options_for_fingerprint
 from headstart.search.budget import default_budget, plan_build
 from headstart.search.build import build_index
 from headstart.search.embeddings_file import embeddings_fingerprint, open_embeddings
 from headstart.search.grow import add_to_index
+from headstart.search.merge import emptied
 from headstart.search.settings import TARGET_RECALL
 from headstart.search.spec import IndexSpec, choose_spec
 from headstart.search.store import load_index, save_index
@@ -54,18 +57,24 @@ def build_index_from_sources(
     max_memory: int | None = None,
     target_recall: float = TARGET_RECALL,
     thumbnails: bool = True,
+    trained_from: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> BuiltIndex:
     """Embed ``sources`` (what the cache lacks) and index them into ``out``, within
     ``max_memory`` bytes (default: half the memory available); a budget that cannot hold the
-    build is refused before it starts."""
+    build is refused before it starts. ``trained_from``: an IVF index whose trained quantizer
+    this one shares, so that the two merge (``index merge``)."""
     budget = max_memory if max_memory is not None else default_budget()
     data = embed_sources(sources, embed, cache_dir, progress=progress)
     started = time.perf_counter()
     vectors = Vectors(data.store, data.keys)  # streamed from the shards, never all in memory
-    spec = choose_spec(vectors.count, vectors.dim, kind, budget)
+    spec, trained = choose_spec(vectors.count, vectors.dim, kind, budget), None
+    if trained_from is not None:
+        spec, trained = _trained(trained_from, data.fingerprint)
     plan = plan_build(spec, vectors.count, vectors.dim, budget)
-    index, spec, recall = build_index(vectors, spec, target_recall=target_recall, plan=plan)
+    index, spec, recall = build_index(
+        vectors, spec, target_recall=target_recall, plan=plan, trained=trained
+    )
     # Written before index.json, which marks the directory complete.
     thumbnail_summary = write_thumbnails(out, data.paths) if thumbnails else None
     save_index(
@@ -135,28 +144,49 @@ def build_index_from_embeddings(
     kind: str = "auto",
     max_memory: int | None = None,
     target_recall: float = TARGET_RECALL,
+    trained_from: str | os.PathLike[str] | None = None,
 ) -> BuiltIndex:
     """Index the vectors of a ``.npy`` or Parquet file (as autofaiss does), read in blocks.
 
     Item ``i`` is named ``FILE#i``: the file says nothing of images, so the index keeps no
-    labels, content keys or thumbnails.
+    labels, content keys or thumbnails. With ``trained_from`` (a part built before, from
+    another file of the same model's embeddings), the index shares its quantizer and its
+    fingerprint, so the two merge.
     """
     budget = max_memory if max_memory is not None else default_budget()
     started = time.perf_counter()
     vectors = open_embeddings(file, vector_column)
-    spec = choose_spec(vectors.count, vectors.dim, kind, budget)
+    fingerprint = embeddings_fingerprint(file, vectors.dim)
+    spec, trained = choose_spec(vectors.count, vectors.dim, kind, budget), None
+    if trained_from is not None:
+        spec, trained = _trained(trained_from, None)
+        fingerprint = load_index(trained_from).fingerprint
     plan = plan_build(spec, vectors.count, vectors.dim, budget)  # refused here, before work
-    index, spec, recall = build_index(vectors, spec, target_recall=target_recall, plan=plan)
+    index, spec, recall = build_index(
+        vectors, spec, target_recall=target_recall, plan=plan, trained=trained
+    )
     name = Path(file).name
     save_index(
         out,
         index,
         spec,
         recall,
-        fingerprint=embeddings_fingerprint(file, vectors.dim),
+        fingerprint=fingerprint,
         paths=(f"{name}#{row}" for row in range(vectors.count)),
         labels=(None for _ in range(vectors.count)),
         keys=("" for _ in range(vectors.count)),
     )
     elapsed = time.perf_counter() - started
     return BuiltIndex(Path(out), spec, recall, vectors.count, elapsed, 0, None)
+
+
+def _trained(directory: str | os.PathLike[str], fingerprint: Fingerprint | None):
+    """(spec, empty trained index) of the IVF index in ``directory``, refused when it holds
+    other embeddings than ``fingerprint`` (when given)."""
+    loaded = load_index(directory)
+    if fingerprint is not None and loaded.fingerprint.id != fingerprint.id:
+        raise HeadstartError(
+            f"--trained-from {directory} holds embeddings {loaded.fingerprint.id}, these are "
+            f"{fingerprint.id}: train and build with one model"
+        )
+    return loaded.spec, emptied(loaded)

@@ -33,6 +33,7 @@ __all__ = [
     "THUMBNAIL_SIDE",
     "ThumbnailStore",
     "ThumbnailSummary",
+    "concatenate_thumbnails",
     "make_thumbnail",
     "thumbnail_of_file",
     "write_thumbnails",
@@ -175,3 +176,22 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[Sequence[str]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def concatenate_thumbnails(
+    directory: str | os.PathLike[str], stores: Sequence[ThumbnailStore], stem: str = STEM
+) -> tuple[int, int]:
+    """Write the thumbnails of ``stores``, one after another, as ``stem.*`` in ``directory``
+    (an index merged from parts); returns (count, bytes)."""
+    directory = Path(directory)
+    offsets = [np.zeros(1, dtype=np.int64)]
+    written = 0
+    with atomic_path(directory / f"{stem}.bin") as temporary, open(temporary, "wb") as out:
+        for store in stores:
+            with open(store.data_path, "rb") as f:
+                shutil.copyfileobj(f, out)
+            offsets.append(store.offsets[1:] + written)
+            written += int(store.offsets[-1])
+    with atomic_path(directory / f"{stem}.npy") as temporary:
+        np.save(temporary, np.concatenate(offsets))
+    return sum(len(s) for s in stores), written

@@ -9,11 +9,15 @@ concern (``*_routes.py``) and reach the service's state through ``dependencies.p
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from headstart import __version__
+from headstart.cache.fingerprint import Fingerprint
+from headstart.errors import HeadstartError
 from headstart.serve import (
     inference_routes,
     item_routes,
@@ -57,5 +61,37 @@ def _openapi(app: FastAPI, settings: ServeSettings) -> dict:
     """The OpenAPI document, with this service's limits in it; made once."""
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        app.openapi_schema = finish_document(document, settings.max_images, settings.max_upload_mb)
+        app.openapi_schema = finish_document(
+            document,
+            settings.max_images,
+            settings.max_upload_mb,
+            vector_width=_index_width(settings.index_dir),
+            text=_embeds_text(settings.head_dir),
+        )
     return app.openapi_schema
+
+
+def _index_width(index_dir: str | None) -> int | None:
+    """The vector width ``index.json`` records (read, not the index: the document may be asked
+    for before the engine has loaded); None without an index or a readable record."""
+    if index_dir is None:
+        return None
+    try:
+        width = json.loads((Path(index_dir) / "index.json").read_text())["dim"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return width if isinstance(width, int) and width > 0 else None
+
+
+def _embeds_text(head_dir: str) -> bool:
+    """Whether the head's model can embed text, from its recorded fingerprint. A head that
+    cannot be read leaves search documented: the service refuses to become ready anyway."""
+    from headstart.classify.persist import HEAD_DOCUMENT
+    from headstart.extract.text import why_no_text
+
+    path = Path(head_dir) / HEAD_DOCUMENT
+    try:
+        fingerprint = Fingerprint.recorded_in(json.loads(path.read_text()), str(path))
+    except (OSError, ValueError, HeadstartError):
+        return True
+    return why_no_text(fingerprint) is None

@@ -1,5 +1,7 @@
 """The service's OpenAPI document: the request bodies the routes read themselves, the limits of
-one service, and every named schema as a component, so a generated client gets one model each.
+one service (its index's vector width among them), and every named schema as a component, so a
+generated client gets one model each. Search by text is documented only where the model can
+embed text.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ __all__ = ["body_doc", "finish_document", "json_body_doc"]
 
 # Where the request body models' schemas refer to each other: the document's components.
 _COMPONENTS = "#/components/schemas/"
+_SEARCH = "/v1/search"
 
 
 def body_doc(json_model: type[BaseModel], many: bool) -> dict:
@@ -40,11 +43,24 @@ def json_body_doc(json_model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def finish_document(openapi: dict, max_images: int, max_upload_mb: float) -> dict:
+def finish_document(
+    openapi: dict,
+    max_images: int,
+    max_upload_mb: float,
+    *,
+    vector_width: int | None = None,
+    text: bool = True,
+) -> dict:
     """Finish one service's OpenAPI document: write its limits in (the most images a request may
     carry, multipart ``files`` and JSON ``images``, and the largest body, on every operation that
     takes a body), then make every titled schema the routes wrote inline (request bodies,
-    refusals) a named component, which each operation refers to."""
+    refusals) a named component, which each operation refers to.
+
+    ``vector_width`` (the index's) bounds a query vector's length both ways, so a vector valid
+    by the schema is one the service accepts. Without ``text`` (an image-only model),
+    ``/v1/search`` is left out: it would only ever refuse."""
+    if not text:
+        openapi["paths"].pop(_SEARCH, None)
     for item in openapi["paths"].values():
         for operation in item.values():
             body = operation.get("requestBody")
@@ -57,6 +73,9 @@ def finish_document(openapi: dict, max_images: int, max_upload_mb: float) -> dic
                     if properties.get(name, {}).get("type") == "array":
                         properties[name]["maxItems"] = max_images
     _name_inline_schemas(openapi)
+    vector = openapi["components"]["schemas"].get("VectorQuery", {}).get("properties", {})
+    if vector_width is not None and "vector" in vector:
+        vector["vector"].update(minItems=vector_width, maxItems=vector_width)
     return openapi
 
 

@@ -26,3 +26,4 @@ class ServeSettings:
     max_images: int = 64
     api_key: str | None = None
     expose_paths: bool = False
+    workers: int = 1  # processes sharing the port and the memory-mapped index

@@ -5,7 +5,8 @@ Two IVF indexes 8x apart (20,000 and 160,000 vectors of 256 dimensions: 20 and 1
 float32) are queried by ``headstart knn --key`` as fresh processes, and each one's peak RSS
 (VmHWM) is read as bench/peak_memory.py reads it. Read into memory, the larger index would add
 its 140 MB of vectors; mapped, a start reads the coarse quantizer and the few lists one query
-probes. Not a timing test: the margin is in megabytes.
+probes. The same holds for ``headstart serve`` started over IVF indexes of 10,000 and 80,000
+vectors of 512 dimensions and asked one query. Not a timing test: the margin is in megabytes.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ sys.exit(status)
 """
 
 
-def _vectors(n: int) -> np.ndarray:
-    """Clustered vectors (as embeddings are), the same first rows at every size."""
-    centres = np.random.default_rng(0).normal(size=(200, D)).astype(np.float32)
+def _vectors(n: int, d: int = D) -> np.ndarray:
+    """Clustered vectors (as embeddings are), the same first rows at every size. A query then
+    probes a few lists: on unclustered noise, tuning would probe half of them, and a query
+    would read (and map) half the index."""
+    centres = np.random.default_rng(0).normal(size=(200, d)).astype(np.float32)
     rng = np.random.default_rng(1)
-    return centres[rng.integers(0, 200, n)] + rng.normal(size=(n, D)).astype(np.float32) * 0.5
+    return centres[rng.integers(0, 200, n)] + rng.normal(size=(n, d)).astype(np.float32) * 0.5
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +108,63 @@ def test_a_mapped_index_answers_as_the_index_read_into_memory(workspace: Path, n
     store = EmbeddingCache(workspace / "cache").open(FINGERPRINT)
     _, rows = read.search(store.get(np.array(QUERY_KEYS[:1], dtype="S64")), 5)
     assert [r[3] for r in first] == [f"/img/{row}.jpg" for row in rows[0]]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Path:
+    """A head (resnet18, random weights: 512-d) and IVF indexes of 10,000 and 80,000 vectors
+    made with its fingerprint, so a service can start on either."""
+    import json
+
+    from helpers import FAST_ARGS, make_colour_folder, run_cli
+
+    root = tmp_path_factory.mktemp("served-memory")
+    make_colour_folder(root / "images", per_class=3)
+    head = run_cli("train", root / "images", *FAST_ARGS, "--cache", root / "cache",
+                   "-o", root / "head", "-q")  # fmt: skip
+    assert head.exit_code == 0, head.output
+    fingerprint = Fingerprint.from_dict(
+        json.loads((root / "head" / "head.json").read_text())["fingerprint"]
+    )
+    X = _vectors(8 * SERVED_SMALL, 512)
+    for n in (SERVED_SMALL, 8 * SERVED_SMALL):
+        index, spec, recall = build_index(X[:n], IndexSpec("ivf", nlist=128), target_recall=0.9)
+        save_index(root / f"index{n}", index, spec, recall, fingerprint=fingerprint,
+                   paths=(f"/img/{i}.jpg" for i in range(n)), labels=(None for _ in range(n)),
+                   keys=(f"{i:064x}" for i in range(n)))  # fmt: skip
+    return root
+
+
+SERVED_SMALL = 10_000
+
+
+def _serve_start(root: Path, n: int) -> float:
+    """Peak RSS (MB) of ``headstart serve`` over the index of ``n`` once it has started and
+    answered one query by vector."""
+    import httpx
+    from helpers import free_port, wait_until_ready
+
+    port = free_port()
+    command = [sys.executable, "-m", "headstart", "serve", "--head", str(root / "head"),
+               "--index", str(root / f"index{n}"), "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, lambda: process.poll() is None, process.communicate)
+        vector = _vectors(1, 512)[0].tolist()
+        answer = httpx.post(f"{url}/v1/neighbors", json={"vector": vector, "k": 10})
+        assert answer.status_code == 200 and len(answer.json()["neighbors"]) == 10
+        status = Path(f"/proc/{process.pid}/status").read_text().splitlines()
+        peak = next(line for line in status if line.startswith("VmHWM:"))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return int(peak.split()[1]) / 1024
+
+
+def test_serve_start_memory_does_not_grow_with_a_mapped_index(served: Path) -> None:
+    small = _serve_start(served, SERVED_SMALL)
+    large = _serve_start(served, 8 * SERVED_SMALL)
+    vectors_mb = 7 * SERVED_SMALL * 512 * 4 / 2**20  # 137 MB more float32 in the larger index
+    print(f"serve start peak RSS: {small:.0f} MB at {SERVED_SMALL}, {large:.0f} MB at 8x")
+    assert large - small < 0.25 * vectors_mb, (small, large)
