@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,19 @@ def _neighbors_answered(url: str) -> float:
     return 0.0
 
 
+def _assert_same_neighbours(answer: dict, expected: dict, tolerance: float = 1e-4) -> None:
+    """The same similarities, and the same items except where two items tie within the
+    rounding (their order, or which of them makes the last place, may then differ)."""
+    found = {n["id"]: n["similarity"] for n in answer["neighbors"]}
+    wanted = {n["id"]: n["similarity"] for n in expected["neighbors"]}
+    assert sorted(found.values()) == pytest.approx(sorted(wanted.values()), abs=tolerance)
+    for item in found.keys() & wanted.keys():
+        assert found[item] == pytest.approx(wanted[item], abs=tolerance)
+    last = min(wanted.values())
+    for item in found.keys() ^ wanted.keys():  # only ties at the last place may swap
+        assert abs(found.get(item, wanted.get(item)) - last) <= tolerance, (answer, expected)
+
+
 def test_two_workers_share_one_mapped_index_and_both_answer(trained: Path) -> None:
     port = free_port()
     command = [sys.executable, "-m", "headstart", "serve", "--head", trained / "head",
@@ -64,15 +78,27 @@ def test_two_workers_share_one_mapped_index_and_both_answer(trained: Path) -> No
         while any(httpx.get(f"{url}/readyz").status_code != 200 for _ in range(20)):
             assert time.monotonic() < deadline
         image = sorted((trained / "images" / "red").glob("*.jpg"))[0].read_bytes()
-        answers = []
-        for _ in range(40):  # a fresh connection each: either worker may take it
+
+        def ask(_: int) -> dict:
             answer = httpx.post(f"{url}/v1/neighbors", files=[("file", ("q.jpg", image))])
             assert answer.status_code == 200, answer.text
-            answers.append(answer.json())
-        assert all(a == answers[0] for a in answers)  # one index, one answer, whichever worker
+            return answer.json()
+
+        # Which worker accepts a connection is the kernel's choice, and an idle service may hand
+        # every one to the same worker: ask in concurrent rounds until both have answered.
+        answers: list[dict] = []
+        counts: set[float] = set()
+        with ThreadPoolExecutor(8) as pool:
+            while len(counts) < 2 or min(counts) == 0:
+                assert time.monotonic() < deadline and len(answers) < 800, counts
+                answers.extend(pool.map(ask, range(40)))
+                counts = set(pool.map(lambda _: _neighbors_answered(url), range(40)))
+        # One index, one answer, whichever worker: the same neighbours, and similarities equal
+        # up to how a batch of concurrent requests rounds (the service batches them).
+        for answer in answers:
+            _assert_same_neighbours(answer, answers[0])
         # Each worker counts its own answers: two counts that add up to all of them.
-        counts = {_neighbors_answered(url) for _ in range(60)}
-        assert len(counts) == 2 and sum(counts) == 40 and min(counts) > 0, counts
+        assert len(counts) == 2 and sum(counts) == len(answers), counts
     finally:
         process.terminate()
         process.wait(timeout=60)
