@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headstart.errors import HeadstartError
-from headstart.search.spec import IndexSpec
+from headstart.search.spec import LIST_GROWTH, IndexSpec
 
-__all__ = ["BuildPlan", "default_budget", "plan_build", "resident_bytes"]
+__all__ = ["BuildPlan", "default_budget", "left_for_build", "plan_build", "resident_bytes"]
 
 _MAX_BLOCK_ROWS = 65_536
 _MIN_BLOCK_ROWS = 1_024
@@ -38,6 +38,21 @@ def default_budget() -> int:
     return psutil.virtual_memory().available // 2
 
 
+def left_for_build(budget: int) -> int:
+    """What a budget for the whole process leaves for the index once what the process already
+    holds (Python, torch, FAISS, the items being indexed) is counted; refuses, in one line, a
+    budget that does not even cover that."""
+    import psutil
+
+    held = psutil.Process().memory_info().rss
+    if held >= budget:
+        raise HeadstartError(
+            f"the budget of {_size(budget)} is less than this process already holds "
+            f"({_size(held)}: Python, torch and FAISS); give a larger --max-memory"
+        )
+    return budget - held
+
+
 def resident_bytes(spec: IndexSpec, n: int, d: int) -> int:
     """Bytes a built index of ``spec`` holds for ``n`` vectors of ``d`` dimensions."""
     centroids = spec.nlist * d * 4
@@ -46,7 +61,7 @@ def resident_bytes(spec: IndexSpec, n: int, d: int) -> int:
     if spec.kind == "hnsw":
         return n * (d * 4 + 2 * spec.hnsw_m * 4)  # vectors, and about 2M links a vector
     per_vector = {"ivf": d * 4, "ivfsq": d, "ivfpq": spec.pq_m}[spec.kind] + _ID_BYTES
-    return n * per_vector + centroids
+    return int(n * per_vector * LIST_GROWTH) + centroids
 
 
 def _wanted_training(spec: IndexSpec) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from headstart.cache.fingerprint import Fingerprint
 from headstart.classify.data import embed_sources
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, options_for_fingerprint
-from headstart.search.budget import default_budget, plan_build
+from headstart.search.budget import default_budget, left_for_build, plan_build
 from headstart.search.build import build_index
 from headstart.search.embeddings_file import embeddings_fingerprint, open_embeddings
 from headstart.search.grow import add_to_index
@@ -68,6 +68,7 @@ def build_index_from_sources(
     data = embed_sources(sources, embed, cache_dir, progress=progress)
     started = time.perf_counter()
     vectors = Vectors(data.store, data.keys)  # streamed from the shards, never all in memory
+    budget = left_for_build(budget)  # the budget bounds the whole process
     spec, trained = choose_spec(vectors.count, vectors.dim, kind, budget), None
     if trained_from is not None:
         spec, trained = _trained(trained_from, data.fingerprint)
@@ -157,6 +158,7 @@ def build_index_from_embeddings(
     started = time.perf_counter()
     vectors = open_embeddings(file, vector_column)
     fingerprint = embeddings_fingerprint(file, vectors.dim)
+    budget = left_for_build(budget)  # the budget bounds the whole process
     spec, trained = choose_spec(vectors.count, vectors.dim, kind, budget), None
     if trained_from is not None:
         spec, trained = _trained(trained_from, None)
