@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -42,7 +43,7 @@ import numpy as np
 from headstart.atomic import TEMPORARY_PREFIX, atomic_path, fsync_path, write_text_atomic
 from headstart.cache.keys import KEY_DTYPE
 from headstart.cache.shards import SHARD_READ_ERRORS, read_shard_info, read_shard_keys
-from headstart.errors import first_line
+from headstart.errors import HeadstartError, first_line
 
 __all__ = ["INDEX_DIRECTORY", "KEY_INDEX_FORMAT", "MAX_RUNS", "KeyIndex", "open_key_index"]
 
@@ -56,6 +57,7 @@ _LOC_DTYPE = np.dtype("<i8")
 _BUILD_ROWS = 1 << 20  # keys sorted in memory at once when a run is written (72 MB)
 _MERGE_WINDOW = 1 << 16  # keys read from each run per merge step
 _UPDATE_TRIES = 5
+_STALE_TRIES = 200
 
 
 class _StaleSnapshot(Exception):
@@ -280,13 +282,18 @@ def _update(shards_directory: Path, directory: Path, *, note: bool = True) -> No
     """Bring the published index up to date with the shards, under the index's lock."""
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory / ".lock"):
-        for _ in range(_UPDATE_TRIES):
+        # A compaction deletes the shards it merged one after another: list again until a
+        # listing holds still long enough to be read (each try sees fewer old shards).
+        for _ in range(_STALE_TRIES):
             try:
                 _update_locked(shards_directory, directory, note)
                 return
             except _StaleSnapshot:
-                continue
-        _update_locked(shards_directory, directory, note)
+                time.sleep(0.01)
+        raise HeadstartError(
+            f"the shards of {shards_directory} kept changing while their keys were indexed; "
+            "try again once the compaction or extract writing them has finished"
+        )
 
 
 def _update_locked(shards_directory: Path, directory: Path, note: bool) -> None:

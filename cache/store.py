@@ -250,10 +250,13 @@ class FingerprintStore:
                     fresh = _served_by(index, number, keys)
                     for earlier, earlier_read in done[:-1]:
                         fresh &= ~_placed_in(earlier, earlier_read, keys)
-                    read.add(number)
                     if fresh.any():
                         rows = np.flatnonzero(fresh)
                         vectors = as_float32(read_shard_rows(path, rows))
+                    # Counted as read only once its rows are in hand: a shard that vanishes
+                    # between its keys and its rows is read again under the next view.
+                    read.add(number)
+                    if fresh.any():
                         yield EmbeddingChunk(keys=keys[rows], embeddings=vectors)
                 return
             except OSError:
