@@ -28,6 +28,7 @@ from headstart.classify.logistic import (
     solve_lockstep,
     solver_state_bytes,
 )
+from headstart.classify.metrics import Metrics
 from headstart.classify.moments import Moments, gather_moments
 from headstart.device import AUTO, resolve_device
 
@@ -275,6 +276,7 @@ class PathPoint:
     seconds: float
     evaluations: int
     preconditioner: Preconditioner
+    metrics: Metrics | None = None  # on validation, all of them
 
 
 def logistic_path(
@@ -294,7 +296,7 @@ def logistic_path(
     ``X`` and ``X_val`` are arrays with their labels, or block sources (labels ignored). Path
     fits stop at a looser tolerance than a final fit; the ranking of C does not need more.
     """
-    from headstart.classify.scoring import predict_blocks
+    from headstart.classify.scoring import score_blocks
 
     began = time.perf_counter()
     template = LogisticRegressionHead(device=device)
@@ -317,13 +319,10 @@ def logistic_path(
         )
         head._set_linear(standardizer, W, b)
         heads.append(head)
-    val = as_blocks(X_val, y_val)
-    truth = val.labels()
-    probas = predict_blocks(heads, val)
+    scores = score_blocks(heads, as_blocks(X_val, y_val))  # one pass for every C
     seconds = (time.perf_counter() - began) / len(Cs)
-    for C, head, proba in zip(Cs, heads, probas, strict=True):
-        accuracy = float(np.mean(head.classes_[proba.argmax(axis=1)] == truth))
-        yield PathPoint(C, head, accuracy, seconds, evaluations, preconditioner)
+    for C, head, metrics in zip(Cs, heads, scores, strict=True):
+        yield PathPoint(C, head, metrics.accuracy, seconds, evaluations, preconditioner, metrics)
 
 
 def refit_logistic(

@@ -27,10 +27,10 @@ from headstart.classify.linear import (
     refit_logistic,
     ridge_solutions,
 )
-from headstart.classify.metrics import Metrics, score
+from headstart.classify.metrics import Metrics
 from headstart.classify.moments import gather_moments
 from headstart.classify.neighbors import KNNHead, knn_votes
-from headstart.classify.scoring import score_blocks
+from headstart.classify.scoring import Tally, score_blocks
 from headstart.device import AUTO, resolve_device
 
 __all__ = ["LeaderboardRow", "fit_and_score", "refit", "sweep", "sweep_blocks"]
@@ -121,20 +121,19 @@ def fit_and_score(
 def _logreg_rows(train: Blocks, val: Blocks, params: dict) -> list[LeaderboardRow]:
     Cs = LogisticRegressionHead.grid[1]
     device = params.get("device", AUTO)
-    points = list(logistic_path(train, None, val, None, Cs, device=device))
-    heads = [point.head for point in points]
+    points = logistic_path(train, None, val, None, Cs, device=device)
     return [
         LeaderboardRow(
             "logreg",
             "C",
             point.C,
-            metrics,
+            point.metrics,
             point.seconds,
             point.head,
             note="C grid solved in lockstep" if i == 0 else "",
             preconditioner=point.preconditioner,
         )
-        for i, (point, metrics) in enumerate(zip(points, score_blocks(heads, val), strict=True))
+        for i, point in enumerate(points)
     ]
 
 
@@ -161,24 +160,23 @@ def _ridge_rows(train: Blocks, val: Blocks, params: dict) -> list[LeaderboardRow
 
 def _knn_rows(train: Blocks, val: Blocks, params: dict) -> list[LeaderboardRow]:
     ks = [k for k in KNNHead.grid[1] if k <= len(train)] or [len(train)]
+    votes = [params["vote"]] if "vote" in params else ["weighted", "majority"]
     started = time.perf_counter()
     base = KNNHead(k=max(ks), **{p: v for p, v in params.items() if p != "k"}).fit_blocks(train)
-    similarities, labels = [], []
-    for X, _ in val.blocks():
-        found = base.neighbors(X, max(ks))
-        similarities.append(found[0])
-        labels.append(found[1])
-    similarities, labels = np.concatenate(similarities), np.concatenate(labels)
-    truth = val.labels()
-    search_seconds = time.perf_counter() - started
-    rows = []
-    votes = [params["vote"]] if "vote" in params else ["weighted", "majority"]
+    estimators = {}
     for vote in votes:
         for k in ks:
-            began = time.perf_counter()
             estimator = clone(base).set_params(k=k, vote=vote)
             estimator.classes_, estimator.n_features_in_ = base.classes_, base.n_features_in_
             estimator.index_, estimator.labels_ = base.index_, base.labels_
+            estimators[vote, k] = estimator
+    # One search a validation block with the largest k scores every k and vote.
+    tallies = {
+        key: Tally(base.classes_, val.classes, len(val), probabilistic=True) for key in estimators
+    }
+    for X, codes in val.blocks():
+        similarities, labels = base.neighbors(X, max(ks))
+        for (vote, k), estimator in estimators.items():
             proba = knn_votes(
                 similarities[:, :k],
                 labels[:, :k],
@@ -186,7 +184,9 @@ def _knn_rows(train: Blocks, val: Blocks, params: dict) -> list[LeaderboardRow]:
                 vote=vote,
                 temperature=estimator.temperature,
             )
-            metrics = score(truth, proba, base.classes_)
-            seconds = time.perf_counter() - began + search_seconds / (len(ks) * len(votes))
-            rows.append(LeaderboardRow("knn", "k", k, metrics, seconds, estimator, note=vote))
-    return rows
+            tallies[vote, k].add(proba, codes)
+    seconds = (time.perf_counter() - started) / len(estimators)
+    return [
+        LeaderboardRow("knn", "k", k, tallies[vote, k].metrics(), seconds, estimator, note=vote)
+        for (vote, k), estimator in estimators.items()
+    ]

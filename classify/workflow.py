@@ -149,9 +149,8 @@ def plan_memory(options: TrainOptions, n: int, d: int, n_classes: int) -> int:
         load_solver()  # a fixed cost, counted among what is held before the budget is split
     budget = MemoryBudget.of(options.max_memory)
     learned = [get_head(name) for name in options.heads if get_head(name).learns_from_images]
-    if not learned:
-        return 1
-    fixed, per_row = 0, 0
+    # Every row's int32 class code, and a view's int64 row numbers, whatever the head.
+    fixed, per_row = 12 * n, 14 * d
     for head in learned:
         values = len(head.grid[1]) if options.sweep and head.grid else 1
         need = head.fit_bytes(n, d, n_classes, values)
@@ -161,7 +160,7 @@ def plan_memory(options: TrainOptions, n: int, d: int, n_classes: int) -> int:
                 f"--head {head.head_name} holds all {n} vectors of {d} dimensions in memory",
                 "use --head logreg or --head ridge, which stream from the cache",
             )
-        fixed = max(fixed, need)  # heads are fitted one after another
+        fixed = max(fixed, 12 * n + need)  # heads are fitted one after another
         per_row = max(per_row, head.block_row_bytes(d, n_classes, values))
     return budget.block_rows(fixed, per_row, f"training {', '.join(options.heads)}")
 

@@ -179,3 +179,22 @@ def test_knn_searches_float16_codes_with_exact_searchs_answers(tmp_path: Path) -
     loaded = load_head(tmp_path / "knn").head
     np.testing.assert_array_equal(loaded.database_, head.database_)
     np.testing.assert_array_equal(loaded.predict_proba(queries), head.predict_proba(queries))
+
+
+@pytest.mark.parametrize("unknown", [False, True])
+def test_scores_tallied_block_by_block_are_the_scores_of_whole_arrays(unknown: bool) -> None:
+    from headstart.classify.metrics import score
+    from headstart.classify.scoring import Tally
+
+    rng = np.random.default_rng(4)
+    head_classes = np.array(["ant", "bee", "cat", "dog"])
+    val_classes = np.array(["ant", "bee", "cat", "dog", "eel"] if unknown else head_classes)
+    codes = rng.integers(0, len(val_classes), size=500)
+    proba = rng.dirichlet(np.ones(4), size=500).astype(np.float32)
+    tally = Tally(head_classes, val_classes, 500, probabilistic=True)
+    for start in range(0, 500, 128):
+        tally.add(proba[start : start + 128], codes[start : start + 128])
+    mine, theirs = tally.metrics(), score(val_classes[codes], proba, head_classes)
+    assert (mine.log_loss is None) == unknown == (theirs.log_loss is None)
+    for name in ("n", "accuracy", "balanced_accuracy", "macro_f1", "log_loss")[: 5 - unknown]:
+        assert getattr(mine, name) == pytest.approx(getattr(theirs, name), rel=1e-5), name
