@@ -17,7 +17,7 @@ import numpy as np
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.keys import KEY_DTYPE
 from headstart.cache.store import EmbeddingCache
-from headstart.classify.blocks import DEFAULT_BLOCK_ROWS, Blocks, ChainedBlocks
+from headstart.classify.blocks import Blocks, ChainedBlocks
 from headstart.classify.budget import MemoryBudget
 from headstart.classify.data import (
     Embedded,
@@ -280,11 +280,19 @@ def _embed_for(loaded_fingerprint, sources, cache_dir, runtime: dict, progress: 
     return embed_sources(sources, options, cache_dir, progress=progress)
 
 
-def proba_in_blocks(head: Head, data: Embedded, block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
+def proba_in_blocks(
+    head: Head, data: Embedded, max_memory: int | None = None, block_rows: int | None = None
+) -> np.ndarray:
     """``head.predict_proba`` of every image of ``data``, reading their vectors a block at a
-    time (the answers are kept: they are the output; the vectors are not)."""
+    time (the answers are kept: they are the output; the vectors are not). Blocks are sized
+    from ``max_memory`` (default: half the free memory) unless ``block_rows`` is given."""
     if data._X is not None:  # already read by someone: no second read
         return head.predict_proba(data.X)
+    n, d, k = len(data.keys), int(data.store.dim or 0), len(head.classes_)
+    if block_rows is None:
+        budget = MemoryBudget.of(max_memory)
+        # The answers (n x classes) are the output; a block costs its copies and its scores.
+        block_rows = budget.block_rows(4 * n * k, 14 * d + 12 * k, "answering with the head")
     proba = np.empty((len(data.keys), len(head.classes_)), np.float32)
     for start in range(0, len(data.keys), block_rows):
         X = data.store.get(data.keys[start : start + block_rows])
@@ -310,13 +318,14 @@ def score_head(
     runtime: dict | None = None,
     progress: bool = False,
     purpose: str = "evaluate",
+    max_memory: int | None = None,
 ) -> Scored:
     """Load a saved head, embed the labelled sources as it was trained (only what the cache
     lacks) and take its probabilities; ``purpose`` names the command needing the labels."""
     loaded = load_head(head_dir)
     data = _embed_for(loaded.fingerprint, sources, cache_dir, runtime or {}, progress)
     labels = data.require_labels(purpose)
-    return Scored(loaded, data, labels, proba_in_blocks(loaded.head, data))
+    return Scored(loaded, data, labels, proba_in_blocks(loaded.head, data, max_memory))
 
 
 def evaluate_head(
@@ -326,9 +335,12 @@ def evaluate_head(
     *,
     runtime: dict | None = None,
     progress: bool = False,
+    max_memory: int | None = None,
 ) -> Evaluation:
     """Metrics and a per-class report of a saved head on labelled sources."""
-    scored = score_head(head_dir, sources, cache_dir, runtime=runtime, progress=progress)
+    scored = score_head(
+        head_dir, sources, cache_dir, runtime=runtime, progress=progress, max_memory=max_memory
+    )
     data, labels, proba, head = scored.data, scored.labels, scored.proba, scored.loaded.head
     known = set(np.asarray(head.classes_).astype(str))
     unknown = {k: v for k, v in class_counts(labels).items() if k not in known}
@@ -353,11 +365,13 @@ def predict_with_head(
     *,
     runtime: dict | None = None,
     progress: bool = False,
+    max_memory: int | None = None,
 ) -> Predictions:
+    """Every image's probabilities under a saved head, its vectors read a block at a time."""
     loaded: LoadedHead = load_head(head_dir)
     data = _embed_for(loaded.fingerprint, sources, cache_dir, runtime or {}, progress)
     failures = data.summary.failure_examples if data.summary else []
-    proba = proba_in_blocks(loaded.head, data)
+    proba = proba_in_blocks(loaded.head, data, max_memory)
     return Predictions(data.paths, proba, np.asarray(loaded.head.classes_), data.missing, failures)
 
 

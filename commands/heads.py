@@ -207,17 +207,23 @@ def train(sources, heads, out: str, quiet: bool, **params) -> None:
     type=click.Path(dir_okay=False),
     help="Also write the metrics to this JSON file, for scripts.",
 )
+@memory_option
 @runtime_options
-def evaluate(head_dir, sources, json_out, cache_dir, device, batch_size, workers, quiet) -> None:
+def evaluate(
+    head_dir, sources, json_out, max_memory, cache_dir, device, batch_size, workers, quiet
+) -> None:
     """Metrics and a per-class report of the head in HEAD_DIR on labelled SOURCES."""
+    from headstart.classify.budget import return_freed_blocks
     from headstart.classify.workflow import evaluate_head
 
+    return_freed_blocks()
     result = evaluate_head(
         head_dir,
         sources,
         cache_dir,
         runtime=runtime(device, batch_size, workers),
         progress=not quiet,
+        max_memory=max_memory,
     )
     m = result.metrics
     loss = f"  log-loss {m.log_loss:.4f}" if m.log_loss is not None else ""
@@ -253,18 +259,24 @@ def evaluate(head_dir, sources, json_out, cache_dir, device, batch_size, workers
     default="table",
     show_default=True,
 )
+@memory_option
 @runtime_options
-def predict(head_dir, sources, top_k, fmt, cache_dir, device, batch_size, workers, quiet) -> None:
+def predict(
+    head_dir, sources, top_k, fmt, max_memory, cache_dir, device, batch_size, workers, quiet
+) -> None:
     """Classify the images of SOURCES with the head in HEAD_DIR."""
+    from headstart.classify.budget import return_freed_blocks
     from headstart.classify.tables import prediction_lines
     from headstart.classify.workflow import predict_with_head
 
+    return_freed_blocks()
     result = predict_with_head(
         head_dir,
         sources,
         cache_dir,
         runtime=runtime(device, batch_size, workers),
         progress=not quiet,
+        max_memory=max_memory,
     )
     for line in prediction_lines(result.paths, result.proba, result.classes, top_k, fmt):
         click.echo(line)

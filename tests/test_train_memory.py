@@ -93,3 +93,30 @@ def test_a_budget_too_small_for_any_head_is_refused_in_one_line(tmp_path: Path) 
     assert run.returncode == 1 and "Traceback" not in run.output
     assert "give a larger --max-memory" in run.output and "ridge" in run.output
     assert not (tmp_path / "head").exists()
+
+
+def test_evaluate_and_predict_answer_block_by_block_within_a_budget(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from headstart.classify.workflow import proba_in_blocks
+    from headstart.cli import main
+
+    images = _layout(tmp_path, 600)
+    cache, head = str(tmp_path / "cache"), str(tmp_path / "head")
+    runner = CliRunner()
+    trained = runner.invoke(
+        main, ["train", str(images), *MODEL, "--cache", cache, "--head", "ncm", "-q", "-o", head]
+    )
+    assert trained.exit_code == 0, trained.output
+    loaded = load_head(head)
+    data = read_embedded([str(images)], EmbeddingCache(cache), loaded.fingerprint)
+    in_blocks = proba_in_blocks(loaded.head, data, block_rows=64)
+    # The same answers as all rows at once (up to the matrix product's summation order).
+    np.testing.assert_allclose(in_blocks, loaded.head.predict_proba(data.X), atol=1e-6)
+    for verb in ("evaluate", "predict"):
+        given = [verb, head, str(images), "--cache", cache, "-q"]
+        answered = runner.invoke(main, given)
+        assert answered.exit_code == 0, answered.output
+        refused = runner.invoke(main, [*given, "--max-memory", "1M"])
+        assert refused.exit_code == 1 and "give a larger --max-memory" in refused.output
+        assert len(refused.output.strip().splitlines()) == 1, refused.output
