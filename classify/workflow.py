@@ -1,7 +1,9 @@
 """The jobs behind ``headstart train``, ``evaluate``, ``predict``, ``index build`` and ``knn``.
 
 Each takes image sources, gets their embeddings through the cache (embedding only what is
-missing) and hands arrays to the heads, metrics and indexes; the command line only prints.
+missing) and hands them to the heads, metrics and indexes; the command line only prints.
+``train`` hands the heads block sources (:mod:`~headstart.classify.blocks`) sized from a memory
+budget, ``evaluate`` and ``predict`` read vectors a block at a time.
 """
 
 from __future__ import annotations
