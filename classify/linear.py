@@ -18,7 +18,7 @@ import torch
 from sklearn.linear_model import RidgeClassifier
 from sklearn.svm import LinearSVC
 
-from headstart.classify.blocks import Blocks, as_blocks
+from headstart.classify.blocks import ArrayBlocks, Blocks, as_blocks
 from headstart.classify.heads import HeadOption, LogitHead, register_head
 from headstart.classify.logistic import (
     Preconditioner,
@@ -47,6 +47,7 @@ __all__ = [
 _C = HeadOption("C", float, "Inverse regularisation strength.", minimum=0, above_minimum=True)
 
 _PATH_EVALUATIONS = 60  # loss evaluations of a lockstep path: enough to rank C, not a final fit
+_WARM_EVALUATIONS = 15  # per C of a warm-started path
 
 
 class Standardizer:
@@ -287,42 +288,70 @@ def logistic_path(
     Cs: Sequence[float],
     *,
     tol: float = 1e-4,
-    max_evals: int = _PATH_EVALUATIONS,
+    max_evals: int | None = None,
     device: str = AUTO,
+    lockstep: bool | None = None,
+    patience: int = 2,
 ) -> Iterator[PathPoint]:
-    """Fit logistic heads for every C of ``Cs`` in lockstep (one pass over the training rows
-    per evaluation serves them all), then score them all in one pass over validation.
+    """Fit and score a logistic head for each C of ``Cs`` on validation. ``X`` and ``X_val``
+    are arrays with their labels, or block sources (labels ignored). Path fits stop at a
+    looser tolerance than a final fit; the ranking of C does not need more.
 
-    ``X`` and ``X_val`` are arrays with their labels, or block sources (labels ignored). Path
-    fits stop at a looser tolerance than a final fit; the ranking of C does not need more.
+    ``lockstep`` (default: when ``X`` streams from the cache) solves every C at once, one
+    pass over the rows per evaluation for all of them, and scores them in one pass: reading
+    is what costs out of core. On rows already in memory the arithmetic costs, m C's in each
+    product, so there the C are fitted one by one from small to large, each warm-started from
+    the last, stopping once ``patience`` values have not beaten the best.
     """
     from headstart.classify.scoring import score_blocks
 
     began = time.perf_counter()
     template = LogisticRegressionHead(device=device)
     train = template._encode_blocks(as_blocks(X, y))
+    val, Cs, k = as_blocks(X_val, y_val), sorted(float(C) for C in Cs), len(template.classes_)
     torch_device = resolve_device(device)
-    standardizer = Standardizer.of_moments(gather_moments(train, torch_device))
-    data = Streamed(train, standardizer.mean, standardizer.scale, torch_device)
-    preconditioner = Preconditioner.of_streamed(data)
-    Cs = sorted(float(C) for C in Cs)
-    solutions, evaluations = solve_lockstep(
-        data, len(template.classes_), Cs, preconditioner, tol=tol, max_evals=max_evals
-    )
-    heads = []
-    for C, (W, b) in zip(Cs, solutions, strict=True):
+    if lockstep is None:
+        lockstep = not isinstance(train, ArrayBlocks)
+    if lockstep:
+        standardizer = Standardizer.of_moments(gather_moments(train, torch_device))
+        data = Streamed(train, standardizer.mean, standardizer.scale, torch_device)
+        preconditioner = Preconditioner.of_streamed(data)
+    else:
+        rows = train.read_all()  # arrays already: no copy
+        standardizer = Standardizer.fit(rows)
+        data = Resident(standardizer(rows), train.codes, torch_device)
+        preconditioner = Preconditioner.of_resident(data)
+
+    def head_of(C: float, W: np.ndarray, b: np.ndarray, evaluations: int):
         head = LogisticRegressionHead(C=C, device=device)
-        head.classes_, head.n_features_in_, head.n_iter_ = (
-            template.classes_,
-            train.dim,
-            evaluations,
-        )
+        head.classes_, head.n_features_in_, head.n_iter_ = template.classes_, train.dim, evaluations
         head._set_linear(standardizer, W, b)
-        heads.append(head)
-    scores = score_blocks(heads, as_blocks(X_val, y_val))  # one pass for every C
-    seconds = (time.perf_counter() - began) / len(Cs)
-    for C, head, metrics in zip(Cs, heads, scores, strict=True):
-        yield PathPoint(C, head, metrics.accuracy, seconds, evaluations, preconditioner, metrics)
+        return head
+
+    if lockstep:
+        evals = _PATH_EVALUATIONS if max_evals is None else max_evals
+        solutions, n = solve_lockstep(data, k, Cs, preconditioner, tol=tol, max_evals=evals)
+        heads = [head_of(C, W, b, n) for C, (W, b) in zip(Cs, solutions, strict=True)]
+        seconds = (time.perf_counter() - began) / len(Cs)
+        for head, metrics in zip(heads, score_blocks(heads, val), strict=True):
+            yield PathPoint(head.C, head, metrics.accuracy, seconds, n, preconditioner, metrics)
+        return
+    start, best, since_best = None, -1.0, 0
+    evals = _WARM_EVALUATIONS if max_evals is None else max_evals
+    for C in Cs:
+        [(W, b)], n = solve_lockstep(
+            data, k, [C], preconditioner, start=start, tol=tol, max_evals=evals
+        )
+        head = head_of(C, W, b, n)
+        [metrics] = score_blocks([head], val)
+        seconds, began = time.perf_counter() - began, time.perf_counter()
+        yield PathPoint(C, head, metrics.accuracy, seconds, n, preconditioner, metrics)
+        start = [(W, b)]
+        best, since_best = (
+            (metrics.accuracy, 0) if metrics.accuracy > best else (best, since_best + 1)
+        )
+        if since_best >= patience:
+            return
 
 
 def refit_logistic(

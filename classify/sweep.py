@@ -121,8 +121,7 @@ def fit_and_score(
 def _logreg_rows(train: Blocks, val: Blocks, params: dict) -> list[LeaderboardRow]:
     Cs = LogisticRegressionHead.grid[1]
     device = params.get("device", AUTO)
-    points = logistic_path(train, None, val, None, Cs, device=device)
-    return [
+    rows = [
         LeaderboardRow(
             "logreg",
             "C",
@@ -130,11 +129,14 @@ def _logreg_rows(train: Blocks, val: Blocks, params: dict) -> list[LeaderboardRo
             point.metrics,
             point.seconds,
             point.head,
-            note="C grid solved in lockstep" if i == 0 else "",
             preconditioner=point.preconditioner,
         )
-        for i, point in enumerate(points)
+        for point in logistic_path(train, None, val, None, Cs, device=device)
     ]
+    skipped = len(Cs) - len(rows)
+    if skipped and rows:
+        rows[-1].note = f"path stopped: {skipped} weaker C not better on validation"
+    return rows
 
 
 def _ridge_rows(train: Blocks, val: Blocks, params: dict) -> list[LeaderboardRow]:

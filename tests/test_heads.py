@@ -11,7 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from headstart.cache import Fingerprint
 from headstart.classify.heads import get_head, list_heads
-from headstart.classify.linear import LogisticRegressionHead
+from headstart.classify.linear import LogisticRegressionHead, logistic_path
 from headstart.classify.neighbors import KNNHead, knn_votes
 from headstart.classify.persist import load_head, save_head
 from headstart.classify.sweep import refit, sweep
@@ -130,6 +130,15 @@ def test_logreg_agrees_with_scikit_learn(C: float) -> None:
     agreement = np.mean(ours.predict(X) == theirs.predict(standardised))
     assert agreement >= 0.99
     np.testing.assert_allclose(ours.coef_, theirs.coef_, atol=2e-3)
+
+
+def test_logistic_path_warm_starts_and_stops_when_validation_stops_improving() -> None:
+    X, y = blobs(n=800, spread=4.0)
+    points = list(logistic_path(X[:600], y[:600], X[600:], y[600:], np.logspace(-6, 4, 11)))
+    accuracies = [p.val_accuracy for p in points]
+    best = int(np.argmax(accuracies))
+    assert len(points) < 11 and len(points) - 1 - best == 2  # stopped 2 after the best
+    assert [p.C for p in points] == sorted(p.C for p in points)
 
 
 def test_knn_vote_matches_a_hand_computed_example() -> None:

@@ -133,7 +133,7 @@ def test_the_lockstep_path_reaches_each_separate_fit() -> None:
     Cs = [1e-3, 1e-2, 1e-1]
     points = list(
         logistic_path(X[:900], codes[:900], X[900:], codes[900:], Cs, device="cpu", tol=1e-6,
-                      max_evals=500)
+                      max_evals=500, lockstep=True)
     )  # fmt: skip
     assert [p.C for p in points] == Cs
     assert len({p.evaluations for p in points}) == 1  # one pass served every C
