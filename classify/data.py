@@ -7,25 +7,34 @@ Files that could not be embedded are left out and counted.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.store import EmbeddingCache, FingerprintStore
+from headstart.classify.blocks import Blocks, CachedBlocks, KeyFile
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, ExtractSummary, extract, iter_images
 from headstart.extract.sources import ListingSkips
 
+_LIST_CHUNK = 16384  # images looked up in the stat index at once
+
 __all__ = [
     "Embedded",
+    "Planned",
     "class_counts",
     "embed_sources",
+    "plan_rows",
+    "plan_sources",
     "read_embedded",
+    "split_planned",
     "stratified_split",
+    "stratified_split_codes",
     "train_and_validation",
 ]
 
@@ -107,35 +116,143 @@ def read_embedded(
     """The sources' usable images and their keys, from the stat index (no model involved);
     their vectors come from the shards when ``X`` is first used."""
     store = cache.open(fingerprint)
-    # Unreadable folders were reported by the extract that just ran; not again here.
-    items = list(iter_images(sources, ListingSkips()))
-    with cache.catalog() as catalog:
-        known = catalog.lookup([item.path for item in items])
-    keys, paths, labels = [], [], []
-    for item in items:
-        entry = known.get(item.path)
-        if entry is None:
-            continue
-        try:
-            st = os.stat(item.path)
-        except OSError:
-            continue
-        if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
-            keys.append(entry.key)
-            paths.append(item.path)
-            labels.append(item.label)
-    keys_array = np.asarray(keys, dtype="S64")
-    rows = np.flatnonzero(store.contains(keys_array))
-    if not len(rows):
+    keys, paths, labels, listed = [], [], [], 0
+    for chunk in _usable_chunks(sources, cache, store):
+        keys.append(chunk.keys)
+        paths.extend(chunk.paths)
+        labels.extend(chunk.labels)
+        listed += chunk.listed
+    if not paths:
         raise HeadstartError(f"none of the images in {', '.join(sources)} could be embedded")
     return Embedded(
-        labels=np.array([labels[i] for i in rows], dtype=object),
-        paths=[paths[i] for i in rows],
-        keys=keys_array[rows],
+        labels=np.array(labels, dtype=object),
+        paths=paths,
+        keys=np.concatenate(keys),
         fingerprint=fingerprint,
         store=store,
-        missing=len(items) - len(rows),
+        missing=listed - len(paths),
     )
+
+
+@dataclass
+class _Chunk:
+    keys: np.ndarray  # S64, only the rows the store holds
+    paths: list[str]
+    labels: list[str | None]
+    listed: int  # images listed in this chunk, usable or not
+
+
+def _usable_chunks(
+    sources: Sequence[str], cache: EmbeddingCache, store: FingerprintStore
+) -> Iterator[_Chunk]:
+    """The sources' images, a chunk at a time, with the content keys the stat index gives
+    them (the file unchanged since) and the store holds: what is usable, in source order."""
+    # Unreadable folders were reported by the extract that just ran; not again here.
+    items = iter_images(sources, ListingSkips())
+    with cache.catalog() as catalog:
+        while chunk := list(itertools.islice(items, _LIST_CHUNK)):
+            known = catalog.lookup([item.path for item in chunk])
+            keys, paths, labels = [], [], []
+            for item in chunk:
+                entry = known.get(item.path)
+                if entry is None:
+                    continue
+                try:
+                    st = os.stat(item.path)
+                except OSError:
+                    continue
+                if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+                    keys.append(entry.key)
+                    paths.append(item.path)
+                    labels.append(item.label)
+            keys_array = np.asarray(keys, dtype="S64")
+            held = store.contains(keys_array) if len(keys) else np.zeros(0, bool)
+            rows = np.flatnonzero(held)
+            yield _Chunk(
+                keys_array[rows], [paths[i] for i in rows], [labels[i] for i in rows], len(chunk)
+            )
+
+
+@dataclass
+class Planned:
+    """A source's usable images as a block source (no path, no vector held), and the count of
+    those left out (no embedding) and of those without a label."""
+
+    source: CachedBlocks
+    fingerprint: Fingerprint
+    missing: int
+    unlabelled: int
+    summary: ExtractSummary | None = None
+
+    def require_labels(self, what: str) -> CachedBlocks:
+        if self.unlabelled:
+            raise HeadstartError(
+                f"{what} needs labels, but {self.unlabelled} images have none; use class folders "
+                "(root/CLASS/image.jpg) or a manifest of path,label lines"
+            )
+        return self.source
+
+
+def plan_rows(sources: Sequence[str], cache: EmbeddingCache, fingerprint: Fingerprint) -> Planned:
+    """The sources' usable images as :class:`~headstart.classify.blocks.CachedBlocks`: keys
+    go to a temporary file beside the cache, labels become int32 codes; memory stays at a
+    few bytes a row whatever the count."""
+    store = cache.open(fingerprint)
+    key_file = KeyFile(cache.root)
+    codes: list[np.ndarray] = []
+    names: dict[str | None, int] = {}
+    listed = 0
+    for chunk in _usable_chunks(sources, cache, store):
+        key_file.append(chunk.keys)
+        codes.append(np.array([names.setdefault(x, len(names)) for x in chunk.labels], np.int32))
+        listed += chunk.listed
+    if not key_file.count:
+        raise HeadstartError(f"none of the images in {', '.join(sources)} could be embedded")
+    # Codes in sorted-name order: what np.unique gives, so splits and classes_ match arrays'.
+    classes = np.array(sorted(name for name in names if name is not None), dtype=str)
+    lookup = np.full(len(names) + 1, -1, np.int32)
+    for name, code in names.items():
+        if name is not None:
+            lookup[code] = int(np.searchsorted(classes, name))
+    all_codes = lookup[np.concatenate(codes)]
+    unlabelled = int(np.count_nonzero(all_codes < 0)) if None in names else 0
+    source = CachedBlocks(store, key_file, all_codes, classes)
+    return Planned(source, fingerprint, listed - key_file.count, unlabelled)
+
+
+def plan_sources(
+    sources: Sequence[str],
+    options: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+) -> Planned:
+    """Extract what is missing, then plan the usable images as a block source."""
+    summary = extract(sources, options, cache_dir, progress=progress)
+    planned = plan_rows(sources, EmbeddingCache(cache_dir), summary.fingerprint)
+    planned.summary = summary
+    return planned
+
+
+def split_planned(
+    data: Planned,
+    val_sources: Sequence[str],
+    val_split: float,
+    seed: int,
+    options: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    *,
+    purpose: str,
+    progress: bool = False,
+) -> tuple[Blocks, Blocks]:
+    """(train, validation) views: ``data`` and the ``val_sources`` planned alike, or, without
+    them, the same stratified split of ``data`` as :func:`train_and_validation` makes."""
+    source = data.require_labels(purpose)
+    if val_sources:
+        val = plan_sources(val_sources, options, cache_dir, progress=progress)
+        return source, val.require_labels("validation")
+    train_rows, val_rows = stratified_split_codes(source.codes, source.classes, val_split, seed)
+    return source.take(train_rows), source.take(val_rows)
 
 
 def class_counts(labels: np.ndarray) -> dict[str, int]:
@@ -146,20 +263,31 @@ def stratified_split(
     labels: np.ndarray, fraction: float, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, validation), each class split in proportion, reproducibly."""
+    classes, codes = np.unique(np.asarray(labels), return_inverse=True)
+    return stratified_split_codes(codes, classes, fraction, seed)
+
+
+def stratified_split_codes(
+    codes: np.ndarray, classes: np.ndarray, fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`stratified_split` of int class codes (indices into the sorted ``classes``): the
+    same rows as the labels themselves give, holding 4 bytes a row instead of the names."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < fraction < 1:
         raise HeadstartError(f"--val-split must be between 0 and 1, got {fraction}")
-    rare = [name for name, count in class_counts(labels).items() if count < 2]
+    counts = np.bincount(codes, minlength=len(classes))
+    rare = [str(name) for name, count in zip(classes, counts, strict=True) if 0 < count < 2]
     if rare:
         raise HeadstartError(
             f"classes with fewer than 2 images cannot be split for validation: {', '.join(rare)}"
         )
-    rows = np.arange(len(labels))
-    n_val = max(round(fraction * len(rows)), len(class_counts(labels)))
-    if len(rows) - n_val < len(class_counts(labels)):
+    present = int(np.count_nonzero(counts))
+    rows = np.arange(len(codes))
+    n_val = max(round(fraction * len(rows)), present)
+    if len(rows) - n_val < present:
         raise HeadstartError(
             f"{len(rows)} images are too few to hold out a validation image of every class"
         )
-    train, val = train_test_split(rows, test_size=n_val, stratify=labels, random_state=seed)
+    train, val = train_test_split(rows, test_size=n_val, stratify=codes, random_state=seed)
     return np.sort(train), np.sort(val)

@@ -71,6 +71,28 @@ class Head(ClassifierMixin, BaseEstimator):
     #: Whether ``fit`` learns from labelled embeddings; False for a head built another way
     #: (``zeroshot``, from class names), which ``--sweep`` scores as built and never refits.
     learns_from_images: ClassVar[bool] = True
+    #: Whether :meth:`fit_blocks` streams: memory independent of the number of rows. Heads
+    #: that do not read every vector into memory first, after the budget allowed it.
+    streams: ClassVar[bool] = False
+
+    @classmethod
+    def fit_bytes(cls, n: int, d: int, n_classes: int, n_values: int = 1) -> int:
+        """Bytes fitting holds besides one block in flight, for ``n`` rows of width ``d``
+        (``n_values``: grid values a sweep fits together). By default: every row as float32,
+        plus a standardised copy."""
+        return 2 * 4 * n * d
+
+    @classmethod
+    def block_row_bytes(cls, d: int, n_classes: int, n_values: int = 1) -> int:
+        """Bytes each row of a block costs while it is in flight (read, widened, scaled)."""
+        return 14 * d
+
+    def fit_blocks(self, source) -> Head:
+        """Fit on a :class:`~headstart.classify.blocks.Blocks` source. Heads that stream
+        override this; the others read every row into memory first (the caller checked the
+        budget allows it) and fit on arrays."""
+        source = self._encode_blocks(source)
+        return self.fit(source.read_all(), source.classes[source.codes])
 
     @classmethod
     def accepts(cls, param: str) -> bool:
@@ -97,6 +119,22 @@ class Head(ClassifierMixin, BaseEstimator):
             found = ", ".join(map(str, self.classes_)) or "none"
             raise HeadstartError(f"need at least two classes to train, got only: {found}")
         return X, index.astype(np.int64)
+
+    def _encode_blocks(self, source):
+        """Check a block source's labels, set ``classes_``/``n_features_in_`` (the classes
+        present, sorted, as ``fit`` on arrays would), and return it coded against them."""
+        codes = source.codes
+        if len(codes) < 2:
+            raise HeadstartError(f"need at least 2 samples to train, got {len(codes)}")
+        if (codes < 0).any():
+            raise HeadstartError(f"{int((codes < 0).sum())} training rows have no label")
+        present = np.flatnonzero(np.bincount(codes, minlength=len(source.classes)))
+        self.classes_ = np.asarray(source.classes)[present]
+        self.n_features_in_ = source.dim
+        if len(self.classes_) < 2:
+            found = ", ".join(map(str, self.classes_)) or "none"
+            raise HeadstartError(f"need at least two classes to train, got only: {found}")
+        return source if len(present) == len(source.classes) else source.relabel(self.classes_)
 
     def fitted_arrays(self) -> dict[str, np.ndarray]:
         """Everything ``fit`` learned, as named NumPy arrays (classes excluded)."""

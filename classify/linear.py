@@ -1,12 +1,10 @@
 """Linear heads on standardised embeddings: multinomial logistic regression (our own float32
-solver in torch), linear SVM and ridge (scikit-learn solvers, our own prediction code).
+solver in torch, :mod:`~headstart.classify.logistic`), ridge (the normal equations, from one
+pass) and a linear SVM (scikit-learn's liblinear, on arrays).
 
-The logistic solver minimises scikit-learn's objective exactly, ``C * sum(cross-entropy) +
-||W||^2 / 2`` (intercepts not penalised), so ``C`` means the same thing in both. It is fast for
-three reasons: L-BFGS runs in coordinates whitened by the eigenbasis of the feature covariance
-(embeddings are strongly correlated, which is what makes plain L-BFGS take hundreds of steps);
-the loss and gradient are computed block by block, reading the data once per evaluation; and a
-sweep over C starts each fit from the previous solution (:func:`logistic_path`).
+Logistic regression and ridge train out of core through ``fit_blocks(source)``: the
+standardiser comes from one pass of sums and sums of squares, the solver then reads the blocks
+again as often as it needs. ``fit(X, y)`` on arrays keeps the data resident, as before.
 """
 
 from __future__ import annotations
@@ -17,11 +15,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.linear_model import RidgeClassifier
 from sklearn.svm import LinearSVC
 
+from headstart.classify.blocks import ArrayBlocks, Blocks, as_blocks
 from headstart.classify.heads import HeadOption, LogitHead, register_head
+from headstart.classify.logistic import (
+    Preconditioner,
+    Resident,
+    Streamed,
+    block_bytes_per_row,
+    solve_lockstep,
+    solver_state_bytes,
+)
+from headstart.classify.metrics import Metrics
+from headstart.classify.moments import Moments, gather_moments
 from headstart.device import AUTO, resolve_device
 
 __all__ = [
@@ -32,13 +40,14 @@ __all__ = [
     "Standardizer",
     "logistic_path",
     "refit_logistic",
+    "ridge_solutions",
 ]
 
 # Shared by the heads with an inverse regularisation strength, so they share one option.
 _C = HeadOption("C", float, "Inverse regularisation strength.", minimum=0, above_minimum=True)
 
-_BLOCK_ROWS = 1024  # a block of 2048-wide rows (8 MB) stays in cache between its two products
-_PRECONDITIONER_ROWS = 4096
+_PATH_EVALUATIONS = 60  # loss evaluations of a lockstep path: enough to rank C, not a final fit
+_WARM_EVALUATIONS = 15  # per C of a warm-started path
 
 
 class Standardizer:
@@ -55,6 +64,10 @@ class Standardizer:
         scale = (data - mean).square_().mean(dim=0).sqrt_()
         scale[scale < 1e-6] = 1.0
         return cls(mean.numpy(), scale.numpy())
+
+    @classmethod
+    def of_moments(cls, moments: Moments) -> Standardizer:
+        return cls(moments.mean, moments.scale)
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         out = torch.from_numpy(np.asarray(X, np.float32)) - torch.from_numpy(self.mean)
@@ -116,13 +129,46 @@ class LogisticRegressionHead(_LinearHead):
         self.tol = tol
         self.device = device
 
+    streams = True
+
+    @classmethod
+    def fit_bytes(cls, n: int, d: int, n_classes: int, n_values: int = 1) -> int:
+        return solver_state_bytes(d, n_classes, n_values)
+
+    @classmethod
+    def block_row_bytes(cls, d: int, n_classes: int, n_values: int = 1) -> int:
+        return block_bytes_per_row(d, n_classes, n_values)
+
     def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticRegressionHead:
         X, index = self._encode(X, y)
         standardizer = Standardizer.fit(X)
-        problem = _Problem.build(
-            standardizer(X), index, len(self.classes_), resolve_device(self.device)
+        data = Resident(standardizer(X), index, resolve_device(self.device))
+        [(W, b)], self.n_iter_ = solve_lockstep(
+            data,
+            len(self.classes_),
+            [float(self.C)],
+            Preconditioner.of_resident(data),
+            tol=self.tol,
+            max_evals=self.max_iter,
         )
-        W, b, self.n_iter_ = problem.solve(float(self.C), tol=self.tol, max_evals=self.max_iter)
+        self._set_linear(standardizer, W, b)
+        return self
+
+    def fit_blocks(self, source: Blocks) -> LogisticRegressionHead:
+        """Fit out of core: one pass for the standardiser, a sample for the preconditioner,
+        then the solver's passes, each reading ``source`` block by block."""
+        source = self._encode_blocks(source)
+        device = resolve_device(self.device)
+        standardizer = Standardizer.of_moments(gather_moments(source, device))
+        data = Streamed(source, standardizer.mean, standardizer.scale, device)
+        [(W, b)], self.n_iter_ = solve_lockstep(
+            data,
+            len(self.classes_),
+            [float(self.C)],
+            Preconditioner.of_streamed(data),
+            tol=self.tol,
+            max_evals=self.max_iter,
+        )
         self._set_linear(standardizer, W, b)
         return self
 
@@ -139,6 +185,11 @@ class LinearSVMHead(_LinearHead):
     def __init__(self, C: float = 1.0, *, max_iter: int = 2000) -> None:
         self.C = C
         self.max_iter = max_iter
+
+    @classmethod
+    def fit_bytes(cls, n: int, d: int, n_classes: int, n_values: int = 1) -> int:
+        # Every row as read and standardised (float32), and liblinear's float64 copy.
+        return (4 + 4 + 8) * n * d
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LinearSVMHead:
         X, index = self._encode(X, y)
@@ -158,8 +209,16 @@ class RidgeHead(_LinearHead):
     options = (HeadOption("alpha", float, "L2 strength.", minimum=0, above_minimum=True),)
     grid = ("alpha", tuple(float(a) for a in np.logspace(-1, 5, 7)))
 
-    def __init__(self, alpha: float = 1.0) -> None:
+    streams = True
+
+    def __init__(self, alpha: float = 1.0, *, device: str = AUTO) -> None:
         self.alpha = alpha
+        self.device = device
+
+    @classmethod
+    def fit_bytes(cls, n: int, d: int, n_classes: int, n_values: int = 1) -> int:
+        # The Gram matrix, its eigenvectors and a working copy (float64), the class sums.
+        return 8 * (3 * d * d + 2 * n_classes * d) + 4 * n_values * n_classes * d
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> RidgeHead:
         X, index = self._encode(X, y)
@@ -168,108 +227,44 @@ class RidgeHead(_LinearHead):
         self._set_linear(standardizer, np.atleast_2d(model.coef_), np.atleast_1d(model.intercept_))
         return self
 
-
-@dataclass
-class _Problem:
-    """Standardised data on a device, and the eigenbasis that preconditions every fit on it."""
-
-    X: torch.Tensor
-    y: torch.Tensor
-    n_classes: int
-    basis: torch.Tensor
-    eigenvalues: torch.Tensor
-
-    @classmethod
-    def build(
-        cls,
-        X: np.ndarray,
-        y: np.ndarray,
-        n_classes: int,
-        device: torch.device,
-        reuse: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> _Problem:
-        data = torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(device)
-        if reuse is not None:
-            basis, eigenvalues = reuse
-        else:
-            rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-            sample = data[rows[:_PRECONDITIONER_ROWS].to(device)]
-            eigenvalues, basis = torch.linalg.eigh(sample.T @ sample / len(sample))
-        return cls(data, torch.from_numpy(y).to(device), n_classes, basis, eigenvalues.clamp(min=0))
-
-    @property
-    def preconditioner(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.basis, self.eigenvalues
-
-    def solve(
-        self,
-        C: float,
-        *,
-        start: tuple[np.ndarray, np.ndarray] | None = None,
-        tol: float = 1e-6,
-        max_evals: int = 1000,
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Minimise ``mean(CE) + ||W||^2 / (2 C n)``; returns (W, b, loss evaluations)."""
-        n, d = self.X.shape
-        penalty = 1.0 / (C * n)
-        # W = V diag(s) Q^T: in V-coordinates the Hessian is close to the identity (a softmax
-        # Hessian is at most 1/4 of the feature covariance, plus the penalty).
-        s = (self.eigenvalues / 4 + penalty).rsqrt()
-        if start is None:
-            V = torch.zeros(self.n_classes, d, device=self.X.device)
-            b = torch.zeros(self.n_classes, device=self.X.device)
-        else:
-            W0, b0 = (torch.from_numpy(a).to(self.X.device) for a in start)
-            V, b = (W0 @ self.basis) / s, b0.clone()
-        V.requires_grad_(True)
-        b.requires_grad_(True)
-        optimizer = torch.optim.LBFGS(
-            [V, b],
-            lr=1,
-            max_iter=max_evals,
-            max_eval=max_evals,
-            history_size=20,
-            tolerance_grad=tol,
-            tolerance_change=1e-12,
-            line_search_fn="strong_wolfe",
+    def fit_blocks(self, source: Blocks) -> RidgeHead:
+        """Fit out of core: one pass accumulates ``X^T X`` and the class sums (float64), then
+        the normal equations are solved; :func:`ridge_solutions` serves a whole grid so."""
+        source = self._encode_blocks(source)
+        moments = gather_moments(
+            source, resolve_device(self.device), gram=True, n_classes=len(self.classes_)
         )
-        evaluations = 0
-
-        def closure() -> torch.Tensor:
-            nonlocal evaluations
-            evaluations += 1
-            with torch.no_grad():
-                W = (V * s) @ self.basis.T
-                loss, grad_W, grad_b = self._loss_and_grad(W, b, penalty)
-                V.grad = (grad_W @ self.basis) * s
-                b.grad = grad_b
-            return loss
-
-        optimizer.step(closure)
-        with torch.no_grad():
-            W = (V * s) @ self.basis.T
-        return W.cpu().numpy(), b.detach().cpu().numpy(), evaluations
-
-    def _loss_and_grad(self, W: torch.Tensor, b: torch.Tensor, penalty: float):
-        n = len(self.X)
-        loss = torch.zeros((), dtype=torch.float64, device=self.X.device)
-        grad_W = torch.zeros_like(W)
-        grad_b = torch.zeros_like(b)
-        for rows in _blocks(n, _BLOCK_ROWS if self.X.device.type == "cpu" else n):
-            X, y = self.X[rows], self.y[rows]
-            logits = torch.addmm(b, X, W.T)
-            loss += F.cross_entropy(logits, y, reduction="sum").double()
-            residual = logits.softmax(dim=1)
-            residual[torch.arange(len(y), device=y.device), y] -= 1
-            grad_W.addmm_(residual.T, X)
-            grad_b += residual.sum(dim=0)
-        loss = loss / n + penalty / 2 * (W.double() ** 2).sum()
-        return loss.float(), grad_W / n + penalty * W, grad_b / n
+        [(coef, intercept)] = ridge_solutions(moments, [self.alpha])
+        self._set_linear(Standardizer.of_moments(moments), coef, intercept)
+        return self
 
 
-def _blocks(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
+def ridge_solutions(
+    moments: Moments, alphas: Sequence[float]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(coef, intercept) of scikit-learn's ``RidgeClassifier(alpha)`` on the standardised rows
+    for every alpha, from one pass's moments: the +-1 targets' cross products follow from the
+    class sums, and one eigendecomposition serves every alpha."""
+    n, mean, scale = moments.n, moments.mean, moments.scale
+    sums, counts = moments.class_sums, moments.class_counts
+    # The standardised rows' Gram matrix: D^-1 (X^T X - n mu mu^T) D^-1.
+    gram = (moments.gram - n * np.outer(mean, mean)) / np.outer(scale, scale)
+    if len(counts) == 2:  # one target: +1 for the second class, -1 for the first
+        cross = (sums[1] - sums[0])[:, None]
+        target_sums = np.array([counts[1] - counts[0]])
+    else:
+        cross = 2 * sums.T - moments.sum[:, None]
+        target_sums = 2 * counts - n
+    # Standardised rows are centred, so centring the targets changes nothing in X^T y.
+    cross = (cross - np.outer(mean, target_sums)) / scale[:, None]
+    eigenvalues, basis = np.linalg.eigh(gram)
+    eigenvalues = np.maximum(eigenvalues, 0)
+    rotated = basis.T @ cross
+    solutions = []
+    for alpha in alphas:
+        W = basis @ (rotated / (eigenvalues + float(alpha))[:, None])
+        solutions.append((W.T, target_sums / n))
+    return solutions
 
 
 @dataclass(frozen=True)
@@ -281,87 +276,121 @@ class PathPoint:
     val_accuracy: float
     seconds: float
     evaluations: int
-    preconditioner: tuple[torch.Tensor, torch.Tensor]
+    preconditioner: Preconditioner
+    metrics: Metrics | None = None  # on validation, all of them
 
 
 def logistic_path(
-    X: np.ndarray,
-    y: np.ndarray,
-    X_val: np.ndarray,
-    y_val: np.ndarray,
+    X: np.ndarray | Blocks,
+    y: np.ndarray | None,
+    X_val: np.ndarray | Blocks,
+    y_val: np.ndarray | None,
     Cs: Sequence[float],
     *,
-    patience: int = 2,
     tol: float = 1e-4,
-    max_evals: int = 15,
+    max_evals: int | None = None,
     device: str = AUTO,
+    lockstep: bool | None = None,
+    patience: int = 2,
 ) -> Iterator[PathPoint]:
-    """Fit logistic heads for increasing ``Cs``, each warm-started from the last.
+    """Fit and score a logistic head for each C of ``Cs`` on validation. ``X`` and ``X_val``
+    are arrays with their labels, or block sources (labels ignored). Path fits stop at a
+    looser tolerance than a final fit; the ranking of C does not need more.
 
-    The path stops once ``patience`` consecutive values have not beaten the best validation
-    accuracy: weaker regularisation only overfits further, and those fits are the slowest. Path
-    fits stop at a looser tolerance than a final fit; the ranking of C does not need more.
+    ``lockstep`` (default: when ``X`` streams from the cache) solves every C at once, one
+    pass over the rows per evaluation for all of them, and scores them in one pass: reading
+    is what costs out of core. On rows already in memory the arithmetic costs, m C's in each
+    product, so there the C are fitted one by one from small to large, each warm-started from
+    the last, stopping once ``patience`` values have not beaten the best.
     """
+    from headstart.classify.scoring import score_blocks
+
+    began = time.perf_counter()
     template = LogisticRegressionHead(device=device)
-    X, index = template._encode(X, y)
-    standardizer = Standardizer.fit(X)
-    problem = _Problem.build(standardizer(X), index, len(template.classes_), resolve_device(device))
-    start, best, since_best = None, -1.0, 0
-    for C in sorted(Cs):
-        began = time.perf_counter()
-        W, b, evaluations = problem.solve(float(C), start=start, tol=tol, max_evals=max_evals)
-        head = LogisticRegressionHead(C=float(C), device=device)
-        head.classes_, head.n_features_in_, head.n_iter_ = (
-            template.classes_,
-            X.shape[1],
-            evaluations,
-        )
+    train = template._encode_blocks(as_blocks(X, y))
+    val, Cs, k = as_blocks(X_val, y_val), sorted(float(C) for C in Cs), len(template.classes_)
+    torch_device = resolve_device(device)
+    if lockstep is None:
+        lockstep = not isinstance(train, ArrayBlocks)
+    if lockstep:
+        standardizer = Standardizer.of_moments(gather_moments(train, torch_device))
+        data = Streamed(train, standardizer.mean, standardizer.scale, torch_device)
+        preconditioner = Preconditioner.of_streamed(data)
+    else:
+        rows = train.read_all()  # arrays already: no copy
+        standardizer = Standardizer.fit(rows)
+        data = Resident(standardizer(rows), train.codes, torch_device)
+        preconditioner = Preconditioner.of_resident(data)
+
+    def head_of(C: float, W: np.ndarray, b: np.ndarray, evaluations: int):
+        head = LogisticRegressionHead(C=C, device=device)
+        head.classes_, head.n_features_in_, head.n_iter_ = template.classes_, train.dim, evaluations
         head._set_linear(standardizer, W, b)
-        accuracy = float(np.mean(head.predict(X_val) == np.asarray(y_val)))
-        seconds = time.perf_counter() - began
-        yield PathPoint(float(C), head, accuracy, seconds, evaluations, problem.preconditioner)
-        start = (W, b)
-        if accuracy > best:
-            best, since_best = accuracy, 0
-        else:
-            since_best += 1
-            if since_best >= patience:
-                return
+        return head
+
+    if lockstep:
+        evals = _PATH_EVALUATIONS if max_evals is None else max_evals
+        solutions, n = solve_lockstep(data, k, Cs, preconditioner, tol=tol, max_evals=evals)
+        heads = [head_of(C, W, b, n) for C, (W, b) in zip(Cs, solutions, strict=True)]
+        seconds = (time.perf_counter() - began) / len(Cs)
+        for head, metrics in zip(heads, score_blocks(heads, val), strict=True):
+            yield PathPoint(head.C, head, metrics.accuracy, seconds, n, preconditioner, metrics)
+        return
+    start, best, since_best = None, -1.0, 0
+    evals = _WARM_EVALUATIONS if max_evals is None else max_evals
+    for C in Cs:
+        [(W, b)], n = solve_lockstep(
+            data, k, [C], preconditioner, start=start, tol=tol, max_evals=evals
+        )
+        head = head_of(C, W, b, n)
+        [metrics] = score_blocks([head], val)
+        seconds, began = time.perf_counter() - began, time.perf_counter()
+        yield PathPoint(C, head, metrics.accuracy, seconds, n, preconditioner, metrics)
+        start = [(W, b)]
+        best, since_best = (
+            (metrics.accuracy, 0) if metrics.accuracy > best else (best, since_best + 1)
+        )
+        if since_best >= patience:
+            return
 
 
 def refit_logistic(
     head: LogisticRegressionHead,
-    X: np.ndarray,
-    y: np.ndarray,
-    preconditioner: tuple[torch.Tensor, torch.Tensor] | None = None,
+    X: np.ndarray | Blocks,
+    y: np.ndarray | None = None,
+    preconditioner: Preconditioner | None = None,
     tol: float = 1e-5,
 ) -> LogisticRegressionHead:
     """Fit ``head``'s C on new data (train + validation), starting from ``head``'s solution.
 
-    ``preconditioner`` (a path's :attr:`PathPoint.preconditioner`) saves recomputing it: data
-    that grew by a validation split has nearly the same covariance.
+    ``X`` is an array with its labels ``y``, or a block source (such as train and validation
+    chained). ``preconditioner`` (a path's :attr:`PathPoint.preconditioner`) saves recomputing
+    it: data that grew by a validation split has nearly the same covariance.
     """
     fresh = LogisticRegressionHead(
         C=head.C, max_iter=head.max_iter, tol=head.tol, device=head.device
     )
-    X, index = fresh._encode(X, y)
+    source = fresh._encode_blocks(as_blocks(X, y))
     if not np.array_equal(fresh.classes_, head.classes_):
-        return fresh.fit(X, y)
-    standardizer = Standardizer.fit(X)
+        return fresh.fit_blocks(source)
+    device = resolve_device(head.device)
+    standardizer = Standardizer.of_moments(gather_moments(source, device))
     # The same linear function, re-expressed for the new standardisation.
     raw_W = head.coef_ / head.scale_
     raw_b = head.intercept_ - raw_W @ head.mean_
     W0 = (raw_W * standardizer.scale).astype(np.float32)
     b0 = (raw_b + raw_W @ standardizer.mean).astype(np.float32)
-    problem = _Problem.build(
-        standardizer(X),
-        index,
+    data = Streamed(source, standardizer.mean, standardizer.scale, device)
+    if preconditioner is None:
+        preconditioner = Preconditioner.of_streamed(data)
+    [(W, b)], fresh.n_iter_ = solve_lockstep(
+        data,
         len(fresh.classes_),
-        resolve_device(head.device),
-        reuse=preconditioner,
-    )
-    W, b, fresh.n_iter_ = problem.solve(
-        float(head.C), start=(W0, b0), tol=tol, max_evals=fresh.max_iter
+        [float(head.C)],
+        preconditioner,
+        start=[(W0, b0)],
+        tol=tol,
+        max_evals=fresh.max_iter,
     )
     fresh._set_linear(standardizer, W, b)
     return fresh

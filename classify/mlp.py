@@ -29,6 +29,11 @@ class MLPHead(Head):
     )
     grid = ("weight_decay", (1e-4, 1e-2))
 
+    @classmethod
+    def fit_bytes(cls, n: int, d: int, n_classes: int, n_values: int = 1) -> int:
+        # Every row as read, standardised, and as the tensor the epochs shuffle (float32).
+        return 3 * 4 * n * d
+
     def __init__(
         self,
         hidden: int = 512,

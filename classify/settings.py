@@ -27,3 +27,4 @@ class TrainOptions:
     plot: bool = False
     refit: bool = True  # after a sweep; off keeps validation unseen (e.g. for fine-tuning next)
     classes: tuple[str, ...] | None = None  # zeroshot's class names; None: the sources' labels
+    max_memory: int | None = None  # bytes the whole process may hold; None: half the free RAM

@@ -194,20 +194,22 @@ def zeroshot_row(
     classes: Sequence[str],
     fingerprint: Fingerprint,
     cache_dir: str | os.PathLike[str],
-    X_val: np.ndarray,
-    y_val: np.ndarray,
+    X_val,
+    y_val: np.ndarray | None,
     *,
     prompts: str = "openai",
     device: str = AUTO,
 ) -> LeaderboardRow:
-    """A leaderboard row: the zero-shot head built and scored on validation."""
-    from headstart.classify.metrics import score
+    """A leaderboard row: the zero-shot head built and scored on validation (arrays
+    ``X_val, y_val``, or a block source as ``X_val``, read a block at a time)."""
+    from headstart.classify.blocks import as_blocks
+    from headstart.classify.scoring import score_blocks
     from headstart.classify.sweep import LeaderboardRow
 
     started = time.perf_counter()
     head = zeroshot_head(classes, fingerprint, cache_dir, prompts, device=device)
     seconds = time.perf_counter() - started
-    metrics = score(y_val, head.predict_proba(X_val), head.classes_)
+    [metrics] = score_blocks([head], as_blocks(X_val, y_val))
     note = f"{len(prompt_templates(prompts))} prompts a class, no training images"
     return LeaderboardRow("zeroshot", "prompts", prompts, metrics, seconds, head, note=note)
 

@@ -18,6 +18,7 @@ from headstart.commands.options import (
     default_of,
     embedding_options,
     extract_options,
+    memory_option,
     runtime,
     runtime_options,
     take_settings,
@@ -133,6 +134,7 @@ def _class_names(ctx: click.Context, param: click.Parameter, text: str | None):
 )
 @click.option("-o", "--out", default="head", show_default=True, help="Directory for the head.")
 @click.option("--plot", is_flag=True, help="Also write confusion.png and embedding_map.png.")
+@memory_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train(sources, heads, out: str, quiet: bool, **params) -> None:
     """Train a head on the embeddings of labelled SOURCES (extracting what is missing).
@@ -140,9 +142,12 @@ def train(sources, heads, out: str, quiet: bool, **params) -> None:
     --head zeroshot builds one from the class names with an image-text model's text tower
     (--model open_clip:...): SOURCES' labels, or --classes without any images.
     """
+    from headstart.classify.budget import return_freed_blocks
     from headstart.classify.heads import get_head, head_options, list_heads
     from headstart.classify.tables import leaderboard_table
     from headstart.classify.workflow import train_head
+
+    return_freed_blocks()  # this process streams blocks within a budget: keep it at one block
 
     names = list_heads() if "all" in heads else list(dict.fromkeys(heads))
     given = {option.param: params.pop(option.param) for option, _ in head_options()}
@@ -202,17 +207,23 @@ def train(sources, heads, out: str, quiet: bool, **params) -> None:
     type=click.Path(dir_okay=False),
     help="Also write the metrics to this JSON file, for scripts.",
 )
+@memory_option
 @runtime_options
-def evaluate(head_dir, sources, json_out, cache_dir, device, batch_size, workers, quiet) -> None:
+def evaluate(
+    head_dir, sources, json_out, max_memory, cache_dir, device, batch_size, workers, quiet
+) -> None:
     """Metrics and a per-class report of the head in HEAD_DIR on labelled SOURCES."""
+    from headstart.classify.budget import return_freed_blocks
     from headstart.classify.workflow import evaluate_head
 
+    return_freed_blocks()
     result = evaluate_head(
         head_dir,
         sources,
         cache_dir,
         runtime=runtime(device, batch_size, workers),
         progress=not quiet,
+        max_memory=max_memory,
     )
     m = result.metrics
     loss = f"  log-loss {m.log_loss:.4f}" if m.log_loss is not None else ""
@@ -248,18 +259,24 @@ def evaluate(head_dir, sources, json_out, cache_dir, device, batch_size, workers
     default="table",
     show_default=True,
 )
+@memory_option
 @runtime_options
-def predict(head_dir, sources, top_k, fmt, cache_dir, device, batch_size, workers, quiet) -> None:
+def predict(
+    head_dir, sources, top_k, fmt, max_memory, cache_dir, device, batch_size, workers, quiet
+) -> None:
     """Classify the images of SOURCES with the head in HEAD_DIR."""
+    from headstart.classify.budget import return_freed_blocks
     from headstart.classify.tables import prediction_lines
     from headstart.classify.workflow import predict_with_head
 
+    return_freed_blocks()
     result = predict_with_head(
         head_dir,
         sources,
         cache_dir,
         runtime=runtime(device, batch_size, workers),
         progress=not quiet,
+        max_memory=max_memory,
     )
     for line in prediction_lines(result.paths, result.proba, result.classes, top_k, fmt):
         click.echo(line)

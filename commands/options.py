@@ -21,6 +21,7 @@ __all__ = [
     "default_of",
     "embedding_options",
     "extract_options",
+    "memory_option",
     "runtime",
     "runtime_options",
     "take_settings",
@@ -203,3 +204,26 @@ def validation_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _memory_size(ctx: click.Context, param: click.Parameter, text: str | None) -> int | None:
+    """Option callback: "8G" -> bytes."""
+    from headstart.classify.budget import parse_size
+    from headstart.errors import HeadstartError
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except HeadstartError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def memory_option(command):
+    """``--max-memory SIZE``: what the whole process may hold; work is sized from it."""
+    return click.option(
+        "--max-memory",
+        callback=_memory_size,
+        help="Memory the whole process may use, e.g. 8G; blocks are sized from it, and work "
+        "that cannot fit is refused before it starts [default: half the free memory].",
+    )(command)

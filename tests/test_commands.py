@@ -34,7 +34,7 @@ def _defaults(path: tuple[str, ...]) -> dict[str, object]:
     [
         (("extract",), ExtractOptions, 9),
         (("train",), ExtractOptions, 7),
-        (("train",), TrainOptions, 8),
+        (("train",), TrainOptions, 9),
         (("finetune",), FinetuneOptions, 9),
         (("finetune",), LoopSettings, 9),
         (("index", "build"), ExtractOptions, 7),
