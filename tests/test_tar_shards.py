@@ -377,3 +377,23 @@ def test_sigkill_in_the_middle_of_a_shard_then_the_rerun_embeds_only_what_is_mis
     with EmbeddingCache(killed).catalog() as catalog:
         labels = [r.label for rows in iter_labelled([str(pattern)], catalog) for r in rows]
     assert labels == [str(seed % 3) for seed in range(60)]
+
+
+def test_torchrun_ranks_divide_the_shards_and_rank_0_reports_the_job(tmp_path: Path) -> None:
+    for number in range(4):
+        labelled_shard(tmp_path / "s" / f"{number}.tar", 10 * number, 3 + number)
+    pattern = str(tmp_path / "s" / "{0..3}.tar")
+    common = [*SMALL_FP32, "--store-dtype", "float32", "--workers", "0", "-q"]
+    model = ["--model", f"{TINY_MODELS}:tiny_features", *common]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command = [*torchrun, "--nproc-per-node", "2", "-m", "headstart", "extract", pattern, *model]
+    ranks = subprocess.run(
+        [*command, "--cache", str(tmp_path / "ranks")], capture_output=True, text=True, timeout=300
+    )
+    assert ranks.returncode == 0, ranks.stderr
+    assert ranks.stdout.count("listed 18 · embedded 18 ·") == 1, ranks.stdout  # rank 0 only
+    _finish(_headstart(pattern, *model, "--cache", tmp_path / "one"))
+    by_ranks, by_one = _embeddings_by_key(tmp_path / "ranks"), _embeddings_by_key(tmp_path / "one")
+    assert by_ranks.keys() == by_one.keys() and len(by_one) == 18
+    for key, vector in by_one.items():
+        np.testing.assert_allclose(by_ranks[key], vector, rtol=1e-5, atol=1e-6)
