@@ -49,7 +49,8 @@ class DecodedItem:
 @dataclass
 class DecodedBatch:
     """``pixels[i]`` has content key ``keys[i]`` and belongs to the i-th of ``files`` then
-    ``samples`` in item order; ``failures`` are the items that did not decode; ``others``
+    ``samples`` in item order, but for the last ``stored`` samples, which the store held
+    already (not decoded); ``failures`` are the items that did not decode; ``others``
     counts files left to the part that owns their key; ``shards`` are the tar shards whose last
     items this batch carries; ``streamed`` counts items found by reading shards;
     ``decode_seconds`` is the time its items took to decode and resize, added up."""
@@ -63,6 +64,7 @@ class DecodedBatch:
     shards: list[ShardRecord] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     streamed: int = 0
+    stored: int = 0
 
     @property
     def item_count(self) -> int:
@@ -132,10 +134,12 @@ def collate(items: list[DecodedItem]) -> DecodedBatch:
         failures=failures,
         others=others,
         decode_seconds=sum(item.decode_seconds for item in items),
-        samples=[item.sample for item in good if item.sample is not None],
+        samples=[item.sample for item in good if item.sample is not None]
+        + [item.sample for item in items if item.sample is not None and item.pixels is None],
         shards=[item.shard for item in items if item.shard is not None],
         keys=[item.file.key if item.file is not None else item.sample.key for item in good],
         streamed=sum(item.streamed for item in items),
+        stored=sum(item.sample is not None and item.pixels is None for item in items),
     )
 
 

@@ -428,6 +428,7 @@ def _read_batches(run: _RunContext, planned: _Planned, clock: StageClock) -> Ite
                 planned.shards,
                 run.recipe.preprocess,
                 run.fields,
+                store=planned.store,
                 batch_size=run.batch_size,
                 workers=run.workers,
                 pin_memory=run.on_cuda,
@@ -450,6 +451,7 @@ def _admit(
     summary = planned.summary
     summary.listed += batch.streamed  # a shard's items are listed as it is read
     summary.listed_in_shards += batch.streamed
+    summary.from_cache += batch.stored  # tar samples the store held: recorded, not decoded
     record_failures(summary, batch.failures)
     keys = np.array(batch.keys, dtype=KEY_DTYPE)
     fresh = fresh_rows(keys, planned.seen)

@@ -3,7 +3,9 @@
 Each DataLoader worker streams whole shards of its own (shard ``i`` goes to worker
 ``i % workers``), one sample in memory at a time: the image member is hashed (its content key,
 exactly as for a file, so the same bytes from a folder and from a shard are one cache entry)
-and decoded, its label and caption taken from the sample's other members. Every fault
+and decoded (unless the store holds that key already: a shard read again after a crash, or
+for other label fields, costs its reading and hashing only), its label and caption taken from
+the sample's other members. Every fault
 (a member that does not decode, a duplicate sample key, a damaged tar) becomes a
 :class:`FailureRecord` named ``SHARD#MEMBER`` (or ``SHARD`` for the tar itself) and the
 stream goes on. After a shard's last item comes one item that carries its
@@ -17,10 +19,12 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from headstart.cache.catalog import FailureRecord, SampleRecord, ShardRecord, member_name
-from headstart.cache.keys import content_key
+from headstart.cache.keys import KEY_DTYPE, content_key
+from headstart.cache.store import FingerprintStore
 from headstart.extract.decode import DecodeError, decode_image
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.reader import DecodedItem, make_loader
@@ -34,9 +38,31 @@ from headstart.extract.samples import (
 )
 from headstart.extract.shards import ShardRef, open_shard
 
-__all__ = ["ShardDataset", "make_shard_loader"]
+__all__ = ["ShardDataset", "StoreProbe", "make_shard_loader"]
 
 log = logging.getLogger(__name__)
+
+
+class StoreProbe:
+    """Asks a fingerprint's store whether it holds a key, from any process: each process opens
+    its own view of the store (as of its first question), so the probe travels to the
+    DataLoader's workers as two small values."""
+
+    def __init__(self, store: FingerprintStore) -> None:
+        self._cache, self._fingerprint = store.cache, store.fingerprint
+        self._store: FingerprintStore | None = None
+        self._pid: int | None = None
+
+    def __contains__(self, key: str) -> bool:
+        if self._store is None or self._pid != os.getpid():
+            self._store, self._pid = self._cache.open(self._fingerprint), os.getpid()
+        return bool(self._store.contains(np.asarray([key], KEY_DTYPE))[0])
+
+    def __getstate__(self) -> dict:
+        return {"_cache": self._cache, "_fingerprint": self._fingerprint}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _store=None, _pid=None)
 
 
 class ShardDataset(IterableDataset):
@@ -49,11 +75,16 @@ class ShardDataset(IterableDataset):
     """
 
     def __init__(
-        self, shards: Sequence[ShardRef], preprocess: Preprocess, fields: SampleFields
+        self,
+        shards: Sequence[ShardRef],
+        preprocess: Preprocess,
+        fields: SampleFields,
+        stored: StoreProbe | None = None,
     ) -> None:
         self.shards = list(shards)
         self.preprocess = preprocess
         self.fields = fields
+        self.stored = stored
 
     def __iter__(self) -> Iterator[DecodedItem]:
         worker = get_worker_info()
@@ -109,6 +140,8 @@ class ShardDataset(IterableDataset):
         record = SampleRecord(
             ref.path, event.key, event.names[extension], content_key(data), label, caption
         )
+        if self.stored is not None and record.key in self.stored:
+            return DecodedItem(sample=record, streamed=True)  # recorded, not embedded again
         began = time.perf_counter()
         try:
             image = decode_image(data, min_side=self.preprocess.resize_size)
@@ -134,14 +167,15 @@ def make_shard_loader(
     preprocess: Preprocess,
     fields: SampleFields,
     *,
+    store: FingerprintStore,
     batch_size: int,
     workers: int,
     pin_memory: bool,
 ) -> DataLoader:
     """Batches of the shards' samples, decoded by up to ``workers`` processes (no more than
-    there are shards: a worker streams whole shards)."""
+    there are shards: a worker streams whole shards); what ``store`` holds is not decoded."""
     return make_loader(
-        ShardDataset(shards, preprocess, fields),
+        ShardDataset(shards, preprocess, fields, StoreProbe(store)),
         batch_size=batch_size,
         workers=min(workers, len(shards)),
         pin_memory=pin_memory,

@@ -175,7 +175,7 @@ def test_shards_embed_like_files_with_labels_and_captions(
     assert line.split(",")[2] == "1" and line.endswith(",picture 4")
 
 
-def test_json_fields_give_labels_and_captions(tmp_path: Path) -> None:
+def test_json_fields_give_labels_and_captions(tmp_path: Path, monkeypatch) -> None:
     members = []
     for seed in range(3):
         record = {"label": ["cat", "dog", "cat"][seed], "caption": f"a pet {seed}", "n": 7}
@@ -195,9 +195,17 @@ def test_json_fields_give_labels_and_captions(tmp_path: Path) -> None:
         ("cat", "a pet 2"),
     ]
 
-    # Other fields: the shard is read again for its labels, nothing is embedded again.
+    # Other fields: the shard is read again for its labels; nothing is decoded or embedded.
+    from headstart.extract import shard_reader
+
+    decoded = []
+    original = shard_reader.decode_image
+    monkeypatch.setattr(
+        shard_reader, "decode_image", lambda data, **kw: decoded.append(1) or original(data, **kw)
+    )
     again = run(*args, "--label-field", "n")
-    assert "embedded 0 · from cache 3" in again.output, again.output
+    assert "listed 3 · embedded 0 · from cache 3" in again.output, again.output
+    assert not decoded
     with EmbeddingCache(cache).catalog() as catalog:
         (rows,) = iter_labelled([str(shard)], catalog)
     assert [(r.label, r.caption) for r in rows] == [("7", None)] * 3
