@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
+import lzma
 import os
 import signal
 import sqlite3
@@ -132,6 +135,16 @@ def test_a_truncated_tar_yields_what_came_before_and_names_the_damage(
     assert [e.key for e in events if isinstance(e, TarSample)] == ["000000", "000001"]
     assert events[-1].damage is not None
     assert ("damaged tar" if cut == "inside-a-member" else "no end-of-archive") in events[-1].damage
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+def test_compressed_shards_are_read_and_a_cut_one_is_damaged(tmp_path: Path, compress) -> None:
+    whole = compress(labelled_shard(tmp_path / "s.tar", 0, 3).read_bytes())
+    events = list(iter_tar_samples(io.BytesIO(whole)))
+    assert [e.key for e in events if isinstance(e, TarSample)] == ["000000", "000001", "000002"]
+    assert events[-1] == ShardEnd(None)
+    cut = list(iter_tar_samples(io.BytesIO(whole[: len(whole) * 2 // 3])))
+    assert cut[-1].damage is not None
 
 
 def test_shards_embed_like_files_with_labels_and_captions(
