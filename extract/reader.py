@@ -27,7 +27,14 @@ from headstart.extract.parts import Partition
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.worklist import WorkList
 
-__all__ = ["DecodedBatch", "DecodedItem", "ImageFileDataset", "iter_batches", "make_loader"]
+__all__ = [
+    "DecodedBatch",
+    "DecodedItem",
+    "ImageFileDataset",
+    "iter_batches",
+    "make_loader",
+    "model_pixels",
+]
 
 
 @dataclass
@@ -108,12 +115,17 @@ class ImageFileDataset(Dataset):
         record = FileRecord(item.path, st.st_size, st.st_mtime_ns, key, item.label)
         began = time.perf_counter()
         try:
-            image = decode_pixels(data, min_side=self.preprocess.resize_size)
-            pixels = to_uint8_tensor(image, self.preprocess)
+            pixels = model_pixels(data, self.preprocess)
         except DecodeError as exc:
             failure = FailureRecord(item.path, st.st_size, st.st_mtime_ns, str(exc), item.label)
             return DecodedItem(failure=failure, decode_seconds=time.perf_counter() - began)
         return DecodedItem(file=record, pixels=pixels, decode_seconds=time.perf_counter() - began)
+
+
+def model_pixels(data: bytes, preprocess: Preprocess) -> torch.Tensor:
+    """Image bytes as the uint8 pixels the model is given, however they were read (a file or
+    a tar member): the same bytes, the same key, the same pixels. Raises DecodeError."""
+    return to_uint8_tensor(decode_pixels(data, min_side=preprocess.resize_size), preprocess)
 
 
 def collate(items: list[DecodedItem]) -> DecodedBatch:

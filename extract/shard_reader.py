@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from headstart.cache.catalog import FailureRecord, SampleRecord, ShardRecord, member_name
 from headstart.cache.keys import KEY_DTYPE, content_key
 from headstart.cache.store import FingerprintStore
-from headstart.extract.decode import DecodeError, decode_image
-from headstart.extract.preprocess import Preprocess, to_uint8_tensor
-from headstart.extract.reader import DecodedItem, make_loader
+from headstart.extract.decode import DecodeError
+from headstart.extract.preprocess import Preprocess
+from headstart.extract.reader import DecodedItem, make_loader, model_pixels
 from headstart.extract.samples import (
     SampleFault,
     SampleFields,
@@ -144,8 +144,7 @@ class ShardDataset(IterableDataset):
             return DecodedItem(sample=record, streamed=True)  # recorded, not embedded again
         began = time.perf_counter()
         try:
-            image = decode_image(data, min_side=self.preprocess.resize_size)
-            pixels = to_uint8_tensor(image, self.preprocess)
+            pixels = model_pixels(data, self.preprocess)
         except DecodeError as exc:
             failure = FailureRecord(record.name, ref.size, ref.mtime_ns, str(exc), label)
             seconds = time.perf_counter() - began

@@ -212,9 +212,9 @@ def test_json_fields_give_labels_and_captions(tmp_path: Path, monkeypatch) -> No
     from headstart.extract import shard_reader
 
     decoded = []
-    original = shard_reader.decode_image
+    original = shard_reader.model_pixels
     monkeypatch.setattr(
-        shard_reader, "decode_image", lambda data, **kw: decoded.append(1) or original(data, **kw)
+        shard_reader, "model_pixels", lambda *args: decoded.append(1) or original(*args)
     )
     again = run(*args, "--label-field", "n")
     assert "listed 3 · embedded 0 · from cache 3" in again.output, again.output
