@@ -282,6 +282,14 @@ class FileCatalog:
             if isinstance(stored, str)
             else (stored + _MEMBER_MARK.encode(), stored + _AFTER_MARK.encode())
         )
+        recorded = self._db.execute(
+            "SELECT EXISTS(SELECT 1 FROM samples WHERE shard = ?) "
+            "OR EXISTS(SELECT 1 FROM shards WHERE path = ?) "
+            "OR EXISTS(SELECT 1 FROM failures WHERE path = ? OR (path >= ? AND path < ?))",
+            (stored, stored, stored, low, high),
+        ).fetchone()[0]
+        if not recorded:  # a shard read for the first time: no write transaction
+            return
         with self._db:
             self._db.execute("DELETE FROM samples WHERE shard = ?", (stored,))
             self._db.execute("DELETE FROM shards WHERE path = ?", (stored,))
