@@ -174,6 +174,13 @@ def test_shards_embed_like_files_with_labels_and_captions(
     store = EmbeddingCache(cache).open()
     file_key = store.resolve_keys([str(folder / "same.jpg")])[0]
     assert rows[2].key == file_key
+    # Files and samples together, source by source in the order given.
+    with EmbeddingCache(cache).catalog() as catalog:
+        mixed = [
+            row for block in iter_labelled([str(folder), str(shards)], catalog) for row in block
+        ]
+    assert mixed[0] == (str(folder / "same.jpg"), file_key, None, None)
+    assert mixed[1:] == rows
 
     # The other spellings of the same shards: a glob, a folder of shards, single paths.
     for spelling in ([shards / "*.tar"], [shards], [shards / "00000.tar", shards / "00001.tar"]):
