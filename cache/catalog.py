@@ -6,7 +6,13 @@ One SQLite database per cache, shared by every fingerprint:
   files costs a ``stat`` each instead of reading and hashing them; it also keeps the label the
   source gave the file, which export and the heads read back;
 * the failure ledger records every file that could not be read or decoded, with the reason;
-  a file is retried when it changes on disk, or on request.
+  a file is retried when it changes on disk, or on request. A sample of a tar shard that fails
+  is recorded under ``SHARD#MEMBER``, a damaged shard under its own path;
+* the sample table maps each image sample of a tar shard, ``(shard, sample key)``, to its
+  content key, label and caption; the shard table says which shards were read to their end
+  (or their damage) at which stat signature, so a rerun skips them without opening them.
+
+Catalogs written before the sample and shard tables existed gain them when opened.
 
 SQLite does the locking, so two extract runs can share a cache. A path or label that is not
 valid UTF-8 (a Latin-1 file name) is stored as a BLOB of its exact bytes; every other one as
@@ -23,7 +29,14 @@ from typing import NamedTuple
 
 from headstart.pathnames import from_stored, to_stored
 
-__all__ = ["FailureRecord", "FileCatalog", "FileRecord"]
+__all__ = [
+    "FailureRecord",
+    "FileCatalog",
+    "FileRecord",
+    "SampleRecord",
+    "ShardRecord",
+    "member_name",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -43,7 +56,31 @@ CREATE TABLE IF NOT EXISTS failures (
     label TEXT,
     seen_unix REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS samples (
+    shard TEXT NOT NULL,
+    sample TEXT NOT NULL,
+    member TEXT NOT NULL,
+    key TEXT NOT NULL,
+    label TEXT,
+    caption TEXT,
+    seen_unix REAL NOT NULL,
+    PRIMARY KEY (shard, sample)
+);
+CREATE INDEX IF NOT EXISTS samples_by_key ON samples(key);
+CREATE TABLE IF NOT EXISTS shards (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    damage TEXT,
+    fields TEXT NOT NULL,
+    seen_unix REAL NOT NULL
+);
 """
+# A ledger name SHARD#MEMBER sorts between SHARD# and SHARD$ ('$' follows '#'): the range
+# that holds a shard's failures, found through the primary key without a LIKE pattern.
+_MEMBER_MARK, _AFTER_MARK = "#", "$"
 # SQLite's default limit on bound parameters in one statement is 32766 (999 before 3.32).
 _IN_CHUNK = 900
 
@@ -70,6 +107,42 @@ class FailureRecord(NamedTuple):
     def matches(self, size: int, mtime_ns: int) -> bool:
         """True when the file on disk is still the one that failed."""
         return (self.size, self.mtime_ns) == (size, mtime_ns)
+
+
+class SampleRecord(NamedTuple):
+    """An image sample of a tar shard: the shard's path, the sample's key in it (webdataset's
+    ``__key__``), the image member's name, its content key, and its label and caption."""
+
+    shard: str
+    sample: str
+    member: str
+    key: str
+    label: str | None = None
+    caption: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How the ledger, exports and heads name it: ``SHARD#MEMBER``."""
+        return member_name(self.shard, self.member)
+
+
+class ShardRecord(NamedTuple):
+    """A tar shard read to its end, or to its ``damage`` (a reason), at a stat signature:
+    ``samples`` image samples recorded, ``failures`` ledger entries (the damage included);
+    ``fields`` says where labels and captions were taken from."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    samples: int
+    failures: int
+    damage: str | None
+    fields: str
+
+
+def member_name(shard: str, member: str) -> str:
+    """The name of a member of a tar shard in the ledger and exports: ``SHARD#MEMBER``."""
+    return f"{shard}{_MEMBER_MARK}{member}"
 
 
 class FileCatalog:
@@ -128,15 +201,22 @@ class FileCatalog:
         return {record.path: record for record in records}
 
     def record(
-        self, files: Sequence[FileRecord] = (), failures: Sequence[FailureRecord] = ()
+        self,
+        files: Sequence[FileRecord] = (),
+        failures: Sequence[FailureRecord] = (),
+        samples: Sequence[SampleRecord] = (),
+        shards: Sequence[ShardRecord] = (),
     ) -> None:
         """Store what was just read, in one transaction.
 
         A file that now reads fine leaves the ledger; a file that now fails leaves the stat
-        index, so a stale key is never reported for it.
+        index, so a stale key is never reported for it. The same goes for tar samples, named
+        ``SHARD#MEMBER`` in the ledger. ``shards`` are recorded last: a shard is marked read
+        only together with (or after) its last samples.
         """
         now = time.time()
         with self._db:
+            self._record_samples(samples, now)
             self._db.executemany(
                 "INSERT INTO files(path, size, mtime_ns, key, label, seen_unix) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
@@ -163,6 +243,89 @@ class FileCatalog:
             self._db.executemany(
                 "DELETE FROM files WHERE path = ?", [(to_stored(f.path),) for f in failures]
             )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO shards(path, size, mtime_ns, samples, failures, damage, "
+                "fields, seen_unix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(to_stored(r.path), *r[1:], now) for r in shards],
+            )
+
+    def _record_samples(self, samples: Sequence[SampleRecord], now: float) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO samples(shard, sample, member, key, label, caption, "
+            "seen_unix) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(*map(to_stored, r[:3]), r.key, *map(to_stored, r[4:]), now) for r in samples],
+        )
+        self._db.executemany(
+            "DELETE FROM failures WHERE path = ?", [(to_stored(r.name),) for r in samples]
+        )
+
+    def lookup_shard(self, path: str) -> ShardRecord | None:
+        """What is recorded of the tar shard at ``path`` (whatever its signature), or None."""
+        row = self._db.execute(
+            "SELECT path, size, mtime_ns, samples, failures, damage, fields FROM shards "
+            "WHERE path = ?",
+            (to_stored(path),),
+        ).fetchone()
+        return None if row is None else ShardRecord(from_stored(row[0]), *row[1:])
+
+    def shard_keys(self, path: str) -> list[str]:
+        """The content keys of the samples recorded for the tar shard at ``path``."""
+        rows = self._db.execute("SELECT key FROM samples WHERE shard = ?", (to_stored(path),))
+        return [key for (key,) in rows]
+
+    def forget_shard(self, path: str) -> None:
+        """Drop what is recorded of a shard (its samples, failures and record): it is about to
+        be read again, and what it holds now replaces all of that."""
+        stored = to_stored(path)
+        low, high = (
+            (path + _MEMBER_MARK, path + _AFTER_MARK)
+            if isinstance(stored, str)
+            else (stored + _MEMBER_MARK.encode(), stored + _AFTER_MARK.encode())
+        )
+        recorded = self._db.execute(
+            "SELECT EXISTS(SELECT 1 FROM samples WHERE shard = ?) "
+            "OR EXISTS(SELECT 1 FROM shards WHERE path = ?) "
+            "OR EXISTS(SELECT 1 FROM failures WHERE path = ? OR (path >= ? AND path < ?))",
+            (stored, stored, stored, low, high),
+        ).fetchone()[0]
+        if not recorded:  # a shard read for the first time: no write transaction
+            return
+        with self._db:
+            self._db.execute("DELETE FROM samples WHERE shard = ?", (stored,))
+            self._db.execute("DELETE FROM shards WHERE path = ?", (stored,))
+            self._db.execute("DELETE FROM failures WHERE path = ?", (stored,))
+            self._db.execute("DELETE FROM failures WHERE path >= ? AND path < ?", (low, high))
+
+    def iter_shard_samples(self, path: str, chunk: int = 10_000) -> Iterator[list[SampleRecord]]:
+        """The samples recorded for one shard, in sample-key order, ``chunk`` at a time."""
+        stored, last = to_stored(path), ""
+        while True:
+            rows = self._db.execute(
+                "SELECT shard, sample, member, key, label, caption FROM samples "
+                "WHERE shard = ? AND sample > ? ORDER BY sample LIMIT ?",
+                (stored, last, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            yield [_sample(row) for row in rows]
+            last = rows[-1][1]
+
+    def iter_samples(self, chunk: int = 10_000) -> Iterator[list[SampleRecord]]:
+        """Every recorded tar sample, by shard then sample key, ``chunk`` rows at a time."""
+        last: tuple = ("", "")
+        while True:
+            rows = self._db.execute(
+                "SELECT shard, sample, member, key, label, caption FROM samples "
+                "WHERE (shard, sample) > (?, ?) ORDER BY shard, sample LIMIT ?",
+                (*last, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            yield [_sample(row) for row in rows]
+            last = rows[-1][:2]
+
+    def count_samples(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
     def count_files(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM files").fetchone()[0])
@@ -198,6 +361,18 @@ class FileCatalog:
             part = [to_stored(value) for value in values[start : start + _IN_CHUNK]]
             rows.extend(self._db.execute(query.format(",".join("?" * len(part))), part).fetchall())
         return rows
+
+
+def _sample(row: tuple) -> SampleRecord:
+    shard, sample, member, key, label, caption = row
+    return SampleRecord(
+        from_stored(shard),
+        from_stored(sample),
+        from_stored(member),
+        key,
+        from_stored(label),
+        from_stored(caption),
+    )
 
 
 def _decoded(row: tuple) -> tuple:

@@ -1,8 +1,11 @@
 """Export a fingerprint's embeddings with paths and labels, for use outside headstart.
 
-``npy``: ``OUT.npy`` (float32, N x D) beside ``OUT.csv`` (row, path, label, key);
-``parquet``: one file with path, label, key and a fixed-size list column ``embedding``.
-Both are written in blocks, so the export never holds all vectors in memory.
+``npy``: ``OUT.npy`` (float32, N x D) beside ``OUT.csv`` (row, path, label, key, caption);
+``parquet``: one file with path, label, key, caption and a fixed-size list column
+``embedding``. Both are written in blocks, so the export never holds all vectors in memory.
+
+Image files come first, in path order, then the samples of tar shards, by shard and sample
+key, named ``SHARD#MEMBER`` and with the caption the sample came with.
 
 File names that are not valid UTF-8 keep their exact bytes: the CSV holds them as they are
 (read it back with ``errors="surrogateescape"``); Parquet strings must be UTF-8, so its
@@ -12,14 +15,15 @@ File names that are not valid UTF-8 keep their exact bytes: the CSV holds them a
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from headstart.cache.catalog import FileRecord
 from headstart.cache.store import FingerprintStore
 from headstart.errors import HeadstartError
 from headstart.pathnames import printable
@@ -56,10 +60,25 @@ def export_embeddings(
     raise HeadstartError(f"unknown export format {fmt!r}; use npy or parquet")
 
 
-def _blocks(store: FingerprintStore) -> Iterator[list[FileRecord]]:
-    """Stat-index rows whose key the store holds, in path order, a block at a time."""
+class _Row(NamedTuple):
+    path: str
+    label: str | None
+    key: str
+    caption: str | None
+
+
+def _blocks(store: FingerprintStore) -> Iterator[list[_Row]]:
+    """Stat-index rows, then tar samples, whose key the store holds, a block at a time."""
     with store.cache.catalog() as catalog:
-        for chunk in catalog.iter_files(_BLOCK):
+        files = (
+            [_Row(r.path, r.label, r.key, None) for r in chunk]
+            for chunk in catalog.iter_files(_BLOCK)
+        )
+        samples = (
+            [_Row(r.name, r.label, r.key, r.caption) for r in chunk]
+            for chunk in catalog.iter_samples(_BLOCK)
+        )
+        for chunk in itertools.chain(files, samples):
             inside = store.contains(np.array([r.key for r in chunk], dtype="S64"))
             rows = [record for record, hit in zip(chunk, inside, strict=True) if hit]
             if rows:
@@ -74,12 +93,15 @@ def _export_npy(store: FingerprintStore, path: Path) -> ExportResult:
     written = 0
     with open(table_path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         table = csv.writer(f)
-        table.writerow(["row", "path", "label", "key"])
+        table.writerow(["row", "path", "label", "key", "caption"])
         for rows in _blocks(store):
             if written + len(rows) > total:
                 raise HeadstartError("the cache changed during export; run it again")
             matrix[written : written + len(rows)] = store.get([r.key for r in rows])
-            table.writerows([written + i, r.path, r.label or "", r.key] for i, r in enumerate(rows))
+            table.writerows(
+                [written + i, r.path, r.label or "", r.key, r.caption or ""]
+                for i, r in enumerate(rows)
+            )
             written += len(rows)
     matrix.flush()
     del matrix
@@ -101,6 +123,7 @@ def _export_parquet(store: FingerprintStore, path: Path) -> ExportResult:
             ("path_bytes", pa.binary()),
             ("label", pa.string()),
             ("key", pa.string()),
+            ("caption", pa.string()),
             ("embedding", pa.list_(pa.float32(), dim)),
         ],
         metadata={"fingerprint": store.fingerprint.id},
@@ -116,6 +139,7 @@ def _export_parquet(store: FingerprintStore, path: Path) -> ExportResult:
                     pa.array([os.fsencode(r.path) for r in rows], pa.binary()),
                     pa.array([None if r.label is None else printable(r.label) for r in rows]),
                     pa.array([r.key for r in rows]),
+                    pa.array([None if r.caption is None else printable(r.caption) for r in rows]),
                     embedding,
                 ],
                 schema=schema,

@@ -25,17 +25,35 @@ __all__ = ["extract"]
     metavar="I/N",
     help="Do part I of N (job arrays); torchrun ranks split the work by themselves.",
 )
+@click.option(
+    "--label-field",
+    metavar="NAME",
+    help="Tar shards: take each sample's label from this field of its .json [default: .cls].",
+)
+@click.option(
+    "--caption-field",
+    metavar="NAME",
+    help="Tar shards: take each sample's caption from this field of its .json [default: .txt].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def extract(
-    sources: tuple[str, ...], retry_failed: bool, part: str | None, quiet: bool, **params
+    sources: tuple[str, ...],
+    retry_failed: bool,
+    part: str | None,
+    label_field: str | None,
+    caption_field: str | None,
+    quiet: bool,
+    **params,
 ) -> None:
-    """Embed the images of SOURCES (folders, .txt/.csv manifests, files) into the cache.
+    """Embed the images of SOURCES (folders, .txt/.csv manifests, files, webdataset tar
+    shards: x.tar, 'shards/{00000..00099}.tar', 'shards/*.tar') into the cache.
 
     Under torchrun (`torchrun --nproc-per-node N -m headstart extract ...`) every rank embeds
     its own part on its own GPU (or CPU) and rank 0 prints the job's summary.
     """
     from headstart.extract import extract as run_extract
     from headstart.extract.parts import parse_part
+    from headstart.extract.samples import SampleFields
 
     options, cache_dir = extract_options(
         params, retry_failed=retry_failed, part=parse_part(part) if part else None
@@ -43,7 +61,13 @@ def extract(
     # A polite kill (SIGTERM from a scheduler) gets the same clean stop as Ctrl-C.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        summary = run_extract(sources, options, cache_dir, progress=not quiet)
+        summary = run_extract(
+            sources,
+            options,
+            cache_dir,
+            progress=not quiet,
+            fields=SampleFields(label_field, caption_field),
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     failed = summary.failed + summary.skipped_failed

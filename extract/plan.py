@@ -4,11 +4,16 @@ An image whose (size, mtime_ns) matches the stat index has a known content key; 
 already in the fingerprint's store, nothing more is read. Everything else goes on the work list:
 new or changed files, and files embedded only under other fingerprints. Files that failed before
 and have not changed are skipped unless a retry is asked for.
+
+Tar shards are planned whole: a shard the catalog records as read, at its current signature
+and with the same label and caption fields, whose samples' keys the store all holds, is not
+opened; any other is read again from its start (the keys the store holds are not embedded
+again). Its failures are skipped as a file's are, unless a retry is asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -18,10 +23,12 @@ from headstart.cache.catalog import FailureRecord, FileCatalog, FileRecord
 from headstart.cache.keys import KeyMembership
 from headstart.extract.files import stat_file
 from headstart.extract.parts import Partition
+from headstart.extract.samples import SampleFields
+from headstart.extract.shards import ShardRef
 from headstart.extract.sources import ImageItem
 from headstart.extract.worklist import WorkList
 
-__all__ = ["PlanCounts", "plan_work"]
+__all__ = ["PlanCounts", "plan_shards", "plan_work"]
 
 _CHUNK = 2048
 
@@ -29,6 +36,7 @@ _CHUNK = 2048
 @dataclass
 class PlanCounts:
     listed: int = 0
+    listed_in_shards: int = 0  # of ``listed``: a part counts only its own shards' items
     cached: int = 0
     known_failures: int = 0
     new_failures: int = 0
@@ -131,6 +139,50 @@ def _settle_known(
                 FileRecord(entry.path, entry.size, entry.mtime_ns, entry.key, item.label)
             )
     return relabelled
+
+
+def plan_shards(
+    shards: Sequence[ShardRef],
+    catalog: FileCatalog,
+    cached: KeyMembership,
+    fields: SampleFields,
+    counts: PlanCounts,
+    *,
+    retry_failed: bool = False,
+    partition: Partition | None = None,
+) -> list[ShardRef]:
+    """The shards to read, in order; the others are counted into ``counts`` from their record.
+
+    With a ``partition``, the part takes every ``count``-th shard of the list (``--part I/N``
+    gives every part the same sources, hence the same list), and neither counts nor opens
+    the others. What a shard to read had recorded is dropped now: reading it records it anew.
+    """
+    to_read: list[ShardRef] = []
+    described = fields.describe()
+    for number, ref in enumerate(shards):
+        if partition is not None and number % partition.count != partition.index:
+            continue
+        record = catalog.lookup_shard(ref.path)
+        if (
+            record is not None
+            and (record.size, record.mtime_ns, record.fields) == (ref.size, ref.mtime_ns, described)
+            and not (retry_failed and record.failures)
+            and _all_stored(catalog.shard_keys(ref.path), cached)
+        ):
+            counts.listed += record.samples + record.failures
+            counts.listed_in_shards += record.samples + record.failures
+            counts.cached += record.samples
+            counts.known_failures += record.failures
+            continue
+        # Also what a run killed in the middle of the shard recorded: the shard may have
+        # changed since.
+        catalog.forget_shard(ref.path)
+        to_read.append(ref)
+    return to_read
+
+
+def _all_stored(keys: list[str], cached: KeyMembership) -> bool:
+    return not keys or bool(cached.contains(np.array(keys, dtype="S64")).all())
 
 
 def _chunks(items: Iterable[ImageItem], size: int) -> Iterator[list[ImageItem]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from headstart.cache.catalog import FailureRecord, FileRecord
+from headstart.cache.catalog import FailureRecord, FileRecord, SampleRecord, ShardRecord
 from headstart.cache.keys import content_key
 from headstart.errors import HeadstartError, first_line
 from headstart.extract.decode import DecodeError, decode_pixels
@@ -27,36 +27,56 @@ from headstart.extract.parts import Partition
 from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.worklist import WorkList
 
-__all__ = ["DecodedBatch", "ImageFileDataset", "iter_batches", "make_loader"]
+__all__ = [
+    "DecodedBatch",
+    "DecodedItem",
+    "ImageFileDataset",
+    "iter_batches",
+    "make_loader",
+    "model_pixels",
+]
 
 
 @dataclass
 class DecodedItem:
-    """One work item after reading: a file record and pixels, a failure, or neither (the file
-    belongs to another part). ``decode_seconds``: decoding and resizing it took."""
+    """One work item after reading: a file (or tar sample) record and pixels, a failure, or
+    neither (the file belongs to another part); or the end of a tar shard (``shard``).
+    ``streamed``: the item was found while reading a shard rather than listed beforehand.
+    ``decode_seconds``: decoding and resizing it took."""
 
     file: FileRecord | None = None
     pixels: torch.Tensor | None = None
     failure: FailureRecord | None = None
     decode_seconds: float = 0.0
+    sample: SampleRecord | None = None
+    shard: ShardRecord | None = None
+    streamed: bool = False
 
 
 @dataclass
 class DecodedBatch:
-    """``pixels[i]`` belongs to ``files[i]``; ``failures`` are the items that did not decode;
-    ``others`` counts files left to the part that owns their key; ``decode_seconds`` is the
-    time its items took to decode and resize, added up."""
+    """``pixels[i]`` has content key ``keys[i]`` and belongs to the i-th of ``files`` then
+    ``samples`` in item order, but for the last ``stored`` samples, which the store held
+    already (not decoded); ``failures`` are the items that did not decode; ``others``
+    counts files left to the part that owns their key; ``shards`` are the tar shards whose last
+    items this batch carries; ``streamed`` counts items found by reading shards;
+    ``decode_seconds`` is the time its items took to decode and resize, added up."""
 
     pixels: torch.Tensor
     files: list[FileRecord] = field(default_factory=list)
     failures: list[FailureRecord] = field(default_factory=list)
     others: int = 0
     decode_seconds: float = 0.0
+    samples: list[SampleRecord] = field(default_factory=list)
+    shards: list[ShardRecord] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    streamed: int = 0
+    stored: int = 0
 
     @property
     def item_count(self) -> int:
         """The work items this batch accounts for: decoded, failed, or left to another part."""
-        return len(self.files) + len(self.failures) + self.others
+        return len(self.files) + len(self.samples) + len(self.failures) + self.others
 
     def pin_memory(self) -> DecodedBatch:
         # DataLoader's pin-memory thread calls this on custom batch types.
@@ -95,12 +115,17 @@ class ImageFileDataset(Dataset):
         record = FileRecord(item.path, st.st_size, st.st_mtime_ns, key, item.label)
         began = time.perf_counter()
         try:
-            image = decode_pixels(data, min_side=self.preprocess.resize_size)
-            pixels = to_uint8_tensor(image, self.preprocess)
+            pixels = model_pixels(data, self.preprocess)
         except DecodeError as exc:
             failure = FailureRecord(item.path, st.st_size, st.st_mtime_ns, str(exc), item.label)
             return DecodedItem(failure=failure, decode_seconds=time.perf_counter() - began)
         return DecodedItem(file=record, pixels=pixels, decode_seconds=time.perf_counter() - began)
+
+
+def model_pixels(data: bytes, preprocess: Preprocess) -> torch.Tensor:
+    """Image bytes as the uint8 pixels the model is given, however they were read (a file or
+    a tar member): the same bytes, the same key, the same pixels. Raises DecodeError."""
+    return to_uint8_tensor(decode_pixels(data, min_side=preprocess.resize_size), preprocess)
 
 
 def collate(items: list[DecodedItem]) -> DecodedBatch:
@@ -111,14 +136,26 @@ def collate(items: list[DecodedItem]) -> DecodedBatch:
         if good
         else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
     )
-    others = sum(item.file is None and item.failure is None for item in items)
-    decode_seconds = sum(item.decode_seconds for item in items)
-    return DecodedBatch(pixels, [item.file for item in good], failures, others, decode_seconds)
+    others = sum(
+        item.file is None and item.sample is None and item.failure is None and item.shard is None
+        for item in items
+    )
+    return DecodedBatch(
+        pixels,
+        files=[item.file for item in good if item.file is not None],
+        failures=failures,
+        others=others,
+        decode_seconds=sum(item.decode_seconds for item in items),
+        samples=[item.sample for item in good if item.sample is not None]
+        + [item.sample for item in items if item.sample is not None and item.pixels is None],
+        shards=[item.shard for item in items if item.shard is not None],
+        keys=[item.file.key if item.file is not None else item.sample.key for item in good],
+        streamed=sum(item.streamed for item in items),
+        stored=sum(item.sample is not None and item.pixels is None for item in items),
+    )
 
 
-def make_loader(
-    dataset: ImageFileDataset, *, batch_size: int, workers: int, pin_memory: bool
-) -> DataLoader:
+def make_loader(dataset: Dataset, *, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
     """Batches in order, decoded by ``workers`` processes (0: in this process)."""
     return DataLoader(
         dataset,

@@ -29,9 +29,11 @@ from headstart.cache.writer import ShardWriter
 from headstart.extract.memo import RecipeMemo, RememberedRecipe, request_key
 from headstart.extract.options import ExtractOptions
 from headstart.extract.parts import Coordinator, Partition, local_device
-from headstart.extract.plan import PlanCounts, plan_work
+from headstart.extract.plan import PlanCounts, plan_shards, plan_work
 from headstart.extract.policies import CompilePolicy, fresh_rows, record_failures
 from headstart.extract.recipe import Recipe, resolve_recipe
+from headstart.extract.samples import SampleFields
+from headstart.extract.shards import ShardRef, list_shards, split_sources
 from headstart.extract.sources import ListingSkips, iter_images
 from headstart.extract.stages import STAGES, StageClock, describe_stages
 from headstart.extract.worklist import WorkList
@@ -50,6 +52,10 @@ __all__ = ["ExtractOptions", "ExtractSummary", "extract"]
 
 log = logging.getLogger(__name__)
 
+# A guess at a tar shard's images from its size, for the compile decision only (img2dataset's
+# default 256-pixel JPEGs run at 10-30 KB; the guess errs towards fewer images).
+_BYTES_PER_SHARD_IMAGE = 64 * 1024
+
 
 @dataclass
 class ExtractSummary:
@@ -59,6 +65,8 @@ class ExtractSummary:
     answers for: all of them in one process, only its own share in a ``--part`` run, the
     whole job's after a torchrun job has summed its ranks' shares. ``skipped`` are the
     entries the listing could not look into (unreadable folders), counted apart from ``listed``.
+    Tar shards are listed as they are read, each by the part that reads it: of ``listed``,
+    ``listed_in_shards`` are their items.
     ``stage_seconds`` says where the embedding went (see :mod:`.stages`): read, decode (summed
     over the ``loader_workers`` worker processes), forward and write.
     """
@@ -66,6 +74,7 @@ class ExtractSummary:
     fingerprint: Fingerprint
     cache_dir: Path
     listed: int = 0
+    listed_in_shards: int = 0
     embedded: int = 0
     from_cache: int = 0
     failed: int = 0
@@ -108,8 +117,13 @@ def extract(
     cache_dir: str | os.PathLike[str],
     *,
     progress: bool = False,
+    fields: SampleFields | None = None,
 ) -> ExtractSummary:
     """Embed every image of ``sources`` that the cache does not hold yet.
+
+    Sources are folders, manifests, image files and tar shards (see
+    :mod:`~headstart.extract.shards`); ``fields`` says where a tar sample's label and caption
+    come from (default: its ``.cls`` and ``.txt``).
 
     Example:
         >>> options = ExtractOptions(model="resnet18")
@@ -123,7 +137,9 @@ def extract(
     if coordinator is not None:
         options = dataclasses.replace(options, device=local_device(options.device))
     try:
-        summary = _extract(sources, options, cache_dir, partition, coordinator, progress)
+        summary = _extract(
+            sources, options, cache_dir, partition, coordinator, progress, fields or SampleFields()
+        )
         if coordinator is not None:
             _sum_over_ranks(summary, coordinator)
     finally:
@@ -140,6 +156,7 @@ def _extract(
     partition: Partition | None,
     coordinator: Coordinator | None,
     progress: bool,
+    fields: SampleFields,
 ) -> ExtractSummary:
     leader = coordinator is None or coordinator.is_leader
     cache = EmbeddingCache(cache_dir)
@@ -152,7 +169,7 @@ def _extract(
     if known.fallback_reason and leader:
         log.warning("%s; continuing with random initialisation", known.fallback_reason)
     with cache.catalog() as catalog, tempfile.TemporaryDirectory(prefix="headstart-") as tmp:
-        request = _Request(sources, options, cache, catalog, Path(tmp), partition, leader)
+        request = _Request(sources, options, cache, catalog, Path(tmp), partition, leader, fields)
         planned, recipe = _plan_for_recipe(request, known, recipe, memo, key)
         if coordinator is not None:
             # No rank records a key before all have planned: a rank that planned later would
@@ -160,9 +177,10 @@ def _extract(
             coordinator.wait_for_all()
         if recipe is not None and recipe.inputs is not None:
             memo.remember(key, recipe.remembered(), list(recipe.inputs))
-        if len(planned.work):
+        if planned.pending:
             _embed_timed(
-                _RunContext(recipe, options, catalog, partition, progress and leader), planned
+                _RunContext(recipe, options, catalog, partition, progress and leader, fields),
+                planned,
             )
             compacted = compact_small_shards(cache, planned.store.fingerprint)
             if compacted is not None:
@@ -186,6 +204,7 @@ class _Request:
     scratch: Path
     partition: Partition | None
     leader: bool
+    fields: SampleFields
 
 
 @dataclass
@@ -194,6 +213,17 @@ class _Planned:
     store: FingerprintStore
     seen: KeyMembership
     work: WorkList
+    shards: list[ShardRef] = field(default_factory=list)
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything is left to read: files on the work list, or shards."""
+        return bool(len(self.work) or self.shards)
+
+    def expected_images(self) -> int:
+        """About how many images the run will read: the work list, and the shards' images
+        guessed from their size (a shard's count is known only once it is read)."""
+        return len(self.work) + sum(ref.size for ref in self.shards) // _BYTES_PER_SHARD_IMAGE
 
 
 def _plan_for_recipe(
@@ -207,7 +237,7 @@ def _plan_for_recipe(
     request for real, and plan again in the rare case the remembered recipe no longer holds."""
     while True:
         planned = _plan(request, known)
-        if recipe is not None or not len(planned.work):
+        if recipe is not None or not planned.pending:
             return planned, recipe
         recipe = resolve_recipe(request.options)
         if recipe.fingerprint.id == known.fingerprint.id:
@@ -234,30 +264,49 @@ def _plan(request: _Request, known: RememberedRecipe) -> _Planned:
     partition = request.partition
     summary.parts, summary.leader = (partition.count if partition else 1), request.leader
     seen = store.seen_keys()
+    file_sources, shard_sources = split_sources(request.sources)
+    shards = list_shards(shard_sources)  # a missing shard stops the run before any work
     work = WorkList(request.scratch)
     try:
-        counts: PlanCounts = plan_work(
-            iter_images(request.sources, summary.skipped),
+        counts: PlanCounts = (
+            plan_work(
+                iter_images(file_sources, summary.skipped),
+                request.catalog,
+                seen,
+                work,
+                retry_failed=request.options.retry_failed,
+                partition=partition,
+            )
+            if file_sources
+            else PlanCounts()
+        )
+        to_read = plan_shards(
+            shards,
             request.catalog,
             seen,
-            work,
+            request.fields,
+            counts,
             retry_failed=request.options.retry_failed,
             partition=partition,
         )
     finally:
         work.seal()
     summary.listed, summary.from_cache = counts.listed, counts.cached
+    summary.listed_in_shards = counts.listed_in_shards
     summary.failed, summary.skipped_failed = counts.new_failures, counts.known_failures
-    return _Planned(summary, store, seen, work)
+    return _Planned(summary, store, seen, work, to_read)
 
 
 def _sum_over_ranks(summary: ExtractSummary, coordinator: Coordinator) -> None:
     """Every rank ends with the job's totals (so every rank exits with the same status).
-    ``listed`` is not summed: every rank listed the whole source."""
-    fields = ("embedded", "from_cache", "failed", "skipped_failed")
+    ``listed`` is not summed (every rank listed the whole source) but for the items of tar
+    shards, which each rank lists only for its own shards."""
+    fields = ("embedded", "from_cache", "failed", "skipped_failed", "listed_in_shards")
+    own = summary.listed_in_shards
     totals = coordinator.total([getattr(summary, name) for name in fields])
     for name, total in zip(fields, totals, strict=True):
         setattr(summary, name, total)
+    summary.listed += summary.listed_in_shards - own
 
 
 @dataclass(frozen=True)
@@ -269,6 +318,7 @@ class _RunContext:
     catalog: FileCatalog
     partition: Partition | None
     progress: bool
+    fields: SampleFields
 
     @property
     def on_cuda(self) -> bool:
@@ -304,11 +354,12 @@ def _embed(run: _RunContext, planned: _Planned) -> None:
     summary.loader_workers = run.workers
     summary.compiled = bool(run.options.compile)  # explicit: compiled at startup
     embedder = _start_embedder(run, planned.store)
-    mapper = _Mapper(embedder, _compile_policy(run, len(planned.work)), summary, clock)
+    expected = planned.expected_images()
+    mapper = _Mapper(embedder, _compile_policy(run, expected), summary, clock)
     writer = _InFlight(_shard_writer(run, planned.store), clock)
-    with _progress_bar(run, len(planned.work)) as bar:
+    with _progress_bar(run, len(planned.work) if not planned.shards else None) as bar:
         try:
-            for batch in _read_batches(run, planned.work, clock):
+            for batch in _read_batches(run, planned, clock):
                 keys, pixels = _admit(batch, run.catalog, planned, clock)
                 if len(keys):
                     writer.push(mapper.submit(pixels), keys)
@@ -349,7 +400,7 @@ def _shard_writer(run: _RunContext, store: FingerprintStore) -> ShardWriter:
     )
 
 
-def _progress_bar(run: _RunContext, total: int) -> tqdm:
+def _progress_bar(run: _RunContext, total: int | None) -> tqdm:
     from tqdm import tqdm
 
     return tqdm(
@@ -357,20 +408,36 @@ def _progress_bar(run: _RunContext, total: int) -> tqdm:
     )
 
 
-def _read_batches(run: _RunContext, work: WorkList, clock: StageClock) -> Iterator[DecodedBatch]:
-    """The reader: decoded batches of the work list in order. Waiting for one counts as read;
-    the decoding it carries (done in the loader's workers) as decode."""
+def _read_batches(run: _RunContext, planned: _Planned, clock: StageClock) -> Iterator[DecodedBatch]:
+    """The reader: decoded batches of the work list in order, then of the shards. Waiting for
+    one counts as read; the decoding it carries (done in the loader's workers) as decode."""
     from headstart.extract.reader import ImageFileDataset, iter_batches, make_loader
+    from headstart.extract.shard_reader import make_shard_loader
 
-    loader = make_loader(
-        ImageFileDataset(work, run.recipe.preprocess, run.partition),
-        batch_size=run.batch_size,
-        workers=run.workers,
-        pin_memory=run.on_cuda,
-    )
-    for batch in clock.timed("read", iter_batches(loader)):
-        clock.add("decode", batch.decode_seconds)
-        yield batch
+    loaders = []
+    if len(planned.work):
+        dataset = ImageFileDataset(planned.work, run.recipe.preprocess, run.partition)
+        loaders.append(
+            make_loader(
+                dataset, batch_size=run.batch_size, workers=run.workers, pin_memory=run.on_cuda
+            )
+        )
+    if planned.shards:
+        loaders.append(
+            make_shard_loader(
+                planned.shards,
+                run.recipe.preprocess,
+                run.fields,
+                store=planned.store,
+                batch_size=run.batch_size,
+                workers=run.workers,
+                pin_memory=run.on_cuda,
+            )
+        )
+    for loader in loaders:
+        for batch in clock.timed("read", iter_batches(loader)):
+            clock.add("decode", batch.decode_seconds)
+            yield batch
 
 
 def _admit(
@@ -380,10 +447,13 @@ def _admit(
     import torch
 
     with clock.timing("write"):
-        catalog.record(batch.files, batch.failures)
+        catalog.record(batch.files, batch.failures, batch.samples, batch.shards)
     summary = planned.summary
+    summary.listed += batch.streamed  # a shard's items are listed as it is read
+    summary.listed_in_shards += batch.streamed
+    summary.from_cache += batch.stored  # tar samples the store held: recorded, not decoded
     record_failures(summary, batch.failures)
-    keys = np.array([f.key for f in batch.files], dtype=KEY_DTYPE)
+    keys = np.array(batch.keys, dtype=KEY_DTYPE)
     fresh = fresh_rows(keys, planned.seen)
     summary.from_cache += int((~fresh).sum())
     planned.seen.add(keys[fresh])

@@ -83,7 +83,7 @@ def iter_images(sources: Iterable[str], skipped: ListingSkips | None = None) -> 
         else:
             raise HeadstartError(
                 f"source not found: {printable(source)!r} "
-                "(give a folder, a .txt/.csv manifest or image files)"
+                "(give a folder, a .txt/.csv manifest, image files or .tar shards)"
             )
 
 

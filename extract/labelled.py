@@ -1,0 +1,85 @@
+"""Every image of some sources with its content key and label, from the catalog alone.
+
+What the heads train on: image files with the key the stat index holds for them (while the
+file is unchanged) and the label their folder or manifest gives; tar samples with the key,
+label and caption recorded when their shard was read (while the shard is unchanged). No image
+is read or hashed here, and rows come in blocks, so any number of images streams through.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from typing import NamedTuple
+
+from headstart.cache.catalog import FileCatalog
+from headstart.extract.shards import is_shard_source, list_shards
+from headstart.extract.sources import ListingSkips, iter_images
+
+__all__ = ["LabelledRow", "iter_labelled"]
+
+_BLOCK = 8192
+
+
+class LabelledRow(NamedTuple):
+    """An image: its name (a path, or ``SHARD#MEMBER``), content key, label and caption."""
+
+    name: str
+    key: str
+    label: str | None
+    caption: str | None = None
+
+
+def iter_labelled(
+    sources: Sequence[str],
+    catalog: FileCatalog,
+    *,
+    block: int = _BLOCK,
+    skipped: ListingSkips | None = None,
+) -> Iterator[list[LabelledRow]]:
+    """Blocks of :class:`LabelledRow` for the images of ``sources`` the catalog knows, source
+    by source in the order given. A file changed since it was read, and a shard changed or not
+    read to its end yet, have no rows: extract them first. ``skipped`` counts folders the
+    listing could not look into (logged as warnings when not given).
+
+    Example:
+        >>> with EmbeddingCache(".headstart").catalog() as catalog:  # doctest: +SKIP
+        ...     for rows in iter_labelled(["shards/{000..009}.tar", "photos/"], catalog):
+        ...         keys = [row.key for row in rows]
+    """
+    for source in sources:
+        if is_shard_source(source):
+            yield from _shard_rows(source, catalog, block)
+        else:
+            yield from _file_rows(source, catalog, block, skipped)
+
+
+def _file_rows(
+    source: str, catalog: FileCatalog, block: int, skipped: ListingSkips | None
+) -> Iterator[list[LabelledRow]]:
+    items = iter_images([source], skipped)
+    while chunk := list(islice(items, block)):
+        known = catalog.lookup([item.path for item in chunk])
+        rows = []
+        for item in chunk:
+            entry = known.get(item.path)
+            if entry is None:
+                continue
+            try:
+                st = os.stat(item.path)
+            except OSError:
+                continue
+            if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+                rows.append(LabelledRow(item.path, entry.key, item.label))
+        if rows:
+            yield rows
+
+
+def _shard_rows(source: str, catalog: FileCatalog, block: int) -> Iterator[list[LabelledRow]]:
+    for ref in list_shards([source]):
+        record = catalog.lookup_shard(ref.path)
+        if record is None or (record.size, record.mtime_ns) != (ref.size, ref.mtime_ns):
+            continue
+        for samples in catalog.iter_shard_samples(ref.path, block):
+            yield [LabelledRow(s.name, s.key, s.label, s.caption) for s in samples]

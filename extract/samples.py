@@ -1,0 +1,260 @@
+"""A tar shard as a stream of samples, grouped the way webdataset groups them.
+
+A webdataset shard is a plain tar: the members of one sample sit next to each other and share a
+key, the member's path up to the first dot of its file name (``dir/000123.jpg``,
+``dir/000123.cls`` and ``dir/000123.json`` are sample ``dir/000123``). The tar is read as a
+stream (``tarfile`` mode ``r|``): one pass, nothing unpacked to disk, one sample's members in
+memory at a time.
+
+What goes wrong in a shard is yielded as a :class:`SampleFault` in the stream, never raised: the
+caller's handler decides what it costs (the reader records it in the failure ledger and goes
+on). A shard that ends early, in a member or between members, ends the stream with a
+:class:`ShardEnd` that names the damage; the samples before it are yielded as usual.
+
+The standard library's ``tarfile`` rather than the ``webdataset`` package: its pipeline brings
+its own worker splitting, shuffling and exception handlers, while the reader here needs one
+shard per call inside our own DataLoader workers, every fault as a ledger row, and a check that
+the archive really ended (``tarfile`` takes a tar cut at a member boundary for a whole one).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from headstart.extract.sources import IMAGE_EXTENSIONS
+
+__all__ = [
+    "SampleFault",
+    "SampleFields",
+    "ShardEnd",
+    "TarSample",
+    "iter_tar_samples",
+    "label_and_caption",
+    "split_member_name",
+]
+
+_BLOCK = tarfile.BLOCKSIZE
+# The read-ahead that tarfile's stream keeps is one record; the tap keeps a few more bytes than
+# that, so the block where the archive should end is still at hand when the members run out.
+_TAIL = 4 * tarfile.RECORDSIZE
+# A member larger than this is not read into memory (an image this size is a fault anyway).
+MAX_MEMBER_BYTES = 1 << 28
+_DAMAGE = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
+
+
+@dataclass(frozen=True)
+class SampleFields:
+    """Where a sample's label and caption come from: a field of its ``.json``, or (None) its
+    ``.cls`` and ``.txt`` members."""
+
+    label_field: str | None = None
+    caption_field: str | None = None
+
+    def describe(self) -> str:
+        """A stable text of the choice, recorded with each shard read under it."""
+        return json.dumps([self.label_field, self.caption_field])
+
+
+@dataclass
+class TarSample:
+    """One sample: its key and its members, extension (lower case) -> bytes and -> name."""
+
+    key: str
+    data: dict[str, bytes] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def image(self) -> str | None:
+        """The extension of the sample's image member (the first one in the tar), or None."""
+        for extension in self.data:
+            if "." + extension.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+                return extension
+        return None
+
+
+@dataclass(frozen=True)
+class SampleFault:
+    """A member that cannot be used: its name in the tar, and why."""
+
+    member: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ShardEnd:
+    """The end of a shard's stream: ``damage`` says why it ended early (None: it did not)."""
+
+    damage: str | None = None
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """``dir/000123.seg.png`` -> (``dir/000123``, ``seg.png``); None without an extension."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, extension = base.partition(".")
+    if not dot or not stem or not extension:
+        return None
+    return (f"{folder}/{stem}" if folder else stem), extension.lower()
+
+
+def iter_tar_samples(stream: BinaryIO) -> Iterator[TarSample | SampleFault | ShardEnd]:
+    """The samples of the tar (plain, .gz, .bz2 or .xz) read from ``stream``, in tar order,
+    then one :class:`ShardEnd`.
+
+    A sample whose key an earlier sample of the shard already had is not yielded: a
+    :class:`SampleFault` names it instead, since two samples with one key cannot both be
+    addressed as ``SHARD#KEY``.
+
+    Example:
+        >>> with open("shard-000.tar", "rb") as f:  # doctest: +SKIP
+        ...     [s.key for s in iter_tar_samples(f) if isinstance(s, TarSample)]
+        ['000000', '000001']
+    """
+    tap = _Tap(_decompressed(stream))
+    seen: set[str] = set()  # one shard's keys: bounded by the shard, dropped with it
+    current: TarSample | None = None
+    members = 0
+    try:
+        with tarfile.open(fileobj=tap, mode="r|") as archive:
+            for info in archive:
+                if not info.isfile():
+                    continue
+                parts = split_member_name(info.name)
+                if parts is None:
+                    continue
+                key, extension = parts
+                if current is None or key != current.key or extension in current.data:
+                    yield from _finished(current, seen)
+                    current = TarSample(key)
+                if info.size > MAX_MEMBER_BYTES:
+                    yield SampleFault(info.name, f"member of {info.size} bytes is too large")
+                    continue
+                member = archive.extractfile(info)
+                current.data[extension] = member.read() if member is not None else b""
+                current.names[extension] = info.name
+                members += 1
+            yield from _finished(current, seen)
+            current = None
+            damage = _missing_end(tap, archive.offset)
+    except _DAMAGE as exc:
+        # The members read whole before the damage are still good; so is the sample that
+        # holds them (a label member cut off leaves it unlabelled).
+        yield from _finished(current, seen)
+        damage = f"damaged tar after {members} members: {exc or type(exc).__name__}"
+    yield ShardEnd(damage)
+
+
+def _finished(sample: TarSample | None, seen: set[str]) -> Iterator[TarSample | SampleFault]:
+    if sample is None or not sample.data:
+        return
+    if sample.key in seen:
+        extension = sample.image() or next(iter(sample.names))
+        yield SampleFault(
+            sample.names[extension],
+            f"duplicate sample key {sample.key!r} in this shard: its first sample is used",
+        )
+        return
+    seen.add(sample.key)
+    yield sample
+
+
+def _missing_end(tap: _Tap, offset: int) -> str | None:
+    """Why the archive did not end properly at ``offset``, or None: tarfile stops quietly at
+    the end of the data, so a shard cut between two members would otherwise pass for whole."""
+    block = tap.block_at(offset)
+    if len(block) == _BLOCK and not block.strip(b"\0"):
+        return None
+    return f"truncated tar: no end-of-archive marker after byte {offset}"
+
+
+def _decompressed(stream: BinaryIO) -> BinaryIO:
+    """The tar bytes of ``stream``, decompressed by its magic number. Decompressors raise on a
+    cut-off stream, which tarfile's own would take for the end."""
+    buffered = io.BufferedReader(stream)  # type: ignore[arg-type]
+    magic = buffered.peek(6)[:6]
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=buffered)  # type: ignore[return-value]
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(buffered)  # type: ignore[return-value]
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(buffered)  # type: ignore[return-value]
+    return buffered  # type: ignore[return-value]
+
+
+class _Tap(io.RawIOBase):
+    """Passes the (decompressed) tar through, counting its bytes and keeping the last few."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__()
+        self._stream = stream
+        self.position = 0
+        self._tail = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        self.position += len(data)
+        self._tail = (self._tail + data)[-_TAIL:]
+        return len(data)
+
+    def block_at(self, offset: int) -> bytes:
+        """The (up to) 512 bytes at ``offset``, reading on as far as that needs."""
+        while self.position < offset + _BLOCK:
+            chunk = self._stream.read(offset + _BLOCK - self.position)
+            if not chunk:
+                break
+            self.position += len(chunk)
+            self._tail = (self._tail + chunk)[-_TAIL:]
+        start = offset - (self.position - len(self._tail))
+        return self._tail[start : start + _BLOCK] if start >= 0 else b""
+
+
+def label_and_caption(sample: TarSample, fields: SampleFields) -> tuple[str | None, str | None]:
+    """The sample's label (``.cls``: a class index or name) and caption (``.txt``), or the
+    named fields of its ``.json``. A missing member or field leaves it None."""
+    record = _json(sample) if fields.label_field or fields.caption_field else None
+    if fields.label_field:
+        label = _field(record, fields.label_field)
+    else:
+        label = _text(sample.data.get("cls"))
+    if fields.caption_field:
+        caption = _field(record, fields.caption_field)
+    else:
+        caption = _text(sample.data.get("txt"))
+    return label, caption
+
+
+def _text(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    return data.decode("utf-8", "replace").strip() or None
+
+
+def _json(sample: TarSample) -> dict | None:
+    data = sample.data.get("json")
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _field(record: dict | None, name: str) -> str | None:
+    value = None if record is None else record.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, str) else json.dumps(value)
