@@ -32,7 +32,8 @@ MODEL = ["--model", "resnet18", "--weights", "none", "--device", "cpu"]
 BASELINE = """\
 from headstart.classify.data import embed_sources
 from headstart.search.build import build_index
-from headstart.search.spec import choose_spec, parse_size
+from headstart.search.spec import choose_spec
+from headstart.sizes import parse_size
 from headstart.extract import ExtractOptions
 folder, cache, budget = sys.argv[1:]
 options = ExtractOptions(model="resnet18", weights="none", device="cpu")

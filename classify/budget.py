@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 
 from headstart.errors import HeadstartError
+from headstart.sizes import format_size
 
 __all__ = [
     "MIN_BLOCK_ROWS",
     "MemoryBudget",
-    "format_size",
-    "parse_size",
     "process_rss",
     "return_freed_blocks",
 ]
@@ -31,23 +29,6 @@ MIN_BLOCK_ROWS = 256  # below this, per-block overheads (HDF5 reads, kernel laun
 MAX_BLOCK_ROWS = 65536  # beyond this a bigger block buys nothing and delays the first result
 _MMAP_THRESHOLD = 1 << 20  # allocations above 1 MB are mapped, and unmapped when freed
 _DEFAULT_SHARE = 0.5  # of the memory available when no budget is given
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """``"512M"``, ``"2G"``, ``"1.5GB"``, ``"4096"`` -> bytes (powers of 1024)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", text.upper())
-    if match is None:
-        raise HeadstartError(f"cannot read {text!r} as a size; write it like 512M, 8G or 1.5T")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def format_size(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(count) < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GB"  # unreachable; keeps type checkers content
 
 
 def process_rss() -> int:

@@ -78,7 +78,7 @@ def index_build(
         build_index_from_embeddings,
         build_index_from_sources,
     )
-    from headstart.search.spec import parse_size
+    from headstart.sizes import parse_size
 
     budget = parse_size(max_memory) if max_memory else None
     if embeddings_file is not None:
@@ -146,7 +146,7 @@ def index_add(index_dir, sources, max_memory, cache_dir, device, batch_size, wor
     moment, the index is left as it was before, or grown.
     """
     from headstart.search.from_sources import add_sources_to_index
-    from headstart.search.spec import parse_size
+    from headstart.sizes import parse_size
 
     grown = add_sources_to_index(
         index_dir,
@@ -174,7 +174,7 @@ def index_merge(out, parts, max_memory) -> None:
     """Merge IVF index PARTS (built with --trained-from one of them) into a new index OUT."""
     from headstart.search.budget import default_budget
     from headstart.search.merge import merge_indexes
-    from headstart.search.spec import parse_size
+    from headstart.sizes import parse_size
 
     budget = parse_size(max_memory) if max_memory else default_budget()
     merged = merge_indexes(out, parts, max_memory=budget)

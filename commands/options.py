@@ -208,8 +208,8 @@ def validation_options(command):
 
 def _memory_size(ctx: click.Context, param: click.Parameter, text: str | None) -> int | None:
     """Option callback: "8G" -> bytes."""
-    from headstart.classify.budget import parse_size
     from headstart.errors import HeadstartError
+    from headstart.sizes import parse_size
 
     if text is None:
         return None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from headstart.errors import HeadstartError
 from headstart.search.spec import LIST_GROWTH, IndexSpec
+from headstart.sizes import format_size
 
 __all__ = ["BuildPlan", "default_budget", "left_for_build", "plan_build", "resident_bytes"]
 
@@ -47,8 +48,8 @@ def left_for_build(budget: int) -> int:
     held = psutil.Process().memory_info().rss
     if held >= budget:
         raise HeadstartError(
-            f"the budget of {_size(budget)} is less than this process already holds "
-            f"({_size(held)}: Python, torch and FAISS); give a larger --max-memory"
+            f"the budget of {format_size(budget)} is less than this process already holds "
+            f"({format_size(held)}: Python, torch and FAISS); give a larger --max-memory"
         )
     return budget - held
 
@@ -88,14 +89,7 @@ def plan_build(spec: IndexSpec, n: int, d: int, budget: int) -> BuildPlan:
         least_bytes = max(needed, (min(n, least) + block_rows) * row)
         raise HeadstartError(
             f"indexing {n} vectors of {d} dimensions as {spec.describe()} needs about "
-            f"{_size(least_bytes)}; the budget is {_size(budget)}: give a larger --max-memory "
-            "or a more compressed --kind (ivfsq, ivfpq)"
+            f"{format_size(least_bytes)}; the budget is {format_size(budget)}: give a larger "
+            "--max-memory or a more compressed --kind (ivfsq, ivfpq)"
         )
     return BuildPlan(budget, block_rows, train_rows, resident)
-
-
-def _size(count: int) -> str:
-    for unit, scale in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
-        if count >= scale:
-            return f"{count / scale:.1f}{unit}"
-    return f"{count} bytes"

@@ -9,7 +9,6 @@ and, below that, product quantisation.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from headstart.errors import HeadstartError
@@ -21,7 +20,6 @@ __all__ = [
     "IVF_KINDS",
     "IndexSpec",
     "choose_spec",
-    "parse_size",
 ]
 
 COMPRESSED_KINDS = ("ivfsq", "ivfpq")
@@ -53,15 +51,6 @@ class IndexSpec:
         bits = f"x{self.pq_nbits}" if self.pq_nbits != 8 else ""
         code = {"ivfsq": ", SQ8", "ivfpq": f", PQ{self.pq_m}{bits}"}.get(self.kind, "")
         return f"IVF{self.nlist}{code}, nprobe {self.nprobe}"
-
-
-def parse_size(text: str) -> int:
-    """'512M', '2G', '1500000' -> bytes."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)i?b?\s*", text.lower())
-    if not match:
-        raise HeadstartError(f"cannot read a memory size from {text!r}; write e.g. 512M or 2G")
-    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[match.group(2)]
-    return int(float(match.group(1)) * scale)
 
 
 def choose_spec(n: int, d: int, kind: str = "auto", max_memory: int | None = None) -> IndexSpec:

@@ -7,8 +7,9 @@ from headstart.cache import Fingerprint
 from headstart.errors import HeadstartError
 from headstart.search.build import build_index
 from headstart.search.exact import exact_search, l2_normalize
-from headstart.search.spec import IndexSpec, choose_spec, parse_size
+from headstart.search.spec import IndexSpec, choose_spec
 from headstart.search.store import load_index, save_index
+from headstart.sizes import parse_size
 
 FINGERPRINT = Fingerprint({"model": "test"}, {"model": "resnet18", "weights": "none"})
 
