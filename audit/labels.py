@@ -37,14 +37,17 @@ class LabelSearch:
     """How label errors are searched.
 
     ``C`` is the logistic head's inverse regularisation (scikit-learn's convention), fixed so
-    the audit costs one fit per fold. ``filter_by`` is cleanlab's method.
+    the audit costs one fit per fold. ``filter_by`` is cleanlab's method: "both" (an image
+    must be flagged by the noise-rate pruning and by the confident joint) gave 38% precision at
+    80% recall on bench/audit_planted.py's 10% flipped labels, against cleanlab's default
+    (``prune_by_noise_rate``) at 33% and 82%; C=0.01 beat 0.1 by about as much.
     """
 
     folds: int = 5
-    C: float = 0.1
+    C: float = 0.01
     max_iter: int = 200
     max_train_rows: int = 50_000
-    filter_by: str = "prune_by_noise_rate"
+    filter_by: str = "both"
     seed: int = 0
     device: str = "cpu"  # fp32 on the CPU: the same findings on every machine
 

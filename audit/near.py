@@ -1,6 +1,10 @@
 """Near-duplicates across sources: pairs of different files whose embeddings have a cosine
 similarity over a threshold (resized, re-encoded and cropped copies), found through FAISS.
 
+Similarity is the cosine of centred embeddings (the mean vector of the sources subtracted):
+pooled features after a ReLU all point into one orthant, where even unrelated photos have a
+cosine near 1; centred, they spread out and only real copies stay close.
+
 For each pair of sources the smaller one is indexed and the other searched against it, both a
 block of vectors at a time from the store. Up to :data:`FLAT_MAX_ROWS` indexed vectors the
 search is exact (``IndexFlatIP``); above, an inverted file (``IndexIVFFlat``) visits only the
@@ -28,7 +32,8 @@ log = logging.getLogger(__name__)
 # bench/audit_speed.py for the measured crossing).
 FLAT_MAX_ROWS = 20_000
 _TRAIN_ROWS_PER_LIST = 40  # FAISS warns below 39 training points per centroid
-_NPROBE = 16  # near-copies sit in their original's list or one beside it
+_NPROBE = 16
+_MEAN_SAMPLE_ROWS = 20_000  # near-copies sit in their original's list or one beside it
 
 
 @dataclass(frozen=True)
@@ -39,26 +44,49 @@ class NearSearch:
     threshold: float
     neighbours: int = 8
     gpu: bool | None = None
+    flat_max_rows: int = FLAT_MAX_ROWS  # indexed vectors searched exactly; more: IVF
+    centre: bool = True  # subtract the sources' mean vector before the cosine
 
 
 def near_duplicates(sources: Sequence[AuditSource], search: NearSearch) -> list[NearPair]:
     """Every cross-source pair over ``search.threshold`` whose bytes differ (exact copies are
     reported as exact duplicates), most similar first."""
     found: list[NearPair] = []
+    mean = _mean_vector(sources) if search.centre else None
     for i in range(len(sources)):
         for j in range(i + 1, len(sources)):
             indexed, queried = sorted((sources[i], sources[j]), key=len)
-            found.extend(_pairs(indexed, queried, search))
+            found.extend(_pairs(indexed, queried, search, mean))
     found.sort(key=lambda p: (-p.similarity, p.first.source, p.first.path, p.second.path))
     return found
 
 
-def _pairs(indexed: AuditSource, queried: AuditSource, search: NearSearch) -> list[NearPair]:
-    index = _build_index(indexed, search.gpu)
+def _mean_vector(sources: Sequence[AuditSource]) -> np.ndarray:
+    """The mean embedding, from an even sample of every source (a mean needs no more)."""
+    rng = np.random.default_rng(0)
+    total, count = None, 0
+    for source in sources:
+        take = min(len(source), _MEAN_SAMPLE_ROWS // len(sources))
+        rows = np.sort(rng.choice(len(source), take, replace=False))
+        for _, vectors in iter_vector_blocks(source.data, rows):
+            block = vectors.sum(axis=0, dtype=np.float64)
+            total = block if total is None else total + block
+            count += len(vectors)
+    return (total / count).astype(np.float32)
+
+
+def _unit(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    return l2_normalize(vectors if mean is None else vectors - mean)
+
+
+def _pairs(
+    indexed: AuditSource, queried: AuditSource, search: NearSearch, mean: np.ndarray | None
+) -> list[NearPair]:
+    index = _build_index(indexed, search, mean)
     k = min(search.neighbours, len(indexed))
     pairs = []
     for rows, vectors in iter_vector_blocks(queried.data):
-        similarities, neighbours = index.search(l2_normalize(vectors), k)
+        similarities, neighbours = index.search(_unit(vectors, mean), k)
         hit_rows, hit_cols = np.nonzero(similarities >= search.threshold)
         for q, c in zip(hit_rows.tolist(), hit_cols.tolist(), strict=True):
             other = int(neighbours[q, c])
@@ -76,13 +104,12 @@ def _pairs(indexed: AuditSource, queried: AuditSource, search: NearSearch) -> li
     return pairs
 
 
-def _build_index(source: AuditSource, gpu: bool | None):
+def _build_index(source: AuditSource, search: NearSearch, mean: np.ndarray | None):
     import faiss
 
     n, d = len(source), source.data.store.dim
-    if gpu is None:
-        gpu = faiss.get_num_gpus() > 0
-    if n <= FLAT_MAX_ROWS:
+    gpu = faiss.get_num_gpus() > 0 if search.gpu is None else search.gpu
+    if n <= search.flat_max_rows:
         index = faiss.IndexFlatIP(d)
     else:
         lists = int(4 * math.sqrt(n))
@@ -92,10 +119,10 @@ def _build_index(source: AuditSource, gpu: bool | None):
         sample = np.random.default_rng(0).choice(
             n, min(n, lists * _TRAIN_ROWS_PER_LIST), replace=False
         )
-        index.train(l2_normalize(source.data.store.get(source.data.keys[np.sort(sample)])))
+        index.train(_unit(source.data.store.get(source.data.keys[np.sort(sample)]), mean))
         index.nprobe = min(_NPROBE, lists)
     if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     for _, vectors in iter_vector_blocks(source.data):
-        index.add(l2_normalize(vectors))
+        index.add(_unit(vectors, mean))
     return index

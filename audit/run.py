@@ -19,7 +19,12 @@ __all__ = ["DEFAULT_NEAR_THRESHOLD", "AuditOptions", "audit", "audit_sources"]
 
 log = logging.getLogger(__name__)
 
-# Cosine similarity over which two different files count as near-duplicates.
+# Cosine similarity (of centred embeddings) over which two different files count as
+# near-duplicates. Measured by bench/audit_planted.py with a small CNN trained on imagenette
+# photos: every planted half-size and quality-60 copy scored over 0.99 and 10%-cropped ones
+# over 0.91, so 0.9 keeps them all; at 0.95 about one crop in twenty was lost. Different
+# photos of the same scene (parachutes in a blue sky) also reach 0.99 with so small a
+# network, which is why the pairs are ranked: copies come first.
 DEFAULT_NEAR_THRESHOLD = 0.90
 
 
