@@ -95,3 +95,4 @@ class AuditFindings:
     near_threshold: float
     labels: LabelFindings
     labelled_sources: dict[str, bool] = field(default_factory=dict)
+    missing: int = 0  # images listed that had no embedding (failed to decode), left out

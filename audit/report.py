@@ -26,6 +26,7 @@ def findings_to_dict(findings: AuditFindings) -> dict:
             {"name": name, "images": count, "labelled": findings.labelled_sources.get(name)}
             for name, count in findings.sources.items()
         ],
+        "missing": findings.missing,
         "exact_duplicates": [_group(g) for g in findings.exact],
         "label_conflicts": [_group(g) for g in findings.conflicts],
         "near_duplicates": {
@@ -67,6 +68,8 @@ def summary_lines(findings: AuditFindings, limit: int = 10) -> list[str]:
     lines = []
     sources = ", ".join(f"{printable(name)} ({n})" for name, n in findings.sources.items())
     lines.append(f"audited {sum(findings.sources.values())} images: {sources}")
+    if findings.missing:
+        lines.append(f"  {findings.missing} images had no embedding and were left out")
     exact, conflicts = findings.exact, findings.conflicts
     across = sum(len(g.sources) > 1 for g in exact)
     lines.append(

@@ -74,4 +74,5 @@ def audit_sources(sources: Sequence[AuditSource], options: AuditOptions) -> Audi
         near_threshold=options.near.threshold,
         labels=labels,
         labelled_sources={s.name: s.labelled for s in sources},
+        missing=sum(s.data.missing for s in sources),
     )

@@ -261,9 +261,6 @@ def measure(root: Path, checkpoint: Path, planted: dict) -> None:
             "cleanlab find_label_issues, defaults": np.flatnonzero(
                 find_label_issues(labels=pool.y, pred_probs=pool.probabilities)
             ),
-            "cleanlab, filter_by=both": np.flatnonzero(
-                find_label_issues(labels=pool.y, pred_probs=pool.probabilities, filter_by="both")
-            ),
         }
         for name, flagged in rows.items():
             hit = np.zeros(len(paths), bool)
