@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 
 # Above this many indexed vectors an inverted file replaces the exact search (see
 # bench/audit_speed.py for the measured crossing).
-FLAT_MAX_ROWS = 20_000
+FLAT_MAX_ROWS = 5_000
 _TRAIN_ROWS_PER_LIST = 40  # FAISS warns below 39 training points per centroid
-_NPROBE = 16
-_MEAN_SAMPLE_ROWS = 20_000  # near-copies sit in their original's list or one beside it
+_NPROBE = 16  # near-copies sit in their original's list or one beside it
+_MEAN_SAMPLE_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _build_index(source: AuditSource, search: NearSearch, mean: np.ndarray | Non
     if n <= search.flat_max_rows:
         index = faiss.IndexFlatIP(d)
     else:
-        lists = int(4 * math.sqrt(n))
+        lists = max(1, min(int(4 * math.sqrt(n)), n // _TRAIN_ROWS_PER_LIST))
         quantizer = faiss.IndexFlatIP(d)
         # FAISS's Python wrapper keeps the quantizer alive with the index.
         index = faiss.IndexIVFFlat(quantizer, d, lists, faiss.METRIC_INNER_PRODUCT)

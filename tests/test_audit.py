@@ -171,3 +171,29 @@ def test_command_default_threshold_is_the_library_default() -> None:
     from headstart.commands.audit import _NEAR_THRESHOLD
 
     assert _NEAR_THRESHOLD == DEFAULT_NEAR_THRESHOLD
+
+
+def test_inverted_file_finds_what_the_exact_search_finds(corpus: dict) -> None:
+    from headstart.audit.near import NearSearch, near_duplicates
+    from headstart.audit.sources import embed_audit_sources
+    from headstart.extract import ExtractOptions, PreprocessOverrides
+
+    options = ExtractOptions(
+        model="resnet18",
+        weights="none",
+        preprocess=PreprocessOverrides(40, 32),
+        precision="fp32",
+        device="cpu",
+    )
+    sources = embed_audit_sources(
+        [str(corpus["train"]), str(corpus["val"])], options, corpus["root"] / "cache"
+    )
+    flat = near_duplicates(sources, NearSearch(0.5, flat_max_rows=10**9, gpu=False))
+    ivf = near_duplicates(sources, NearSearch(0.5, flat_max_rows=0, gpu=False))
+
+    def pairs(found):
+        return {frozenset((p.first.path, p.second.path)) for p in found}
+
+    assert pairs(ivf) <= pairs(flat)
+    assert frozenset(str(p) for p in corpus["near"]) in pairs(ivf)
+    assert len(pairs(ivf)) >= 0.5 * len(pairs(flat))
