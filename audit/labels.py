@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from headstart.audit.findings import LabelFindings, LabelIssue
+from headstart.audit.settings import LabelSearch
 from headstart.audit.sources import BLOCK_ROWS, AuditSource
 
 __all__ = [
-    "LabelSearch",
     "OutOfFold",
     "find_label_errors",
     "out_of_fold_probabilities",
@@ -30,30 +30,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LabelSearch:
-    """How label errors are searched.
-
-    ``C`` is the logistic head's inverse regularisation (scikit-learn's convention), fixed so
-    the audit costs one fit per fold. ``filter_by`` is cleanlab's method: "both" (an image
-    must be flagged by the noise-rate pruning and by the confident joint) gave 38% precision at
-    80% recall on bench/audit_planted.py's 10% flipped labels, against cleanlab's default
-    (``prune_by_noise_rate``) at 33% and 82%; C=0.01 beat 0.1 by about as much.
-    """
-
-    folds: int = 5
-    C: float = 0.01
-    # Out-of-fold probabilities need a good head, not the last digit of the optimum (a sweep's
-    # path fits stop at 15 evaluations): 30 loss evaluations of the preconditioned solver, on
-    # at most 10,000 images, keep 5 folds of 100 classes at 512 dimensions to seconds of CPU
-    # (bench/audit_speed.py); the planted photos' figures were the same as at 200 and 50,000.
-    max_iter: int = 30
-    max_train_rows: int = 10_000
-    filter_by: str = "both"
-    seed: int = 0
-    device: str = "cpu"  # fp32 on the CPU: the same findings on every machine
 
 
 @dataclass

@@ -6,7 +6,7 @@ pooled features after a ReLU all point into one orthant, where even unrelated ph
 cosine near 1; centred, they spread out and only real copies stay close.
 
 For each pair of sources the smaller one is indexed and the other searched against it, both a
-block of vectors at a time from the store. Up to :data:`FLAT_MAX_ROWS` indexed vectors the
+block of vectors at a time from the store. Up to ``NearSearch.flat_max_rows`` indexed vectors the
 search is exact (``IndexFlatIP``); above, an inverted file (``IndexIVFFlat``) visits only the
 nearest lists, which is where near-copies are, at a fraction of the cost.
 """
@@ -16,36 +16,21 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from headstart.audit.findings import NearPair
+from headstart.audit.settings import NearSearch
 from headstart.audit.sources import AuditSource, iter_vector_blocks
 from headstart.search.exact import l2_normalize
 
-__all__ = ["FLAT_MAX_ROWS", "NearSearch", "near_duplicates"]
+__all__ = ["near_duplicates"]
 
 log = logging.getLogger(__name__)
 
-# Above this many indexed vectors an inverted file replaces the exact search (see
-# bench/audit_speed.py for the measured crossing).
-FLAT_MAX_ROWS = 5_000
 _TRAIN_ROWS_PER_LIST = 40  # FAISS warns below 39 training points per centroid
 _NPROBE = 16  # near-copies sit in their original's list or one beside it
 _MEAN_SAMPLE_ROWS = 20_000
-
-
-@dataclass(frozen=True)
-class NearSearch:
-    """How near-duplicates are searched: the cosine threshold, how many neighbours each
-    image looks at, and the device (None: the GPUs FAISS sees, if any)."""
-
-    threshold: float
-    neighbours: int = 8
-    gpu: bool | None = None
-    flat_max_rows: int = FLAT_MAX_ROWS  # indexed vectors searched exactly; more: IVF
-    centre: bool = True  # subtract the sources' mean vector before the cosine
 
 
 def near_duplicates(sources: Sequence[AuditSource], search: NearSearch) -> list[NearPair]:

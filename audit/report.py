@@ -77,10 +77,10 @@ def summary_lines(findings: AuditFindings, limit: int = 10) -> list[str]:
         f"{sum(len(g.items) - 1 for g in exact)} extra copies)"
     )
     for group in exact[:limit]:
-        lines.append(f"  {len(group.items)} copies: " + "  ".join(_show(i) for i in group.items))
+        lines.append(f"  {len(group.items)} copies: {_some(group)}")
     lines.append(f"label conflicts (the same bytes under different labels): {len(conflicts)}")
     for group in conflicts[:limit]:
-        lines.append(f"  {' vs '.join(group.labels)}: " + "  ".join(_show(i) for i in group.items))
+        lines.append(f"  {' vs '.join(group.labels)}: {_some(group)}")
     if findings.near is None:
         lines.append("near-duplicates across sources: need two or more sources")
     else:
@@ -123,6 +123,13 @@ def _group(group: ExactGroup) -> dict:
         "labels": list(group.labels),
         "items": [_item(i) for i in group.items],
     }
+
+
+def _some(group: ExactGroup, shown: int = 4) -> str:
+    """A group's first few items on one line (the JSON has them all)."""
+    text = "  ".join(_show(i) for i in group.items[:shown])
+    more = len(group.items) - shown
+    return f"{text}  and {more} more" if more > 0 else text
 
 
 def _show(item: Item) -> str:

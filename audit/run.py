@@ -6,35 +6,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from headstart.audit.duplicates import exact_duplicates, label_conflicts
 from headstart.audit.findings import AuditFindings, LabelFindings
-from headstart.audit.labels import LabelSearch, find_label_errors
-from headstart.audit.near import NearSearch, near_duplicates
+from headstart.audit.labels import find_label_errors
+from headstart.audit.near import near_duplicates
+from headstart.audit.settings import AuditOptions
 from headstart.audit.sources import AuditSource, embed_audit_sources
 from headstart.extract import ExtractOptions
 
-__all__ = ["DEFAULT_NEAR_THRESHOLD", "AuditOptions", "audit", "audit_sources"]
+__all__ = ["audit", "audit_sources"]
 
 log = logging.getLogger(__name__)
-
-# Cosine similarity (of centred embeddings) over which two different files count as
-# near-duplicates. Measured by bench/audit_planted.py with a small CNN trained on imagenette
-# photos: every planted half-size and quality-60 copy scored over 0.99 and 10%-cropped ones
-# over 0.91, so 0.9 keeps them all; at 0.95 about one crop in twenty was lost. Different
-# photos of the same scene (parachutes in a blue sky) also reach 0.99 with so small a
-# network, which is why the pairs are ranked: copies come first.
-DEFAULT_NEAR_THRESHOLD = 0.90
-
-
-@dataclass(frozen=True)
-class AuditOptions:
-    """What the audit looks for and how."""
-
-    near: NearSearch = field(default_factory=lambda: NearSearch(DEFAULT_NEAR_THRESHOLD))
-    labels: LabelSearch = field(default_factory=LabelSearch)
-    find_label_errors: bool = True
 
 
 def audit(

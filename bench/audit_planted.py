@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from audit_net import PhotoNet
 
 from headstart.audit.duplicates import exact_duplicates
-from headstart.audit.labels import LabelSearch, out_of_fold_probabilities, rank_label_issues
-from headstart.audit.near import NearSearch, near_duplicates
-from headstart.audit.run import DEFAULT_NEAR_THRESHOLD
+from headstart.audit.labels import out_of_fold_probabilities, rank_label_issues
+from headstart.audit.near import near_duplicates
+from headstart.audit.settings import DEFAULT_NEAR_THRESHOLD, LabelSearch, NearSearch
 from headstart.audit.sources import embed_audit_sources
 from headstart.extract import ExtractOptions, PreprocessOverrides
 

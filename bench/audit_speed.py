@@ -32,9 +32,9 @@ from peak_memory import run_measured
 from synthetic import embedding_blocks, lay_out_extracted
 
 from headstart.audit.duplicates import exact_duplicates
-from headstart.audit.labels import LabelSearch, out_of_fold_probabilities, rank_label_issues
-from headstart.audit.near import NearSearch, near_duplicates
-from headstart.audit.run import DEFAULT_NEAR_THRESHOLD
+from headstart.audit.labels import out_of_fold_probabilities, rank_label_issues
+from headstart.audit.near import near_duplicates
+from headstart.audit.settings import DEFAULT_NEAR_THRESHOLD, LabelSearch, NearSearch
 from headstart.audit.sources import AuditSource, embed_audit_sources
 from headstart.cache import EmbeddingCache, FileRecord
 from headstart.extract import ExtractOptions, resolve_recipe

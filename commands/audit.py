@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import click
 
-from headstart.commands.options import embedding_options, extract_options
+from headstart.audit.settings import LabelSearch, NearSearch
+from headstart.commands.options import default_of, embedding_options, extract_options
 from headstart.errors import HeadstartError
 
 __all__ = ["audit"]
-
-# Restated from headstart.audit.run (DEFAULT_NEAR_THRESHOLD), which imports the cache and the
-# extractor; the test suite checks the two agree, so --help stays instant.
-_NEAR_THRESHOLD = 0.90
-_FOLDS = 5
 
 
 @click.command()
@@ -22,14 +18,14 @@ _FOLDS = 5
 @click.option(
     "--near-threshold",
     type=click.FloatRange(-1, 1),
-    default=_NEAR_THRESHOLD,
+    default=default_of(NearSearch, "threshold"),
     show_default=True,
     help="Cosine similarity over which two different files across sources are near-copies.",
 )
 @click.option(
     "--folds",
     type=click.IntRange(min=2),
-    default=_FOLDS,
+    default=default_of(LabelSearch, "folds"),
     show_default=True,
     help="Cross-validation folds for the label-error search; classes with fewer images are "
     "left out of it.",
@@ -68,9 +64,9 @@ def audit(
     the same image under different labels, and likely label errors; embeds what the cache
     lacks first.
     """
-    from headstart.audit import AuditOptions, LabelSearch, NearSearch
-    from headstart.audit import audit as run_audit
     from headstart.audit.report import summary_lines, write_json
+    from headstart.audit.run import audit as run_audit
+    from headstart.audit.settings import AuditOptions
 
     embed, cache_dir = extract_options(params)
     options = AuditOptions(

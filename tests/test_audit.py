@@ -166,15 +166,25 @@ def test_exact_groups_compare_full_keys_after_the_prefix() -> None:
     assert key_prefixes(np.array([c, a], "S64")).tolist() == [2**64 - 1, 0x0123456789ABCDEF]
 
 
-def test_command_default_threshold_is_the_library_default() -> None:
-    from headstart.audit.run import DEFAULT_NEAR_THRESHOLD
-    from headstart.commands.audit import _NEAR_THRESHOLD
+def test_help_imports_neither_the_cache_nor_torch() -> None:
+    import subprocess
+    import sys
 
-    assert _NEAR_THRESHOLD == DEFAULT_NEAR_THRESHOLD
+    code = (
+        "import sys; from headstart.cli import main\n"
+        "try: main(['audit', '--help'])\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in ('torch', 'h5py', 'faiss') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "--near-threshold FLOAT RANGE" in done.stdout
+    assert "[default: 0.9;" in done.stdout
+    assert done.stdout.strip().endswith("[]")
 
 
 def test_inverted_file_finds_what_the_exact_search_finds(corpus: dict) -> None:
-    from headstart.audit.near import NearSearch, near_duplicates
+    from headstart.audit.near import near_duplicates
+    from headstart.audit.settings import NearSearch
     from headstart.audit.sources import embed_audit_sources
     from headstart.extract import ExtractOptions, PreprocessOverrides
 
@@ -197,3 +207,27 @@ def test_inverted_file_finds_what_the_exact_search_finds(corpus: dict) -> None:
     assert pairs(ivf) <= pairs(flat)
     assert frozenset(str(p) for p in corpus["near"]) in pairs(ivf)
     assert len(pairs(ivf)) >= 0.5 * len(pairs(flat))
+
+
+def test_summary_shows_a_few_copies_of_a_large_group_and_json_has_all() -> None:
+    from headstart.audit.findings import AuditFindings, ExactGroup, Item, LabelFindings
+    from headstart.audit.report import findings_to_dict, summary_lines
+
+    items = tuple(Item("data", f"/nowhere/data/{i}.jpg", None) for i in range(50))
+    group = ExactGroup("a" * 64, items)
+    findings = AuditFindings(
+        sources={"data": 50},
+        exact=[group],
+        conflicts=[],
+        near=None,
+        near_threshold=0.9,
+        labels=LabelFindings(needs="labels"),
+    )
+    lines = summary_lines(findings, limit=5)
+    assert (
+        lines[2]
+        == "  50 copies: "
+        + "  ".join(f"data/{i}.jpg" for i in range(4)).replace("data/", "/nowhere/data/")
+        + "  and 46 more"
+    )
+    assert len(findings_to_dict(findings)["exact_duplicates"][0]["items"]) == 50
