@@ -5,8 +5,8 @@ Similarity is the cosine of centred embeddings (the mean vector of the sources s
 pooled features after a ReLU all point into one orthant, where even unrelated photos have a
 cosine near 1; centred, they spread out and only real copies stay close.
 
-For each pair of sources the smaller one is indexed and the other searched against it, both a
-block of vectors at a time from the store. Up to ``NearSearch.flat_max_rows`` indexed vectors the
+Of each pair of sources the smaller is indexed and the larger searched against it, a block of
+vectors at a time from the store. Up to ``NearSearch.flat_max_rows`` indexed vectors the
 search is exact (``IndexFlatIP``); above, an inverted file (``IndexIVFFlat``) visits only the
 nearest lists, which is where near-copies are, at a fraction of the cost.
 """
@@ -35,14 +35,25 @@ _MEAN_SAMPLE_ROWS = 20_000
 
 def near_duplicates(sources: Sequence[AuditSource], search: NearSearch) -> list[NearPair]:
     """Every cross-source pair over ``search.threshold`` whose bytes differ (exact copies are
-    reported as exact duplicates), most similar first."""
+    reported as exact duplicates), most similar first.
+
+    Every source but the largest is indexed once; then each source, largest first, is read
+    once and searched against the indexes of the sources smaller than it. For train, val and
+    test that reads train once rather than once per other source, and holds the indexes of
+    val and test.
+    """
     found: list[NearPair] = []
     mean = _mean_vector(sources) if search.centre else None
-    for i in range(len(sources)):
-        for j in range(i + 1, len(sources)):
-            indexed, queried = sorted((sources[i], sources[j]), key=len)
-            found.extend(_pairs(indexed, queried, search, mean))
+    order = sorted(sources, key=len, reverse=True)
+    indexes = [_build_index(source, search, mean) for source in order[1:]]
+    for position, queried in enumerate(order[:-1]):
+        targets = list(zip(order[position + 1 :], indexes[position:], strict=True))
+        for rows, vectors in iter_vector_blocks(queried.data):
+            unit = _unit(vectors, mean)
+            for indexed, index in targets:
+                found.extend(_hits(indexed, index, queried, rows, unit, search))
     found.sort(key=lambda p: (-p.similarity, p.first.source, p.first.path, p.second.path))
+    log.info("%d near-duplicate pairs over %g", len(found), search.threshold)
     return found
 
 
@@ -64,28 +75,28 @@ def _unit(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
     return l2_normalize(vectors if mean is None else vectors - mean)
 
 
-def _pairs(
-    indexed: AuditSource, queried: AuditSource, search: NearSearch, mean: np.ndarray | None
+def _hits(
+    indexed: AuditSource,
+    index,
+    queried: AuditSource,
+    rows: np.ndarray,
+    unit: np.ndarray,
+    search: NearSearch,
 ) -> list[NearPair]:
-    index = _build_index(indexed, search, mean)
-    k = min(search.neighbours, len(indexed))
+    """The pairs over the threshold between a block of ``queried`` (its ``rows``, their unit
+    vectors) and ``indexed``."""
+    similarities, neighbours = index.search(unit, min(search.neighbours, len(indexed)))
     pairs = []
-    for rows, vectors in iter_vector_blocks(queried.data):
-        similarities, neighbours = index.search(_unit(vectors, mean), k)
-        hit_rows, hit_cols = np.nonzero(similarities >= search.threshold)
-        for q, c in zip(hit_rows.tolist(), hit_cols.tolist(), strict=True):
-            other = int(neighbours[q, c])
-            if other < 0:  # IVF found fewer than k neighbours
-                continue
-            row = int(rows[q])
-            if queried.data.keys[row] == indexed.data.keys[other]:
-                continue  # the same bytes: an exact duplicate, reported as such
-            pairs.append(
-                NearPair(
-                    min(float(similarities[q, c]), 1.0), indexed.item(other), queried.item(row)
-                )
-            )
-    log.info("%s vs %s: %d near-duplicate pairs", indexed.name, queried.name, len(pairs))
+    hit_rows, hit_cols = np.nonzero(similarities >= search.threshold)
+    for q, c in zip(hit_rows.tolist(), hit_cols.tolist(), strict=True):
+        other = int(neighbours[q, c])
+        if other < 0:  # IVF found fewer than k neighbours
+            continue
+        row = int(rows[q])
+        if queried.data.keys[row] == indexed.data.keys[other]:
+            continue  # the same bytes: an exact duplicate, reported as such
+        similarity = min(float(similarities[q, c]), 1.0)
+        pairs.append(NearPair(similarity, indexed.item(other), queried.item(row)))
     return pairs
 
 
