@@ -6,6 +6,7 @@ inside the verbs, so ``headstart --help`` is instant.
 
 from __future__ import annotations
 
+from headstart.commands.audit import audit
 from headstart.commands.cache import cache, export, info
 from headstart.commands.extract import extract
 from headstart.commands.finetune import finetune
@@ -31,5 +32,6 @@ COMMANDS = (
     knn,
     finetune,
     report,
+    audit,
     serve,
 )
