@@ -19,7 +19,8 @@ from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.classify.blocks import Blocks, CachedBlocks, KeyFile
 from headstart.errors import HeadstartError
-from headstart.extract import ExtractOptions, ExtractSummary, extract, iter_images
+from headstart.extract import ExtractOptions, ExtractSummary, extract
+from headstart.extract.labelled import ListedCount, iter_labelled
 from headstart.extract.sources import ListingSkips
 
 _LIST_CHUNK = 16384  # images looked up in the stat index at once
@@ -145,32 +146,28 @@ class _Chunk:
 def _usable_chunks(
     sources: Sequence[str], cache: EmbeddingCache, store: FingerprintStore
 ) -> Iterator[_Chunk]:
-    """The sources' images, a chunk at a time, with the content keys the stat index gives
-    them (the file unchanged since) and the store holds: what is usable, in source order."""
-    # Unreadable folders were reported by the extract that just ran; not again here.
-    items = iter_images(sources, ListingSkips())
+    """The sources' images, a chunk at a time, with the content keys the catalog gives them
+    (files unchanged since they were read, samples of tar shards read whole) and the store
+    holds: what is usable, in source order."""
+    listed = ListedCount()
+    counted = 0
     with cache.catalog() as catalog:
-        while chunk := list(itertools.islice(items, _LIST_CHUNK)):
-            known = catalog.lookup([item.path for item in chunk])
-            keys, paths, labels = [], [], []
-            for item in chunk:
-                entry = known.get(item.path)
-                if entry is None:
-                    continue
-                try:
-                    st = os.stat(item.path)
-                except OSError:
-                    continue
-                if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
-                    keys.append(entry.key)
-                    paths.append(item.path)
-                    labels.append(item.label)
-            keys_array = np.asarray(keys, dtype="S64")
-            held = store.contains(keys_array) if len(keys) else np.zeros(0, bool)
-            rows = np.flatnonzero(held)
-            yield _Chunk(
-                keys_array[rows], [paths[i] for i in rows], [labels[i] for i in rows], len(chunk)
+        # Unreadable folders were reported by the extract that just ran; not again here.
+        rows_blocks = iter_labelled(
+            sources, catalog, block=_LIST_CHUNK, skipped=ListingSkips(), listed=listed
+        )
+        for rows in itertools.chain(rows_blocks, [[]]):  # [] reports the last listed count
+            keys = np.asarray([row.key for row in rows], dtype="S64")
+            held = store.contains(keys) if len(keys) else np.zeros(0, bool)
+            usable = [row for row, ok in zip(rows, held, strict=True) if ok]
+            chunk = _Chunk(
+                keys[held],
+                [row.name for row in usable],
+                [row.label for row in usable],
+                listed.images - counted,
             )
+            counted = listed.images
+            yield chunk
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
@@ -17,7 +18,7 @@ from headstart.cache.catalog import FileCatalog
 from headstart.extract.shards import is_shard_source, list_shards
 from headstart.extract.sources import ListingSkips, iter_images
 
-__all__ = ["LabelledRow", "iter_labelled"]
+__all__ = ["LabelledRow", "ListedCount", "iter_labelled"]
 
 _BLOCK = 8192
 
@@ -31,35 +32,51 @@ class LabelledRow(NamedTuple):
     caption: str | None = None
 
 
+@dataclass
+class ListedCount:
+    """How many images the sources listed, rows or not: files listed, and samples of the
+    shards read (a file with no row is one that failed, changed, or was never read)."""
+
+    images: int = 0
+
+
 def iter_labelled(
     sources: Sequence[str],
     catalog: FileCatalog,
     *,
     block: int = _BLOCK,
     skipped: ListingSkips | None = None,
+    listed: ListedCount | None = None,
 ) -> Iterator[list[LabelledRow]]:
     """Blocks of :class:`LabelledRow` for the images of ``sources`` the catalog knows, source
     by source in the order given. A file changed since it was read, and a shard changed or not
     read to its end yet, have no rows: extract them first. ``skipped`` counts folders the
-    listing could not look into (logged as warnings when not given).
+    listing could not look into (logged as warnings when not given); ``listed`` counts the
+    images listed, with a row or not.
 
     Example:
         >>> with EmbeddingCache(".headstart").catalog() as catalog:  # doctest: +SKIP
         ...     for rows in iter_labelled(["shards/{000..009}.tar", "photos/"], catalog):
         ...         keys = [row.key for row in rows]
     """
+    listed = listed if listed is not None else ListedCount()
     for source in sources:
         if is_shard_source(source):
-            yield from _shard_rows(source, catalog, block)
+            yield from _shard_rows(source, catalog, block, listed)
         else:
-            yield from _file_rows(source, catalog, block, skipped)
+            yield from _file_rows(source, catalog, block, skipped, listed)
 
 
 def _file_rows(
-    source: str, catalog: FileCatalog, block: int, skipped: ListingSkips | None
+    source: str,
+    catalog: FileCatalog,
+    block: int,
+    skipped: ListingSkips | None,
+    listed: ListedCount,
 ) -> Iterator[list[LabelledRow]]:
     items = iter_images([source], skipped)
     while chunk := list(islice(items, block)):
+        listed.images += len(chunk)
         known = catalog.lookup([item.path for item in chunk])
         rows = []
         for item in chunk:
@@ -76,10 +93,13 @@ def _file_rows(
             yield rows
 
 
-def _shard_rows(source: str, catalog: FileCatalog, block: int) -> Iterator[list[LabelledRow]]:
+def _shard_rows(
+    source: str, catalog: FileCatalog, block: int, listed: ListedCount
+) -> Iterator[list[LabelledRow]]:
     for ref in list_shards([source]):
         record = catalog.lookup_shard(ref.path)
         if record is None or (record.size, record.mtime_ns) != (ref.size, ref.mtime_ns):
             continue
         for samples in catalog.iter_shard_samples(ref.path, block):
+            listed.images += len(samples)
             yield [LabelledRow(s.name, s.key, s.label, s.caption) for s in samples]

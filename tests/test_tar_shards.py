@@ -425,3 +425,19 @@ def test_torchrun_ranks_divide_the_shards_and_rank_0_reports_the_job(tmp_path: P
     assert by_ranks.keys() == by_one.keys() and len(by_one) == 18
     for key, vector in by_one.items():
         np.testing.assert_allclose(by_ranks[key], vector, rtol=1e-5, atol=1e-6)
+
+
+def test_heads_train_and_evaluate_on_shards_with_their_labels(tmp_path: Path) -> None:
+    """Labels recorded from `.cls` reach train and evaluate as folder labels do."""
+    cache = tmp_path / "cache"
+    for part in range(2):
+        labelled_shard(tmp_path / "shards" / f"{part:03d}.tar", part * 12, 12)
+    pattern = tmp_path / "shards" / "{000..001}.tar"
+    trained = run("train", pattern, *TINY, "--cache", cache, "--head", "ncm", "-o", tmp_path / "h")
+    assert trained.exit_code == 0, trained.output
+    head = json.loads((tmp_path / "h" / "head.json").read_text())
+    assert sorted(head["classes"]) == ["0", "1", "2"]
+    evaluated = run("evaluate", tmp_path / "h", pattern, "--cache", cache, "--json", tmp_path / "e")
+    assert evaluated.exit_code == 0, evaluated.output
+    document = json.loads((tmp_path / "e").read_text())
+    assert document["n"] == 24 and document["missing"] == 0
