@@ -212,7 +212,7 @@ def test_opening_a_store_costs_the_same_at_any_size(tmp_path: Path) -> None:
         script = [sys.executable, "-c", _OPEN_AND_LOOK_UP, str(cache.root), str(length)]
         peaks.append(int(subprocess.run(script, capture_output=True, check=True).stdout))
     grown_mb = (peaks[1] - peaks[0]) / 1024
-    assert grown_mb < 8, f"peak RSS grew {grown_mb:.1f} MB from 50k to 400k keys"
+    assert grown_mb < 4, f"peak RSS grew {grown_mb:.1f} MB from 50k to 400k keys"
 
 
 def test_merged_runs_keep_the_newest_copy_of_overlapping_keys(tmp_path: Path) -> None:
