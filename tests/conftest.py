@@ -23,6 +23,22 @@ def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
+@pytest.fixture
+def forward_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the images that reach the model (every forward pass goes through submit)."""
+    from headstart.extract.mapper import Embedder
+
+    seen = [0]
+    original = Embedder.submit
+
+    def counting(self, pixels):
+        seen[0] += len(pixels)
+        return original(self, pixels)
+
+    monkeypatch.setattr(Embedder, "submit", counting)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory):
     """A tiny image-text model trained here on captioned shapes (tests/tiny_clip.py), once a

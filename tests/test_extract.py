@@ -32,20 +32,6 @@ def run(*args: str) -> object:
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.fixture
-def forward_count(monkeypatch) -> list[int]:
-    """Counts the images that reach the model (every forward pass goes through submit)."""
-    seen = [0]
-    original = Embedder.submit
-
-    def counting(self, pixels):
-        seen[0] += len(pixels)
-        return original(self, pixels)
-
-    monkeypatch.setattr(Embedder, "submit", counting)
-    return seen
-
-
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_embeddings_equal_a_direct_forward_pass(
     image_folder: Path, cache_dir: Path, precision: str

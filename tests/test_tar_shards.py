@@ -26,7 +26,6 @@ from headstart.cache import EmbeddingCache
 from headstart.cache.catalog import FileCatalog, SampleRecord, ShardRecord
 from headstart.cli import EXIT_SOME_FAILED, main
 from headstart.extract.labelled import iter_labelled
-from headstart.extract.mapper import Embedder
 from headstart.extract.samples import SampleFault, ShardEnd, TarSample, iter_tar_samples
 from headstart.extract.shards import expand_braces, list_shards, split_sources
 
@@ -66,19 +65,6 @@ def labelled_shard(path: Path, first: int, count: int, fmt: str = "JPEG") -> Pat
 
 def run(*args: object):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture
-def forward_count(monkeypatch) -> list[int]:
-    seen = [0]
-    original = Embedder.submit
-
-    def counting(self, pixels):
-        seen[0] += len(pixels)
-        return original(self, pixels)
-
-    monkeypatch.setattr(Embedder, "submit", counting)
-    return seen
 
 
 def test_brace_patterns_expand_as_webdataset_writes_them() -> None:
