@@ -28,6 +28,7 @@ _LIST_CHUNK = 16384  # images looked up in the stat index at once
 __all__ = [
     "Embedded",
     "Planned",
+    "UsableChunk",
     "class_counts",
     "embed_sources",
     "plan_rows",
@@ -37,6 +38,7 @@ __all__ = [
     "stratified_split",
     "stratified_split_codes",
     "train_and_validation",
+    "usable_chunks",
 ]
 
 
@@ -118,7 +120,7 @@ def read_embedded(
     their vectors come from the shards when ``X`` is first used."""
     store = cache.open(fingerprint)
     keys, paths, labels, listed = [], [], [], 0
-    for chunk in _usable_chunks(sources, cache, store):
+    for chunk in usable_chunks(sources, cache, store):
         keys.append(chunk.keys)
         paths.extend(chunk.paths)
         labels.extend(chunk.labels)
@@ -136,16 +138,18 @@ def read_embedded(
 
 
 @dataclass
-class _Chunk:
+class UsableChunk:
+    """A chunk of a listing's usable images: what the store holds, in source order."""
+
     keys: np.ndarray  # S64, only the rows the store holds
     paths: list[str]
     labels: list[str | None]
     listed: int  # images listed in this chunk, usable or not
 
 
-def _usable_chunks(
+def usable_chunks(
     sources: Sequence[str], cache: EmbeddingCache, store: FingerprintStore
-) -> Iterator[_Chunk]:
+) -> Iterator[UsableChunk]:
     """The sources' images, a chunk at a time, with the content keys the catalog gives them
     (files unchanged since they were read, samples of tar shards read whole) and the store
     holds: what is usable, in source order."""
@@ -160,7 +164,7 @@ def _usable_chunks(
             keys = np.asarray([row.key for row in rows], dtype="S64")
             held = store.contains(keys) if len(keys) else np.zeros(0, bool)
             usable = [row for row, ok in zip(rows, held, strict=True) if ok]
-            chunk = _Chunk(
+            chunk = UsableChunk(
                 keys[held],
                 [row.name for row in usable],
                 [row.label for row in usable],
@@ -199,7 +203,7 @@ def plan_rows(sources: Sequence[str], cache: EmbeddingCache, fingerprint: Finger
     codes: list[np.ndarray] = []
     names: dict[str | None, int] = {}
     listed = 0
-    for chunk in _usable_chunks(sources, cache, store):
+    for chunk in usable_chunks(sources, cache, store):
         key_file.append(chunk.keys)
         codes.append(np.array([names.setdefault(x, len(names)) for x in chunk.labels], np.int32))
         listed += chunk.listed

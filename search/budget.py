@@ -14,11 +14,19 @@ from headstart.errors import HeadstartError
 from headstart.search.spec import LIST_GROWTH, IndexSpec
 from headstart.sizes import format_size
 
-__all__ = ["BuildPlan", "default_budget", "left_for_build", "plan_build", "resident_bytes"]
+__all__ = [
+    "BuildPlan",
+    "check_least_budget",
+    "default_budget",
+    "left_for_build",
+    "plan_build",
+    "resident_bytes",
+]
 
 _MAX_BLOCK_ROWS = 65_536
 _MIN_BLOCK_ROWS = 1_024
 _BLOCK_SHARE = 8  # a block of vectors takes at most this fraction of the budget
+_LEAST_DIM = 512  # the narrowest embeddings the least block is sized for
 _ID_BYTES = 8  # FAISS keeps an int64 id per vector in each inverted list
 
 
@@ -52,6 +60,24 @@ def left_for_build(budget: int) -> int:
             f"({format_size(held)}: Python, torch and FAISS); give a larger --max-memory"
         )
     return budget - held
+
+
+def check_least_budget(budget: int) -> None:
+    """Refuse, in one line and before any work, a budget that cannot hold even the smallest
+    build: what the process holds once torch and FAISS are loaded (as any build loads them),
+    plus one block of the least size. Whether it holds this collection's build is known once
+    the collection is listed (:func:`plan_build`)."""
+    import faiss  # noqa: F401 - loaded now so that what the process holds counts them
+    import torch  # noqa: F401
+
+    least_block = _MIN_BLOCK_ROWS * _LEAST_DIM * 4
+    left = left_for_build(budget)
+    if left < least_block:
+        raise HeadstartError(
+            f"the budget of {format_size(budget)} leaves {format_size(left)} beside what this "
+            f"process holds (Python, torch and FAISS); an index build needs at least "
+            f"{format_size(least_block)} more: give a larger --max-memory"
+        )
 
 
 def resident_bytes(spec: IndexSpec, n: int, d: int) -> int:

@@ -6,20 +6,30 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from headstart.atomic import TEMPORARY_PREFIX
 from headstart.cache.fingerprint import Fingerprint
-from headstart.classify.data import embed_sources
+from headstart.cache.store import EmbeddingCache
+from headstart.classify.blocks import KeyFile
+from headstart.classify.data import embed_sources, usable_chunks
 from headstart.errors import HeadstartError
-from headstart.extract import ExtractOptions, options_for_fingerprint
-from headstart.search.budget import default_budget, left_for_build, plan_build
+from headstart.extract import ExtractOptions, extract, options_for_fingerprint
+from headstart.search.budget import (
+    check_least_budget,
+    default_budget,
+    left_for_build,
+    plan_build,
+)
 from headstart.search.build import build_index
 from headstart.search.embeddings_file import embeddings_fingerprint, open_embeddings
 from headstart.search.grow import add_to_index
+from headstart.search.items import ItemTable, write_items
+from headstart.search.layout import Layout
 from headstart.search.merge import emptied
 from headstart.search.settings import TARGET_RECALL
 from headstart.search.spec import IndexSpec, choose_spec
@@ -61,38 +71,89 @@ def build_index_from_sources(
     progress: bool = False,
 ) -> BuiltIndex:
     """Embed ``sources`` (what the cache lacks) and index them into ``out``, within
-    ``max_memory`` bytes (default: half the memory available); a budget that cannot hold the
-    build is refused before it starts. ``trained_from``: an IVF index whose trained quantizer
-    this one shares, so that the two merge (``index merge``)."""
+    ``max_memory`` bytes (default: half the memory available). A budget that cannot hold
+    the build is refused before it starts: before embedding when it cannot hold even the
+    smallest build, and before indexing when it cannot hold this one. ``trained_from``: an
+    IVF index whose trained quantizer this one shares, so that the two merge
+    (``index merge``).
+
+    Nothing grows with the collection but the index's own codes: the images' keys wait in a
+    temporary file and their paths and labels go straight to the item table, a listing chunk
+    at a time; the vectors stream from the shards.
+    """
     budget = max_memory if max_memory is not None else default_budget()
-    data = embed_sources(sources, embed, cache_dir, progress=progress)
+    check_least_budget(budget)
+    summary = extract(sources, embed, cache_dir, progress=progress)
     started = time.perf_counter()
-    vectors = Vectors(data.store, data.keys)  # streamed from the shards, never all in memory
-    budget = left_for_build(budget)  # the budget bounds the whole process
-    spec, trained = choose_spec(vectors.count, vectors.dim, kind, budget), None
-    if trained_from is not None:
-        spec, trained = _trained(trained_from, data.fingerprint)
-    plan = plan_build(spec, vectors.count, vectors.dim, budget)
-    index, spec, recall = build_index(
-        vectors, spec, target_recall=target_recall, plan=plan, trained=trained
-    )
-    # Written before index.json, which marks the directory complete.
-    thumbnail_summary = write_thumbnails(out, data.paths) if thumbnails else None
-    save_index(
-        out,
-        index,
-        spec,
-        recall,
-        fingerprint=data.fingerprint,
-        paths=data.paths,
-        labels=data.labels,
-        keys=(key.decode() for key in data.keys),  # read in step with paths, a block at a time
-        thumbnails=thumbnail_summary,
-    )
+    cache = EmbeddingCache(cache_dir)
+    store = cache.open(summary.fingerprint)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    # The item table is written first, under a private name; save_index moves it into place.
+    items_path = Path(out) / f"{TEMPORARY_PREFIX}{os.getpid()}-{Layout().items}"
+    try:
+        listing = _ItemListing(sources, cache, store)
+        write_items(items_path, listing.rows())
+        if not listing.keys.count:
+            raise HeadstartError(f"none of the images in {', '.join(sources)} could be embedded")
+        vectors = Vectors(store, listing.keys)
+        budget = left_for_build(budget)  # the budget bounds the whole process
+        spec, trained = choose_spec(vectors.count, vectors.dim, kind, budget), None
+        if trained_from is not None:
+            spec, trained = _trained(trained_from, summary.fingerprint)
+        plan = plan_build(spec, vectors.count, vectors.dim, budget)
+        index, spec, recall = build_index(
+            vectors, spec, target_recall=target_recall, plan=plan, trained=trained
+        )
+        # Written before index.json, which marks the directory complete.
+        thumbnail_summary = write_thumbnails(out, _item_paths(items_path)) if thumbnails else None
+        save_index(
+            out,
+            index,
+            spec,
+            recall,
+            fingerprint=summary.fingerprint,
+            items=items_path,
+            thumbnails=thumbnail_summary,
+        )
+    finally:
+        items_path.unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
     return BuiltIndex(
-        Path(out), spec, recall, vectors.count, elapsed, data.missing, thumbnail_summary
+        Path(out),
+        spec,
+        recall,
+        vectors.count,
+        elapsed,
+        listing.listed - vectors.count,
+        thumbnail_summary,
     )
+
+
+class _ItemListing:
+    """The sources' usable images in source order: their (path, label, key) rows for the item
+    table, and, as the rows pass, their keys appended to a :class:`KeyFile` for the build."""
+
+    def __init__(self, sources: Sequence[str], cache: EmbeddingCache, store) -> None:
+        self._sources, self._cache, self._store = sources, cache, store
+        self.keys = KeyFile(cache.root)
+        self.listed = 0
+
+    def rows(self) -> Iterator[tuple[str, str | None, str]]:
+        for chunk in usable_chunks(self._sources, self._cache, self._store):
+            self.keys.append(chunk.keys)
+            self.listed += chunk.listed
+            texts = (key.decode() for key in chunk.keys)
+            yield from zip(chunk.paths, chunk.labels, texts, strict=True)
+
+
+def _item_paths(items_path: Path) -> Iterator[str]:
+    """The paths of a written item table, in row order, a block at a time."""
+    table = ItemTable(items_path)
+    try:
+        for block in table.blocks():
+            yield from (item.path for item in block)
+    finally:
+        table.close()
 
 
 @dataclass

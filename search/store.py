@@ -85,15 +85,18 @@ def save_index(
     recall: float,
     *,
     fingerprint: Fingerprint,
-    paths: Iterable[str],
-    labels: Iterable[str | None],
-    keys: Iterable[str],
+    paths: Iterable[str] = (),
+    labels: Iterable[str | None] = (),
+    keys: Iterable[str] = (),
+    items: str | os.PathLike[str] | None = None,
     thumbnails: ThumbnailSummary | None = None,
 ) -> Path:
     """Write the index, its items and ``index.json`` (last, so it marks completeness).
 
-    ``paths``, ``labels`` and ``keys`` are read in step, a block at a time. ``thumbnails``
-    describes the ones already written into ``directory``, if any.
+    The items are ``paths``, ``labels`` and ``keys``, read in step a block at a time, or an
+    item table already written (``items``: see :func:`~headstart.search.items.write_items`),
+    moved into place. ``thumbnails`` describes the ones already written into ``directory``,
+    if any.
     """
     import faiss
 
@@ -102,7 +105,13 @@ def save_index(
     layout = Layout()
     with atomic_path(directory / layout.index) as temporary:
         faiss.write_index(index, str(temporary))
-    count = write_items(directory / layout.items, zip(paths, labels, keys, strict=True))
+    if items is not None:
+        os.replace(items, directory / layout.items)
+        table = ItemTable(directory / layout.items)
+        count = len(table)
+        table.close()
+    else:
+        count = write_items(directory / layout.items, zip(paths, labels, keys, strict=True))
     if count != index.ntotal:
         raise HeadstartError(f"{count} items for {index.ntotal} vectors")
     document = {

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 STEM = "thumbnails"
 _QUALITY = 80
 _CHUNK = 256
+_OFFSET_COPY = 1 << 20  # bytes of offsets copied at a time
+_OFFSET_BLOCK = 1 << 17  # offsets read at a time
 
 
 @dataclass(frozen=True)
@@ -89,69 +92,115 @@ def write_thumbnails(
     thumbnails ``missing`` of them lacked).
 
     An image that cannot be read any more (moved, damaged) gets an empty entry and is counted
-    as missing; it never stops the index.
+    as missing; it never stops the index. The offsets go to disk a chunk at a time, like the
+    thumbnails: a hundred million rows hold no more memory than a thousand.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     workers = workers or min(8, os.cpu_count() or 1)
-    offsets = [0]
-    with (
-        atomic_path(directory / f"{stem}.bin") as temporary,
-        open(temporary, "wb") as out,
-        ThreadPoolExecutor(workers, thread_name_prefix="headstart-thumbnails") as pool,
-    ):
-        if after is not None:
-            with open(after.data_path, "rb") as old:
-                shutil.copyfileobj(old, out)
-            offsets = after.offsets.tolist()  # 8 bytes a row: what the store holds already
-        for chunk in _chunks(paths, _CHUNK):
-            for thumbnail in pool.map(lambda path: thumbnail_of_file(path, side), chunk):
-                missing += thumbnail is None
-                if thumbnail:
-                    out.write(thumbnail)
-                offsets.append(offsets[-1] + len(thumbnail or b""))
-    with atomic_path(directory / f"{stem}.npy") as temporary:
-        np.save(temporary, np.asarray(offsets, dtype=np.int64))
-    return ThumbnailSummary(side, len(offsets) - 1, missing, offsets[-1])
+    with _OffsetsFile(directory) as offsets:
+        with (
+            atomic_path(directory / f"{stem}.bin") as temporary,
+            open(temporary, "wb") as out,
+            ThreadPoolExecutor(workers, thread_name_prefix="headstart-thumbnails") as pool,
+        ):
+            if after is not None:
+                with open(after.data_path, "rb") as old:
+                    shutil.copyfileobj(old, out)
+                for block in after.offset_blocks():
+                    offsets.extend(block, shift=0)
+            else:
+                offsets.extend(np.zeros(1, np.int64), shift=0)
+            for chunk in _chunks(paths, _CHUNK):
+                sizes = []
+                for thumbnail in pool.map(lambda path: thumbnail_of_file(path, side), chunk):
+                    missing += thumbnail is None
+                    if thumbnail:
+                        out.write(thumbnail)
+                    sizes.append(len(thumbnail or b""))
+                offsets.extend(np.cumsum(sizes, dtype=np.int64), shift=offsets.last)
+        offsets.publish(directory / f"{stem}.npy")  # after the data it points into
+    return ThumbnailSummary(side, offsets.count - 1, missing, offsets.last)
+
+
+class _OffsetsFile:
+    """Thumbnail offsets written to a temporary file as they come, then published as a
+    ``.npy`` (the header, then the same bytes copied a block at a time)."""
+
+    def __init__(self, directory: Path) -> None:
+        # Closed on leaving the with block that holds it (see __exit__).
+        self._file = tempfile.TemporaryFile(prefix=".offsets-", dir=directory)  # noqa: SIM115
+        self.count = 0
+        self.last = 0
+
+    def __enter__(self) -> _OffsetsFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._file.close()
+
+    def extend(self, values: np.ndarray, shift: int) -> None:
+        """Append ``values + shift``."""
+        if len(values):
+            shifted = np.asarray(values, np.int64) + shift
+            self._file.write(shifted.astype("<i8").tobytes())
+            self.count += len(shifted)
+            self.last = int(shifted[-1])
+
+    def publish(self, path: Path) -> None:
+        header = {"descr": "<i8", "fortran_order": False, "shape": (self.count,)}
+        with atomic_path(path) as temporary, open(temporary, "wb") as out:
+            np.lib.format.write_array_header_1_0(out, header)
+            self._file.seek(0)
+            shutil.copyfileobj(self._file, out, _OFFSET_COPY)
 
 
 class ThumbnailStore:
-    """Reads one thumbnail at a time from an index directory; safe to share between threads."""
+    """Reads one thumbnail at a time from an index directory; safe to share between threads.
+
+    The offsets are mapped, not read: a lookup touches the page that holds its two offsets,
+    so a store of a hundred million thumbnails costs a service no more than a small one.
+    """
 
     def __init__(self, directory: str | os.PathLike[str], count: int, stem: str = STEM) -> None:
         directory = Path(directory)
         self.data_path = directory / f"{stem}.bin"
         try:
-            self._offsets = np.load(directory / f"{stem}.npy", allow_pickle=False)
-            size = self.data_path.stat().st_size
+            self._offsets = np.load(directory / f"{stem}.npy", mmap_mode="r", allow_pickle=False)
+            self._size = self.data_path.stat().st_size
         except (OSError, ValueError) as exc:
             raise HeadstartError(f"{directory}: cannot read its thumbnails ({exc})") from None
         offsets = self._offsets
+        # Each lookup checks its own pair (see get); here only what costs nothing to read.
         if (
             offsets.ndim != 1
+            or offsets.dtype != np.int64
             or len(offsets) != count + 1
             or offsets[0] != 0
-            or offsets[-1] != size
-            or np.any(np.diff(offsets) < 0)
+            or offsets[-1] != self._size
         ):
-            raise HeadstartError(
-                f"{directory}: thumbnails do not match the index (altered or damaged); "
-                "rebuild it with headstart index build"
-            )
+            raise HeadstartError(self._damaged(directory))
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
     @property
     def offsets(self) -> np.ndarray:
-        """The ``n + 1`` offsets of the thumbnails in the data file."""
+        """The ``n + 1`` offsets of the thumbnails in the data file (mapped, read-only)."""
         return self._offsets
+
+    def offset_blocks(self) -> Iterator[np.ndarray]:
+        """The offsets in order, a block at a time, as arrays of their own."""
+        for start in range(0, len(self._offsets), _OFFSET_BLOCK):
+            yield np.array(self._offsets[start : start + _OFFSET_BLOCK])
 
     def get(self, row: int) -> bytes | None:
         """The JPEG of item ``row``; None when it has none (unreadable when indexed)."""
         if not 0 <= row < len(self):
             raise IndexError(row)
         start, end = int(self._offsets[row]), int(self._offsets[row + 1])
+        if not 0 <= start <= end <= self._size:
+            raise HeadstartError(self._damaged(self.data_path.parent))
         if start == end:
             return None
         # A fresh descriptor per read: os.pread on a shared one would also do, but a thumbnail
@@ -159,6 +208,13 @@ class ThumbnailStore:
         with open(self.data_path, "rb") as f:
             f.seek(start)
             return f.read(end - start)
+
+    @staticmethod
+    def _damaged(directory: Path) -> str:
+        return (
+            f"{directory}: thumbnails do not match the index (altered or damaged); "
+            "rebuild it with headstart index build"
+        )
 
 
 def thumbnail_of_file(path: str, side: int = THUMBNAIL_SIDE) -> bytes | None:
@@ -184,14 +240,14 @@ def concatenate_thumbnails(
     """Write the thumbnails of ``stores``, one after another, as ``stem.*`` in ``directory``
     (an index merged from parts); returns (count, bytes)."""
     directory = Path(directory)
-    offsets = [np.zeros(1, dtype=np.int64)]
-    written = 0
-    with atomic_path(directory / f"{stem}.bin") as temporary, open(temporary, "wb") as out:
-        for store in stores:
-            with open(store.data_path, "rb") as f:
-                shutil.copyfileobj(f, out)
-            offsets.append(store.offsets[1:] + written)
-            written += int(store.offsets[-1])
-    with atomic_path(directory / f"{stem}.npy") as temporary:
-        np.save(temporary, np.concatenate(offsets))
-    return sum(len(s) for s in stores), written
+    with _OffsetsFile(directory) as offsets:
+        offsets.extend(np.zeros(1, np.int64), shift=0)
+        with atomic_path(directory / f"{stem}.bin") as temporary, open(temporary, "wb") as out:
+            for store in stores:
+                with open(store.data_path, "rb") as f:
+                    shutil.copyfileobj(f, out)
+                shift = offsets.last
+                for i, block in enumerate(store.offset_blocks()):
+                    offsets.extend(block[1:] if i == 0 else block, shift=shift)
+        offsets.publish(directory / f"{stem}.npy")  # after the data it points into
+    return offsets.count - 1, offsets.last

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from headstart.cache.store import FingerprintStore
+from headstart.classify.blocks import KeyFile
 from headstart.search.exact import l2_normalize
 
 __all__ = ["Vectors"]
@@ -14,25 +15,29 @@ __all__ = ["Vectors"]
 
 class Vectors:
     """L2-normalised vectors for an index build, a block at a time: from an array in memory,
-    or streamed from a cache store by key."""
+    or streamed from a cache store by key (the keys in an array, or in a
+    :class:`~headstart.classify.blocks.KeyFile` on disk for a collection of any size)."""
 
     def __init__(
         self,
         source: np.ndarray | FingerprintStore,
-        keys: np.ndarray | None = None,
+        keys: np.ndarray | KeyFile | None = None,
         block_rows: int = 65536,
     ) -> None:
         self._source, self._keys, self.block_rows = source, keys, block_rows
         if isinstance(source, np.ndarray):
             self.count, self.dim = source.shape
         else:
-            self.count, self.dim = len(keys), int(source.dim or 0)
+            count = keys.count if isinstance(keys, KeyFile) else len(keys)
+            self.count, self.dim = count, int(source.dim or 0)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of ``rows`` (sorted), normalised."""
         rows = np.asarray(rows)
         if isinstance(self._source, np.ndarray):
             return l2_normalize(self._source[rows])
-        return l2_normalize(self._source.get(self._keys[rows]))
+        keys = self._keys.at(rows) if isinstance(self._keys, KeyFile) else self._keys[rows]
+        return l2_normalize(self._source.get(keys))
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
         for start in range(0, self.count, self.block_rows):
