@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from headstart.atomic import TEMPORARY_PREFIX
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.store import EmbeddingCache
-from headstart.classify.blocks import KeyFile
-from headstart.classify.data import embed_sources, usable_chunks
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, extract, options_for_fingerprint
 from headstart.search.budget import (
@@ -28,8 +24,9 @@ from headstart.search.budget import (
 from headstart.search.build import build_index
 from headstart.search.embeddings_file import embeddings_fingerprint, open_embeddings
 from headstart.search.grow import add_to_index
-from headstart.search.items import ItemTable, write_items
+from headstart.search.items import write_items
 from headstart.search.layout import Layout
+from headstart.search.listing import ItemListing, NewItems, item_paths
 from headstart.search.merge import emptied
 from headstart.search.settings import TARGET_RECALL
 from headstart.search.spec import IndexSpec, choose_spec
@@ -91,7 +88,7 @@ def build_index_from_sources(
     # The item table is written first, under a private name; save_index moves it into place.
     items_path = Path(out) / f"{TEMPORARY_PREFIX}{os.getpid()}-{Layout().items}"
     try:
-        listing = _ItemListing(sources, cache, store)
+        listing = ItemListing(sources, cache, store)
         write_items(items_path, listing.rows())
         if not listing.keys.count:
             raise HeadstartError(f"none of the images in {', '.join(sources)} could be embedded")
@@ -105,7 +102,7 @@ def build_index_from_sources(
             vectors, spec, target_recall=target_recall, plan=plan, trained=trained
         )
         # Written before index.json, which marks the directory complete.
-        thumbnail_summary = write_thumbnails(out, _item_paths(items_path)) if thumbnails else None
+        thumbnail_summary = write_thumbnails(out, item_paths(items_path)) if thumbnails else None
         save_index(
             out,
             index,
@@ -127,33 +124,6 @@ def build_index_from_sources(
         listing.listed - vectors.count,
         thumbnail_summary,
     )
-
-
-class _ItemListing:
-    """The sources' usable images in source order: their (path, label, key) rows for the item
-    table, and, as the rows pass, their keys appended to a :class:`KeyFile` for the build."""
-
-    def __init__(self, sources: Sequence[str], cache: EmbeddingCache, store) -> None:
-        self._sources, self._cache, self._store = sources, cache, store
-        self.keys = KeyFile(cache.root)
-        self.listed = 0
-
-    def rows(self) -> Iterator[tuple[str, str | None, str]]:
-        for chunk in usable_chunks(self._sources, self._cache, self._store):
-            self.keys.append(chunk.keys)
-            self.listed += chunk.listed
-            texts = (key.decode() for key in chunk.keys)
-            yield from zip(chunk.paths, chunk.labels, texts, strict=True)
-
-
-def _item_paths(items_path: Path) -> Iterator[str]:
-    """The paths of a written item table, in row order, a block at a time."""
-    table = ItemTable(items_path)
-    try:
-        for block in table.blocks():
-            yield from (item.path for item in block)
-    finally:
-        table.close()
 
 
 @dataclass
@@ -179,23 +149,19 @@ def add_sources_to_index(
     does not hold yet (by content key) to the index in ``index_dir``."""
     loaded = load_index(index_dir)  # mapped: only its fingerprint and items are needed here
     options = options_for_fingerprint(loaded.fingerprint, **(runtime or {}))
-    data = embed_sources(sources, options, cache_dir, progress=progress)
-    keys = [key.decode() for key in data.keys]
-    known = loaded.items.known(keys)
-    seen: set[str] = set()
-    rows = []
-    for row, key in enumerate(keys):
-        if key not in known and key not in seen:  # one row per new image, even if listed twice
-            seen.add(key)
-            rows.append(row)
-    new = np.asarray(rows, dtype=np.int64)
-    added = add_to_index(
-        index_dir,
-        Vectors(data.store, data.keys[new]),
-        [(data.paths[r], data.labels[r], keys[r]) for r in rows],
-        max_memory=max_memory if max_memory is not None else default_budget(),
-    )
-    return Grown(added.added, len(keys) - len(rows), added.count, data.missing)
+    summary = extract(sources, options, cache_dir, progress=progress)
+    cache = EmbeddingCache(cache_dir)
+    store = cache.open(summary.fingerprint)
+    with NewItems(index_dir) as new:
+        new.collect(sources, cache, store, loaded.items)
+        loaded.items.close()
+        added = add_to_index(
+            index_dir,
+            Vectors(store, new.keys),
+            new.rows(),
+            max_memory=max_memory if max_memory is not None else default_budget(),
+        )
+    return Grown(added.added, new.usable - added.added, added.count, new.listed - new.usable)
 
 
 def build_index_from_embeddings(

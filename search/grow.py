@@ -30,6 +30,7 @@ from headstart.errors import HeadstartError
 from headstart.search.budget import plan_build
 from headstart.search.items import write_items
 from headstart.search.layout import Layout
+from headstart.search.listing import item_paths
 from headstart.search.spec import IndexSpec
 from headstart.search.store import file_record, load_index, write_document
 from headstart.search.thumbnails import write_thumbnails
@@ -98,13 +99,12 @@ def _add(directory: Path, vectors: Vectors, items, max_memory: int | None) -> Ad
     index = loaded.cpu_index
     if vectors.count and vectors.dim != index.d:
         raise HeadstartError(f"the new vectors have {vectors.dim} dimensions, the index {index.d}")
-    total = index.ntotal + vectors.count
+    before, total = index.ntotal, index.ntotal + vectors.count
     if max_memory is not None:
         vectors.block_rows = plan_build(spec, total, index.d, max_memory).block_rows
-    items = list(items) if not isinstance(items, list) else items
-    if len(items) != vectors.count:
-        raise HeadstartError(f"{len(items)} items for {vectors.count} new vectors")
     if not vectors.count:
+        if next(iter(items), None) is not None:
+            raise HeadstartError(f"items for {vectors.count} new vectors")
         return Added(0, index.ntotal, Layout.of(loaded.document).generation)
     for _, block in vectors.blocks():
         index.add(block)
@@ -112,19 +112,21 @@ def _add(directory: Path, vectors: Vectors, items, max_memory: int | None) -> Ad
     grown = current.next()
     with atomic_path(directory / grown.index) as temporary:
         faiss.write_index(index, str(temporary))
+    # Rows are read as they are written (a generator is welcome); their count is checked
+    # after, before anything names the new files.
     count = write_items(directory / grown.items, items, after=loaded.items.path)
     if count != total:
-        raise HeadstartError(f"{count} items for {total} vectors")
+        raise HeadstartError(f"{count - before} items for {vectors.count} new vectors")
     document = {**loaded.document, "count": int(total), **file_record(directory, grown)}
     if loaded.thumbnails is not None:
-        before = loaded.document["thumbnails"]
+        previous = loaded.document["thumbnails"]
         summary = write_thumbnails(
             directory,
-            (path for path, _, _ in items),
-            side=int(before["side"]),
+            item_paths(directory / grown.items, start=before),
+            side=int(previous["side"]),
             stem=grown.thumbnails,
             after=loaded.thumbnails,
-            missing=int(before["missing"]),
+            missing=int(previous["missing"]),
         )
         document["thumbnails"] = summary.to_dict()
     document["updated_unix"] = time.time()

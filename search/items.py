@@ -164,13 +164,13 @@ class ItemTable:
                 found.update(key for (key,) in self._connection.execute(query, chunk))
         return found
 
-    def blocks(self, rows: int = _BLOCK) -> Iterator[list[Item]]:
-        """Every item in row order, ``rows`` at a time."""
-        for start in range(0, self._count, rows):
+    def blocks(self, rows: int = _BLOCK, start: int = 0) -> Iterator[list[Item]]:
+        """Every item from row ``start`` on, in row order, ``rows`` at a time."""
+        for first in range(start, self._count, rows):
             with self._lock:
                 block = self._connection.execute(
                     "SELECT path, label, key FROM items WHERE row >= ? AND row < ? ORDER BY row",
-                    (start, start + rows),
+                    (first, first + rows),
                 ).fetchall()
             yield [_item(*record) for record in block]
 
