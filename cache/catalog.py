@@ -89,6 +89,8 @@ CREATE TABLE IF NOT EXISTS urls (
 # A ledger name SHARD#MEMBER sorts between SHARD# and SHARD$ ('$' follows '#'): the range
 # that holds a shard's failures, found through the primary key without a LIKE pattern.
 _MEMBER_MARK, _AFTER_MARK = "#", "$"
+# Samples recorded under a table (headstart.extract.tables) rather than a tar shard.
+_TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
 # SQLite's default limit on bound parameters in one statement is 32766 (999 before 3.32).
 _IN_CHUNK = 900
 
@@ -119,7 +121,9 @@ class FailureRecord(NamedTuple):
 
 class SampleRecord(NamedTuple):
     """An image sample of a tar shard: the shard's path, the sample's key in it (webdataset's
-    ``__key__``), the image member's name, its content key, and its label and caption."""
+    ``__key__``), the image member's name, its content key, and its label and caption. A row
+    of a table is one too: the table, the row's id, the image's path or URL, key, label and
+    caption."""
 
     shard: str
     sample: str
@@ -130,7 +134,10 @@ class SampleRecord(NamedTuple):
 
     @property
     def name(self) -> str:
-        """How the ledger, exports and heads name it: ``SHARD#MEMBER``."""
+        """How the ledger, exports and heads name it: ``SHARD#MEMBER``; a table's row by the
+        path or URL of its image."""
+        if self.shard.lower().endswith(_TABLE_SUFFIXES):
+            return self.member
         return member_name(self.shard, self.member)
 
 

@@ -83,7 +83,8 @@ def iter_images(sources: Iterable[str], skipped: ListingSkips | None = None) -> 
         else:
             raise HeadstartError(
                 f"source not found: {printable(source)!r} "
-                "(give a folder, a .txt/.csv manifest, image files or .tar shards)"
+                "(give a folder, a .txt/.csv manifest, image files, .tar shards or a table: "
+                ".parquet, .jsonl, .csv with a header)"
             )
 
 

@@ -84,7 +84,7 @@ def test_a_table_embeds_its_rows_with_labels_and_captions(
     # The catalog keeps each row as a sample of the table, caption and all (what export reads).
     with EmbeddingCache(cache).catalog() as catalog:
         recorded = catalog.lookup_samples(str(table), ["0", "3"])
-    assert recorded["3"].caption == "photo 3" and recorded["3"].member == listed[3].name
+    assert recorded["3"].caption == "photo 3" and recorded["3"].name == listed[3].name
 
     rerun = run("extract", table, *TINY, "--cache", cache)
     assert "listed 6 · embedded 0 · from cache 6 · failed 0" in rerun.output, rerun.output
@@ -102,6 +102,14 @@ def test_heads_train_and_evaluate_on_a_table_with_its_labels(tmp_path: Path) -> 
     assert evaluated.exit_code == 0, evaluated.output
     document = json.loads((tmp_path / "e").read_text())
     assert document["n"] == 12 and document["missing"] == 0
+    predicted = run("predict", tmp_path / "h", table, "--cache", cache, "--format", "jsonl", "-q")
+    assert predicted.exit_code == 0, predicted.output
+    lines = [json.loads(line) for line in predicted.output.splitlines()]
+    assert [line["path"] for line in lines] == [
+        str(tmp_path / "data" / "img" / f"{i:03d}.jpg") for i in range(12)
+    ]
+    built = run("index", "build", table, *TINY, "--cache", cache, "-o", tmp_path / "idx")
+    assert built.exit_code == 0 and "indexed 12 vectors" in built.output, built.output
 
 
 def test_column_names_are_options_and_a_missing_column_is_one_line(tmp_path: Path) -> None:
