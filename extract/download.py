@@ -112,7 +112,10 @@ class Downloader:
 
     def fetch(self, url: str) -> bytes:
         """The body at ``url``, or :class:`DownloadError` with the reason."""
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError as exc:
+            raise DownloadError(f"invalid URL: {exc}") from None
         if scheme not in ("http", "https"):
             return self._fetch_fsspec(url)
         lim = self.limits
@@ -178,7 +181,10 @@ class Downloader:
             location = self._get(url, deadline)
             if isinstance(location, bytes):
                 return location
-            url = urljoin(url, location)
+            try:
+                url = urljoin(url, location)
+            except ValueError as exc:
+                raise DownloadError(f"redirected to an invalid URL: {exc}") from None
             if url in visited:
                 raise DownloadError(f"redirect loop after {len(visited)} requests ({url})")
             if len(visited) > self.limits.max_redirects:
@@ -215,8 +221,10 @@ class Downloader:
         except (httpx.TransportError, httpx.StreamError) as exc:
             # Refused, reset, closed early: the connection, not the image, failed.
             raise _Retry(f"connection error: {type(exc).__name__}: {exc}"[:300]) from None
-        except httpx.InvalidURL as exc:
-            raise DownloadError(f"invalid URL: {exc}") from None
+        except httpx.HTTPError as exc:  # a body that cannot be decoded (Content-Encoding)
+            raise DownloadError(f"{type(exc).__name__}: {exc}"[:300]) from None
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise DownloadError(f"invalid URL: {exc}"[:300]) from None
 
     def _body(self, response: httpx.Response, deadline: float) -> bytes:
         cap = self.limits.max_bytes

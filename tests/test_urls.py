@@ -307,3 +307,9 @@ def test_connection_errors_are_retried_then_recorded() -> None:
     with Downloader(limits) as downloader, pytest.raises(DownloadError) as error:
         downloader.fetch(f"http://127.0.0.1:{port}/x.jpg")
     assert str(error.value).startswith("connection error") and "after 3 tries" in str(error.value)
+
+
+@pytest.mark.parametrize("url", ["http://[bad/x.jpg", "nosuch://x/y.jpg", "http:///x.jpg"])
+def test_a_malformed_url_is_a_failure_with_its_reason(url: str) -> None:
+    with Downloader(DownloadLimits(retries=0)) as downloader, pytest.raises(DownloadError):
+        downloader.fetch(url)
