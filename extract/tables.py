@@ -139,11 +139,15 @@ class Table:
         self._check(self._names())
 
     def iter_blocks(self, partition: Partition | None = None) -> Iterator[list[TableRow]]:
-        """The table's rows, a block at a time, only the blocks ``partition`` owns."""
-        if self.kind == "parquet":
-            yield from self._parquet_blocks(partition)
-        else:
-            yield from self._text_blocks(partition)
+        """The table's rows, a block at a time, only the blocks ``partition`` owns. A table
+        that turns out damaged part way is a :class:`HeadstartError` naming it."""
+        blocks = self._parquet_blocks if self.kind == "parquet" else self._text_blocks
+        try:
+            yield from blocks(partition)
+        except (csv.Error, OSError, ValueError) as exc:  # pyarrow's errors are these too
+            if isinstance(exc, HeadstartError):
+                raise
+            raise HeadstartError(f"cannot read table {printable(self.name)}: {exc}") from None
 
     # -- columns ---------------------------------------------------------------------------
 
@@ -249,7 +253,7 @@ def open_table(source: str, columns: TableColumns) -> Table:
         raise
     except FileNotFoundError:
         raise HeadstartError(f"source not found: {printable(source)!r}") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, csv.Error) as exc:
         raise HeadstartError(f"cannot read table {printable(source)}: {exc}") from None
 
 

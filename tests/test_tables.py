@@ -146,6 +146,20 @@ def test_column_names_are_options_and_a_missing_column_is_one_line(tmp_path: Pat
         assert set(catalog.lookup_samples(str(table), ["k0", "k1", "k2"])) == {"k0", "k1", "k2"}
 
 
+def test_a_damaged_table_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    table = write_table(data / "t.parquet", rows_of(3, data))
+    table.write_bytes(table.read_bytes()[:-40])  # the footer cut off
+    result = run("extract", table, *TINY, "--cache", tmp_path / "cache")
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: cannot read table {table}")
+    lines = data / "t.jsonl"
+    lines.write_text('{"path": "img/000.jpg"}\n{"path": \n')
+    result = run("extract", lines, *TINY, "--cache", tmp_path / "cache")
+    assert result.exit_code == 1 and f"{lines}:2: not a JSON record" in result.output
+
+
 def test_a_csv_is_a_table_only_when_its_header_names_the_image_column(tmp_path: Path) -> None:
     data = tmp_path / "data"
     rows_of(2, data)
