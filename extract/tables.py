@@ -11,8 +11,9 @@ Tables are read as streams, in blocks: Parquet a row group at a time (in batches
 CSV and JSONL a fixed block of :data:`ROW_BLOCK` rows at a time. Blocks are also the unit of
 ``--part I/N``: part ``i`` takes blocks ``i, i + N, ...`` and never builds a row of the others
 (a text table is still scanned line by line to find its blocks; a Parquet file's other row
-groups are not read at all). A table whose path has a scheme (``https://``, ``s3://``) is
-opened through fsspec.
+groups are not read at all, unless it has fewer row groups than there are parts: then parts
+take blocks of :data:`ROW_BLOCK` rows, as for text). A table whose path has a scheme
+(``https://``, ``s3://``) is opened through fsspec.
 
 A table that lacks a column it needs fails at once, in one line naming the column, before
 any row is read.
@@ -203,17 +204,34 @@ class Table:
             parquet = _parquet(f)
             columns = self._wanted(parquet.schema_arrow.names)
             metadata = parquet.metadata
+            # Fewer row groups than parts (one big group is common): then parts take row
+            # blocks, as for text tables, reading the columns of every row but building only
+            # their own rows.
+            by_group = partition is None or metadata.num_row_groups >= partition.count
             first = 0
             for group in range(metadata.num_row_groups):
                 count = metadata.row_group(group).num_rows
-                if partition is None or group % partition.count == partition.index:
-                    number = first
-                    for batch in parquet.iter_batches(
-                        batch_size=_PARQUET_BATCH, row_groups=[group], columns=columns
-                    ):
-                        records = batch.to_pylist()
-                        yield [self._row(number + i, r) for i, r in enumerate(records)]
-                        number += len(records)
+                if (
+                    by_group
+                    and partition is not None
+                    and group % partition.count != partition.index
+                ):
+                    first += count
+                    continue  # not read at all
+                number = first
+                for batch in parquet.iter_batches(
+                    batch_size=_PARQUET_BATCH, row_groups=[group], columns=columns
+                ):
+                    numbers = range(number, number + batch.num_rows)
+                    number += batch.num_rows
+                    if not by_group and partition is not None:
+                        mine = [i for i in numbers if _owns_row(partition, i)]
+                        if not mine:
+                            continue
+                        batch = batch.take([i - numbers.start for i in mine])
+                        numbers = mine
+                    records = batch.to_pylist()
+                    yield [self._row(i, r) for i, r in zip(numbers, records, strict=True)]
                 first += count
 
     def _text_blocks(self, partition: Partition | None) -> Iterator[list[TableRow]]:
@@ -227,9 +245,7 @@ class Table:
                 lines = (line for line in f if line.strip())
             block: list[TableRow] = []
             for number, line in enumerate(lines):
-                mine = partition is None or (number // ROW_BLOCK) % partition.count == (
-                    partition.index
-                )
+                mine = partition is None or _owns_row(partition, number)
                 if mine:  # others' lines are only counted: never parsed into rows
                     block.append(self._row(number, self._record(header, line, number)))
                 if len(block) >= ROW_BLOCK or (block and not mine):
@@ -255,6 +271,11 @@ def open_table(source: str, columns: TableColumns) -> Table:
         raise HeadstartError(f"source not found: {printable(source)!r}") from None
     except (OSError, ValueError, csv.Error) as exc:
         raise HeadstartError(f"cannot read table {printable(source)}: {exc}") from None
+
+
+def _owns_row(partition: Partition, number: int) -> bool:
+    """Whether row ``number``'s block of :data:`ROW_BLOCK` rows is the part's."""
+    return (number // ROW_BLOCK) % partition.count == partition.index
 
 
 def _kind(source: str) -> str:

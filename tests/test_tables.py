@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -216,19 +218,38 @@ def test_parts_divide_a_parquet_table_by_row_group(tmp_path: Path, forward_count
     assert got == [3, 4, 5, 9]
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
-def test_parts_divide_a_text_table_by_row_block(
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_parts_divide_a_text_table_or_one_row_group_by_row_block(
     tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tables, "ROW_BLOCK", 3)
     data = tmp_path / "data"
-    table = write_table(data / f"t{suffix}", rows_of(10, data))
+    table = write_table(data / f"t{suffix}", rows_of(10, data))  # Parquet: one row group
     opened = open_table(str(table), TableColumns())
-    blocks = list(opened.iter_blocks(Partition(0, 2)))
-    assert [[int(r.sample) for r in block] for block in blocks] == [[0, 1, 2], [6, 7, 8]]
+    mine = [int(r.sample) for block in opened.iter_blocks(Partition(0, 2)) for r in block]
+    assert mine == [0, 1, 2, 6, 7, 8]
     other = [int(r.sample) for block in opened.iter_blocks(Partition(1, 2)) for r in block]
     assert other == [3, 4, 5, 9]
-    assert [len(b) for b in opened.iter_blocks()] == [3, 3, 3, 1]
+    if suffix != ".parquet":
+        assert [len(b) for b in opened.iter_blocks()] == [3, 3, 3, 1]
     cache = tmp_path / "cache"
     second = run("extract", table, *TINY, "--part", "2/2", "-j", "0", "--cache", cache)
     assert "part 2/2: 4 of 4 listed · embedded 4" in second.output, second.output
+
+
+def test_torchrun_ranks_divide_a_table_and_rank_0_reports_the_job(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    table = write_table(data / "t.parquet", rows_of(11, data), row_group_size=3)  # 3+3+3+2
+    common = [*SMALL_FP32, "--store-dtype", "float32", "--workers", "0", "-q"]
+    model = ["--model", f"{TINY_MODELS}:tiny_features", *common]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command = [*torchrun, "--nproc-per-node", "2", "-m", "headstart", "extract", str(table)]
+    cache = tmp_path / "cache"
+    ranks = subprocess.run(
+        [*command, *model, "--cache", str(cache)], capture_output=True, text=True, timeout=300
+    )
+    assert ranks.returncode == 0, ranks.stderr
+    assert ranks.stdout.count("listed 11 · embedded 11 ·") == 1, ranks.stdout  # rank 0 only
+    assert len(EmbeddingCache(cache).open()) == 11
+    with EmbeddingCache(cache).catalog() as catalog:
+        assert catalog.count_samples() == 11
