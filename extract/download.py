@@ -80,6 +80,12 @@ class _Retry(Exception):
         self.wait = wait
 
 
+class _HostSlots:
+    def __init__(self, size: int) -> None:
+        self.semaphore = threading.BoundedSemaphore(size)
+        self.users = 0  # threads holding or waiting for a slot
+
+
 class Downloader:
     """Fetches URLs within :class:`DownloadLimits`; safe to use from many threads.
 
@@ -98,7 +104,7 @@ class Downloader:
             follow_redirects=False,  # followed here, to count them and catch loops
             headers={"User-Agent": _USER_AGENT},
         )
-        self._hosts: dict[str, threading.BoundedSemaphore] = {}
+        self._hosts: dict[str, _HostSlots] = {}
         self._hosts_lock = threading.Lock()
 
     def __enter__(self) -> Downloader:
@@ -168,11 +174,22 @@ class Downloader:
 
     @contextmanager
     def _host_slot(self, url: str) -> Iterator[None]:
+        """One of the host's ``per_host`` slots. A host's entry lives while someone holds or
+        waits for a slot: a table of a million hosts keeps only the busy ones."""
         host = urlsplit(url).netloc.lower()
         with self._hosts_lock:
-            slot = self._hosts.setdefault(host, threading.BoundedSemaphore(self.limits.per_host))
-        with slot:
-            yield
+            entry = self._hosts.get(host)
+            if entry is None:
+                entry = self._hosts[host] = _HostSlots(self.limits.per_host)
+            entry.users += 1
+        try:
+            with entry.semaphore:
+                yield
+        finally:
+            with self._hosts_lock:
+                entry.users -= 1
+                if not entry.users:
+                    del self._hosts[host]
 
     def _follow(self, url: str, deadline: float) -> bytes:
         """GET ``url``, following redirects within the limit."""
