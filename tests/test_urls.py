@@ -103,7 +103,7 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
             if path == "/text":
                 return self._send(200, b"<html>not an image</html>", "text/html")
             if path.startswith("/held/"):
-                time.sleep(0.2)
+                time.sleep(0.3)
                 return self._send(200, image_bytes(int(path.rsplit("/", 1)[1])))
             return self._send(404, b"no such image")
 
@@ -131,12 +131,12 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
                 self.server.huge_sent += len(block)
 
     def _slow(self) -> None:
-        # Headers at once, then nothing for 3 s: past a read timeout of 0.5 s.
+        # Headers at once, then nothing for 8 s: past a read timeout of 2 s.
         self.send_response(200)
         self.send_header("Content-Type", "image/png")
         self.end_headers()
         self.wfile.flush()
-        time.sleep(3)
+        time.sleep(8)
         with contextlib.suppress(OSError):
             self.wfile.write(image_bytes(9))
 
@@ -253,7 +253,7 @@ def test_every_download_fault_is_in_the_ledger_and_the_run_goes_on(
     table = tmp_path / "t.csv"
     table.write_text("url,label\n" + "".join(f"{url}{p},x\n" for p in paths))
     cache = tmp_path / "cache"
-    args = ("--url-timeout", "0.5", "--url-max-bytes", "1M", "-j", "0", "--cache", cache)
+    args = ("--url-timeout", "2", "--url-max-bytes", "1M", "-j", "0", "--cache", cache)
     result = run("extract", table, *TINY, *args)
     assert result.exit_code == 3, result.output
     assert "listed 9 · embedded 4 · from cache 0 · failed 5" in result.output
