@@ -7,6 +7,8 @@ import contextlib
 import http.server
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import SMALL_FP32, TINY_MODELS, free_port, write_image
+from helpers import SMALL_FP32, TINY_MODELS, free_port, published_shards, write_image
 from PIL import Image
 
 from headstart.cache import EmbeddingCache
@@ -43,15 +45,17 @@ def image_bytes(seed: int) -> bytes:
 
 
 @contextlib.contextmanager
-def file_server(root: Path) -> Iterator[str]:
-    """``python -m http.server`` serving ``root`` on a free loopback port, once it answers."""
+def file_server(root: Path, log: Path | None = None) -> Iterator[str]:
+    """``python -m http.server`` serving ``root`` on a free loopback port, once it answers;
+    its request log (one line a request) goes to ``log``."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with open(log or os.devnull, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -313,3 +317,47 @@ def test_connection_errors_are_retried_then_recorded() -> None:
 def test_a_malformed_url_is_a_failure_with_its_reason(url: str) -> None:
     with Downloader(DownloadLimits(retries=0)) as downloader, pytest.raises(DownloadError):
         downloader.fetch(url)
+
+
+def test_sigkill_mid_table_then_the_rerun_downloads_and_embeds_only_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    served = tmp_path / "served"
+    for seed in range(40):
+        write_image(served / "img" / f"{seed}.jpg", seed)
+    cache, log = tmp_path / "cache", tmp_path / "requests.log"
+    slow = ["--model", f"{TINY_MODELS}:slow_features", *SMALL_FP32, "-q", "--workers", "1"]
+
+    def gets() -> int:
+        return log.read_text().count('"GET /img/')
+
+    with file_server(served, log) as url:
+        table = tmp_path / "t.jsonl"
+        table.write_text(
+            "".join(json.dumps({"url": f"{url}/img/{i}.jpg"}) + "\n" for i in range(40))
+        )
+        command = [sys.executable, "-m", "headstart", "extract", str(table), *slow]
+        process = subprocess.Popen(
+            [*command, "--batch-size", "4", "--shard-size", "8", "--cache", str(cache)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 120
+        while len(published_shards(cache)) < 2:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no shard was published"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        partial = len(EmbeddingCache(cache).open())
+        assert 16 <= partial < 40
+        time.sleep(0.5)  # requests the killed run had made are logged by now
+        before = gets()
+
+        rerun = subprocess.run(
+            [*command, "--cache", str(cache)], capture_output=True, text=True, timeout=240
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        expected = f"listed 40 · embedded {40 - partial} · from cache {partial} · failed 0"
+        assert expected in rerun.stdout
+        assert gets() - before == 40 - partial  # what was embedded is not downloaded again
