@@ -175,6 +175,10 @@ def test_a_csv_is_a_table_only_when_its_header_names_the_image_column(tmp_path: 
     assert "listed 4 · embedded 2 · from cache 2 · failed 0" in both.output, both.output
     labels = [r.label for r in labelled_rows([data / "manifest.csv", data / "table.csv"], cache)]
     assert labels == ["cat", "dog", "cat", "dog"]
+    # URLs belong in a table: in a manifest they are one line of error, not a failed path each.
+    (data / "urls.txt").write_text("img/000.jpg\nhttps://example.org/a.jpg\n")
+    urls = run("extract", data / "urls.txt", *TINY, "--cache", cache)
+    assert urls.exit_code == 1 and f"{data / 'urls.txt'}:2: a URL in a manifest" in urls.output
 
 
 def test_a_row_whose_file_is_missing_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
