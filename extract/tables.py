@@ -173,9 +173,10 @@ class Table:
                 f"table {printable(self.name)} has no {c.path!r} or {c.url!r} column (its "
                 f"columns: {shown}); name the image column with --path-field or --url-field"
             )
-        for name in sorted(c.required - set(names)):
+        missing = sorted(c.required - set(names))
+        if missing:
             raise HeadstartError(
-                f"table {printable(self.name)} has no {name!r} column (its columns: {shown})"
+                f"table {printable(self.name)} has no {missing[0]!r} column (its columns: {shown})"
             )
 
     def _wanted(self, names: list[str]) -> list[str]:
