@@ -257,3 +257,10 @@ def test_torchrun_ranks_divide_a_table_and_rank_0_reports_the_job(tmp_path: Path
     assert len(EmbeddingCache(cache).open()) == 11
     with EmbeddingCache(cache).catalog() as catalog:
         assert catalog.count_samples() == 11
+
+
+def test_a_big_row_group_streams_in_batches(tmp_path: Path) -> None:
+    rows = [{"url": f"https://example.org/{i}.jpg", "id": i} for i in range(10_000)]
+    table = write_table(tmp_path / "t.parquet", rows)  # one row group of 10,000 rows
+    sizes = [len(block) for block in open_table(str(table), TableColumns()).iter_blocks()]
+    assert sizes == [4096, 4096, 1808]

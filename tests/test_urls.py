@@ -361,3 +361,22 @@ def test_sigkill_mid_table_then_the_rerun_downloads_and_embeds_only_what_is_miss
         expected = f"listed 40 · embedded {40 - partial} · from cache {partial} · failed 0"
         assert expected in rerun.stdout
         assert gets() - before == 40 - partial  # what was embedded is not downloaded again
+
+
+def test_decoding_processes_share_a_url_table(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    for seed in range(40):
+        write_image(served / "img" / f"{seed}.jpg", seed)
+    table = tmp_path / "t.csv"
+    cache = tmp_path / "cache"
+    with file_server(served) as url:
+        table.write_text("url,label\n" + "".join(f"{url}/img/{i}.jpg,{i % 4}\n" for i in range(40)))
+        result = run("extract", table, *TINY, "-j", "2", "--cache", cache)
+        assert result.exit_code == 0, result.output
+        assert "listed 40 · embedded 40 · from cache 0 · failed 0" in result.output
+    with EmbeddingCache(cache).catalog() as catalog:
+        listed = [row for block in iter_labelled([str(table)], catalog) for row in block]
+    assert [(r.name, r.label) for r in listed] == [
+        (f"{url}/img/{i}.jpg", str(i % 4)) for i in range(40)
+    ]
+    assert len({r.key for r in listed}) == 40
