@@ -8,6 +8,9 @@ One SQLite database per cache, shared by every fingerprint:
 * the failure ledger records every file that could not be read or decoded, with the reason;
   a file is retried when it changes on disk, or on request. A sample of a tar shard that fails
   is recorded under ``SHARD#MEMBER``, a damaged shard under its own path;
+* the URL table maps each image URL downloaded to the content key of what it sent, so a
+  rerun over a table of URLs downloads nothing it has embedded (URLs are taken not to change,
+  as img2dataset takes them); a URL that failed is in the ledger under the URL;
 * the sample table maps each image sample of a tar shard, ``(shard, sample key)``, to its
   content key, label and caption; the shard table says which shards were read to their end
   (or their damage) at which stat signature, so a rerun skips them without opening them.
@@ -77,10 +80,17 @@ CREATE TABLE IF NOT EXISTS shards (
     fields TEXT NOT NULL,
     seen_unix REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS urls (
+    url TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    seen_unix REAL NOT NULL
+);
 """
 # A ledger name SHARD#MEMBER sorts between SHARD# and SHARD$ ('$' follows '#'): the range
 # that holds a shard's failures, found through the primary key without a LIKE pattern.
 _MEMBER_MARK, _AFTER_MARK = "#", "$"
+# Samples recorded under a table (headstart.extract.tables) rather than a tar shard.
+_TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".ndjson")
 # SQLite's default limit on bound parameters in one statement is 32766 (999 before 3.32).
 _IN_CHUNK = 900
 
@@ -111,7 +121,9 @@ class FailureRecord(NamedTuple):
 
 class SampleRecord(NamedTuple):
     """An image sample of a tar shard: the shard's path, the sample's key in it (webdataset's
-    ``__key__``), the image member's name, its content key, and its label and caption."""
+    ``__key__``), the image member's name, its content key, and its label and caption. A row
+    of a table is one too: the table, the row's id, the image's path or URL, key, label and
+    caption."""
 
     shard: str
     sample: str
@@ -122,7 +134,10 @@ class SampleRecord(NamedTuple):
 
     @property
     def name(self) -> str:
-        """How the ledger, exports and heads name it: ``SHARD#MEMBER``."""
+        """How the ledger, exports and heads name it: ``SHARD#MEMBER``; a table's row by the
+        path or URL of its image."""
+        if self.shard.lower().endswith(_TABLE_SUFFIXES):
+            return self.member
         return member_name(self.shard, self.member)
 
 
@@ -258,6 +273,38 @@ class FileCatalog:
         self._db.executemany(
             "DELETE FROM failures WHERE path = ?", [(to_stored(r.name),) for r in samples]
         )
+
+    def lookup_urls(self, urls: Sequence[str]) -> dict[str, str]:
+        """The content keys recorded for those of ``urls`` that were downloaded."""
+        rows = self._select_in("SELECT url, key FROM urls WHERE url IN ({})", urls)
+        return {from_stored(url): key for url, key in rows}
+
+    def record_urls(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Remember ``(url, content key)`` pairs just downloaded; they leave the ledger."""
+        if not pairs:
+            return
+        now = time.time()
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO urls(url, key, seen_unix) VALUES (?, ?, ?)",
+                [(to_stored(url), key, now) for url, key in pairs],
+            )
+            self._db.executemany(
+                "DELETE FROM failures WHERE path = ?", [(to_stored(url),) for url, _ in pairs]
+            )
+
+    def lookup_samples(self, shard: str, samples: Sequence[str]) -> dict[str, SampleRecord]:
+        """The records of those of ``samples`` (sample names) recorded under ``shard``."""
+        records: dict[str, SampleRecord] = {}
+        for start in range(0, len(samples), _IN_CHUNK):
+            part = [to_stored(sample) for sample in samples[start : start + _IN_CHUNK]]
+            rows = self._db.execute(
+                "SELECT shard, sample, member, key, label, caption FROM samples "
+                f"WHERE shard = ? AND sample IN ({','.join('?' * len(part))})",
+                (to_stored(shard), *part),
+            )
+            records.update((record.sample, record) for record in map(_sample, rows))
+        return records
 
     def lookup_shard(self, path: str) -> ShardRecord | None:
         """What is recorded of the tar shard at ``path`` (whatever its signature), or None."""

@@ -28,12 +28,46 @@ __all__ = ["extract"]
 @click.option(
     "--label-field",
     metavar="NAME",
-    help="Tar shards: take each sample's label from this field of its .json [default: .cls].",
+    help="Tar shards: take each sample's label from this field of its .json [default: .cls]; "
+    "tables: the label column [default: label].",
 )
 @click.option(
     "--caption-field",
     metavar="NAME",
-    help="Tar shards: take each sample's caption from this field of its .json [default: .txt].",
+    help="Tar shards: take each sample's caption from this field of its .json [default: .txt]; "
+    "tables: the caption column [default: caption].",
+)
+@click.option("--path-field", metavar="NAME", help="Tables: the image path column [default: path].")
+@click.option("--url-field", metavar="NAME", help="Tables: the image URL column [default: url].")
+@click.option("--id-field", metavar="NAME", help="Tables: the row id column [default: id].")
+@click.option(
+    "--url-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Downloads: connect and read timeout (the longest wait for the next bytes).",
+)
+@click.option(
+    "--url-retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Downloads: tries again after a connection error, 429 or 5xx, with backoff.",
+)
+@click.option(
+    "--url-per-host",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Downloads: at most this many requests to one host at a time.",
+)
+@click.option(
+    "--url-max-bytes",
+    default="20M",
+    show_default=True,
+    metavar="SIZE",
+    help="Downloads: a larger image is cut off and recorded as failed.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def extract(
@@ -42,19 +76,37 @@ def extract(
     part: str | None,
     label_field: str | None,
     caption_field: str | None,
+    path_field: str | None,
+    url_field: str | None,
+    id_field: str | None,
+    url_timeout: float,
+    url_retries: int,
+    url_per_host: int,
+    url_max_bytes: str,
     quiet: bool,
     **params,
 ) -> None:
     """Embed the images of SOURCES (folders, .txt/.csv manifests, files, webdataset tar
-    shards: x.tar, 'shards/{00000..00099}.tar', 'shards/*.tar') into the cache.
+    shards: x.tar, 'shards/{00000..00099}.tar', 'shards/*.tar'; tables of paths or URLs:
+    .parquet, .jsonl, .csv with a header row) into the cache.
 
     Under torchrun (`torchrun --nproc-per-node N -m headstart extract ...`) every rank embeds
     its own part on its own GPU (or CPU) and rank 0 prints the job's summary.
     """
     from headstart.extract import extract as run_extract
+    from headstart.extract.download import DownloadLimits
     from headstart.extract.parts import parse_part
     from headstart.extract.samples import SampleFields
+    from headstart.sizes import parse_size
 
+    fields = SampleFields(label_field, caption_field, path_field, url_field, id_field)
+    downloads = DownloadLimits(
+        connect_timeout=url_timeout,
+        read_timeout=url_timeout,
+        retries=url_retries,
+        per_host=url_per_host,
+        max_bytes=max(1, parse_size(url_max_bytes)),
+    )
     options, cache_dir = extract_options(
         params, retry_failed=retry_failed, part=parse_part(part) if part else None
     )
@@ -66,7 +118,8 @@ def extract(
             options,
             cache_dir,
             progress=not quiet,
-            fields=SampleFields(label_field, caption_field),
+            fields=fields,
+            downloads=downloads,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

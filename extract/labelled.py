@@ -2,7 +2,9 @@
 
 What the heads train on: image files with the key the stat index holds for them (while the
 file is unchanged) and the label their folder or manifest gives; tar samples with the key,
-label and caption recorded when their shard was read (while the shard is unchanged). No image
+label and caption recorded when their shard was read (while the shard is unchanged); table
+rows with the label and caption the table gives, and the key of their file (while unchanged)
+or of what their URL sent, named by that path or URL. No image
 is read or hashed here, and rows come in blocks, so any number of images streams through.
 """
 
@@ -15,8 +17,10 @@ from itertools import islice
 from typing import NamedTuple
 
 from headstart.cache.catalog import FileCatalog
+from headstart.extract.samples import SampleFields
 from headstart.extract.shards import is_shard_source, list_shards
 from headstart.extract.sources import ListingSkips, iter_images
+from headstart.extract.tables import TableColumns, is_table_source, open_table
 
 __all__ = ["LabelledRow", "ListedCount", "iter_labelled"]
 
@@ -47,12 +51,13 @@ def iter_labelled(
     block: int = _BLOCK,
     skipped: ListingSkips | None = None,
     listed: ListedCount | None = None,
+    fields: SampleFields | None = None,
 ) -> Iterator[list[LabelledRow]]:
     """Blocks of :class:`LabelledRow` for the images of ``sources`` the catalog knows, source
     by source in the order given. A file changed since it was read, and a shard changed or not
     read to its end yet, have no rows: extract them first. ``skipped`` counts folders the
     listing could not look into (logged as warnings when not given); ``listed`` counts the
-    images listed, with a row or not.
+    images listed, with a row or not. ``fields`` names a table's columns.
 
     Example:
         >>> with EmbeddingCache(".headstart").catalog() as catalog:  # doctest: +SKIP
@@ -60,8 +65,11 @@ def iter_labelled(
         ...         keys = [row.key for row in rows]
     """
     listed = listed if listed is not None else ListedCount()
+    columns = TableColumns.from_fields(fields or SampleFields())
     for source in sources:
-        if is_shard_source(source):
+        if is_table_source(source, columns):
+            yield from _table_rows(source, columns, catalog, listed)
+        elif is_shard_source(source):
             yield from _shard_rows(source, catalog, block, listed)
         else:
             yield from _file_rows(source, catalog, block, skipped, listed)
@@ -103,3 +111,27 @@ def _shard_rows(
         for samples in catalog.iter_shard_samples(ref.path, block):
             listed.images += len(samples)
             yield [LabelledRow(s.name, s.key, s.label, s.caption) for s in samples]
+
+
+def _table_rows(
+    source: str, columns: TableColumns, catalog: FileCatalog, listed: ListedCount
+) -> Iterator[list[LabelledRow]]:
+    for block in open_table(source, columns).iter_blocks():
+        listed.images += len(block)
+        files = catalog.lookup([row.target for row in block if not row.is_url])
+        urls = catalog.lookup_urls([row.target for row in block if row.is_url])
+        rows = []
+        for row in block:
+            key = urls.get(row.target)
+            entry = files.get(row.target)
+            if entry is not None:
+                try:
+                    st = os.stat(row.target)
+                except OSError:
+                    continue
+                if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+                    key = entry.key
+            if key is not None:
+                rows.append(LabelledRow(row.target, key, row.label, row.caption))
+        if rows:
+            yield rows

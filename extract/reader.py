@@ -72,11 +72,13 @@ class DecodedBatch:
     keys: list[str] = field(default_factory=list)
     streamed: int = 0
     stored: int = 0
+    paired: int = 0  # table rows of a local file: recorded both as a file and as a sample
 
     @property
     def item_count(self) -> int:
         """The work items this batch accounts for: decoded, failed, or left to another part."""
-        return len(self.files) + len(self.samples) + len(self.failures) + self.others
+        files_and_samples = len(self.files) + len(self.samples) - self.paired
+        return files_and_samples + len(self.failures) + self.others
 
     def pin_memory(self) -> DecodedBatch:
         # DataLoader's pin-memory thread calls this on custom batch types.
@@ -152,6 +154,7 @@ def collate(items: list[DecodedItem]) -> DecodedBatch:
         keys=[item.file.key if item.file is not None else item.sample.key for item in good],
         streamed=sum(item.streamed for item in items),
         stored=sum(item.sample is not None and item.pixels is None for item in items),
+        paired=sum(item.file is not None and item.sample is not None for item in good),
     )
 
 

@@ -26,6 +26,7 @@ from headstart.cache.keys import KEY_DTYPE, KeyMembership
 from headstart.cache.maintenance import compact_small_shards
 from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.cache.writer import ShardWriter
+from headstart.extract.download import DownloadLimits
 from headstart.extract.memo import RecipeMemo, RememberedRecipe, request_key
 from headstart.extract.options import ExtractOptions
 from headstart.extract.parts import Coordinator, Partition, local_device
@@ -36,6 +37,8 @@ from headstart.extract.samples import SampleFields
 from headstart.extract.shards import ShardRef, list_shards, split_sources
 from headstart.extract.sources import ListingSkips, iter_images
 from headstart.extract.stages import STAGES, StageClock, describe_stages
+from headstart.extract.table_plan import RowList, plan_tables, url_keys
+from headstart.extract.tables import Table, TableColumns, is_table_source, open_table
 from headstart.extract.worklist import WorkList
 
 if TYPE_CHECKING:
@@ -118,12 +121,15 @@ def extract(
     *,
     progress: bool = False,
     fields: SampleFields | None = None,
+    downloads: DownloadLimits | None = None,
 ) -> ExtractSummary:
     """Embed every image of ``sources`` that the cache does not hold yet.
 
-    Sources are folders, manifests, image files and tar shards (see
-    :mod:`~headstart.extract.shards`); ``fields`` says where a tar sample's label and caption
-    come from (default: its ``.cls`` and ``.txt``).
+    Sources are folders, manifests, image files, tar shards (see
+    :mod:`~headstart.extract.shards`) and tables of paths or URLs (see
+    :mod:`~headstart.extract.tables`); ``fields`` says where a tar sample's label and caption
+    come from (default: its ``.cls`` and ``.txt``) and names a table's columns; ``downloads``
+    bounds the downloads of URLs.
 
     Example:
         >>> options = ExtractOptions(model="resnet18")
@@ -132,14 +138,21 @@ def extract(
         (120, 0, 1)
     """
     started = time.perf_counter()
+    fields = fields or SampleFields()
+    # Tables are opened (their columns checked) before anything else: a missing column
+    # fails the run at once.
+    columns = TableColumns.from_fields(fields)
+    tables = [open_table(s, columns) for s in sources if is_table_source(s, columns)]
+    if tables:
+        named = {table.name for table in tables}
+        sources = [s for s in sources if _absolute(s) not in named]
+    inputs = _Inputs(sources, tables, fields, downloads or DownloadLimits())
     partition = options.part or Partition.from_environment()
     coordinator = Coordinator(partition) if partition and options.part is None else None
     if coordinator is not None:
         options = dataclasses.replace(options, device=local_device(options.device))
     try:
-        summary = _extract(
-            sources, options, cache_dir, partition, coordinator, progress, fields or SampleFields()
-        )
+        summary = _extract(inputs, options, cache_dir, partition, coordinator, progress)
         if coordinator is not None:
             _sum_over_ranks(summary, coordinator)
     finally:
@@ -149,14 +162,27 @@ def extract(
     return summary
 
 
+def _absolute(source: str) -> str:
+    return source if "://" in source else os.path.abspath(source)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What to read: file and shard sources, tables (opened), and how to read them."""
+
+    sources: Sequence[str]
+    tables: Sequence[Table]
+    fields: SampleFields
+    downloads: DownloadLimits
+
+
 def _extract(
-    sources: Sequence[str],
+    inputs: _Inputs,
     options: ExtractOptions,
     cache_dir: str | os.PathLike[str],
     partition: Partition | None,
     coordinator: Coordinator | None,
     progress: bool,
-    fields: SampleFields,
 ) -> ExtractSummary:
     leader = coordinator is None or coordinator.is_leader
     cache = EmbeddingCache(cache_dir)
@@ -169,7 +195,7 @@ def _extract(
     if known.fallback_reason and leader:
         log.warning("%s; continuing with random initialisation", known.fallback_reason)
     with cache.catalog() as catalog, tempfile.TemporaryDirectory(prefix="headstart-") as tmp:
-        request = _Request(sources, options, cache, catalog, Path(tmp), partition, leader, fields)
+        request = _Request(inputs, options, cache, catalog, Path(tmp), partition, leader)
         planned, recipe = _plan_for_recipe(request, known, recipe, memo, key)
         if coordinator is not None:
             # No rank records a key before all have planned: a rank that planned later would
@@ -179,7 +205,7 @@ def _extract(
             memo.remember(key, recipe.remembered(), list(recipe.inputs))
         if planned.pending:
             _embed_timed(
-                _RunContext(recipe, options, catalog, partition, progress and leader, fields),
+                _RunContext(recipe, options, catalog, partition, progress and leader, inputs),
                 planned,
             )
             compacted = compact_small_shards(cache, planned.store.fingerprint)
@@ -197,14 +223,13 @@ def _extract(
 class _Request:
     """What a run was asked to do, and where it keeps its answers while planning."""
 
-    sources: Sequence[str]
+    inputs: _Inputs
     options: ExtractOptions
     cache: EmbeddingCache
     catalog: FileCatalog
     scratch: Path
     partition: Partition | None
     leader: bool
-    fields: SampleFields
 
 
 @dataclass
@@ -214,16 +239,22 @@ class _Planned:
     seen: KeyMembership
     work: WorkList
     shards: list[ShardRef] = field(default_factory=list)
+    rows: RowList | None = None
 
     @property
     def pending(self) -> bool:
-        """Whether anything is left to read: files on the work list, or shards."""
-        return bool(len(self.work) or self.shards)
+        """Whether anything is left to read: files on the work list, shards, table rows."""
+        return bool(len(self.work) or self.shards or self.table_rows)
+
+    @property
+    def table_rows(self) -> int:
+        return len(self.rows) if self.rows is not None else 0
 
     def expected_images(self) -> int:
-        """About how many images the run will read: the work list, and the shards' images
-        guessed from their size (a shard's count is known only once it is read)."""
-        return len(self.work) + sum(ref.size for ref in self.shards) // _BYTES_PER_SHARD_IMAGE
+        """About how many images the run will read: the work list and table rows, and the
+        shards' images guessed from their size (a shard's count is known only once read)."""
+        guessed = sum(ref.size for ref in self.shards) // _BYTES_PER_SHARD_IMAGE
+        return len(self.work) + self.table_rows + guessed
 
 
 def _plan_for_recipe(
@@ -264,9 +295,11 @@ def _plan(request: _Request, known: RememberedRecipe) -> _Planned:
     partition = request.partition
     summary.parts, summary.leader = (partition.count if partition else 1), request.leader
     seen = store.seen_keys()
-    file_sources, shard_sources = split_sources(request.sources)
+    inputs = request.inputs
+    file_sources, shard_sources = split_sources(inputs.sources)
     shards = list_shards(shard_sources)  # a missing shard stops the run before any work
     work = WorkList(request.scratch)
+    rows = RowList(request.scratch) if inputs.tables else None
     try:
         counts: PlanCounts = (
             plan_work(
@@ -284,17 +317,29 @@ def _plan(request: _Request, known: RememberedRecipe) -> _Planned:
             shards,
             request.catalog,
             seen,
-            request.fields,
+            inputs.fields,
             counts,
             retry_failed=request.options.retry_failed,
             partition=partition,
         )
+        if rows is not None:
+            plan_tables(
+                inputs.tables,
+                request.catalog,
+                seen,
+                rows,
+                counts,
+                retry_failed=request.options.retry_failed,
+                partition=partition,
+            )
     finally:
         work.seal()
+        if rows is not None:
+            rows.seal()
     summary.listed, summary.from_cache = counts.listed, counts.cached
     summary.listed_in_shards = counts.listed_in_shards
     summary.failed, summary.skipped_failed = counts.new_failures, counts.known_failures
-    return _Planned(summary, store, seen, work, to_read)
+    return _Planned(summary, store, seen, work, to_read, rows)
 
 
 def _sum_over_ranks(summary: ExtractSummary, coordinator: Coordinator) -> None:
@@ -318,7 +363,7 @@ class _RunContext:
     catalog: FileCatalog
     partition: Partition | None
     progress: bool
-    fields: SampleFields
+    inputs: _Inputs
 
     @property
     def on_cuda(self) -> bool:
@@ -357,7 +402,8 @@ def _embed(run: _RunContext, planned: _Planned) -> None:
     expected = planned.expected_images()
     mapper = _Mapper(embedder, _compile_policy(run, expected), summary, clock)
     writer = _InFlight(_shard_writer(run, planned.store), clock)
-    with _progress_bar(run, len(planned.work) if not planned.shards else None) as bar:
+    total = len(planned.work) + planned.table_rows if not planned.shards else None
+    with _progress_bar(run, total) as bar:
         try:
             for batch in _read_batches(run, planned, clock):
                 keys, pixels = _admit(batch, run.catalog, planned, clock)
@@ -427,7 +473,21 @@ def _read_batches(run: _RunContext, planned: _Planned, clock: StageClock) -> Ite
             make_shard_loader(
                 planned.shards,
                 run.recipe.preprocess,
-                run.fields,
+                run.inputs.fields,
+                store=planned.store,
+                batch_size=run.batch_size,
+                workers=run.workers,
+                pin_memory=run.on_cuda,
+            )
+        )
+    if planned.rows is not None and len(planned.rows):
+        from headstart.extract.table_reader import make_table_loader
+
+        loaders.append(
+            make_table_loader(
+                planned.rows,
+                run.recipe.preprocess,
+                run.inputs.downloads,
                 store=planned.store,
                 batch_size=run.batch_size,
                 workers=run.workers,
@@ -448,6 +508,7 @@ def _admit(
 
     with clock.timing("write"):
         catalog.record(batch.files, batch.failures, batch.samples, batch.shards)
+        catalog.record_urls(url_keys(batch.samples))
     summary = planned.summary
     summary.listed += batch.streamed  # a shard's items are listed as it is read
     summary.listed_in_shards += batch.streamed

@@ -54,13 +54,18 @@ _DAMAGE = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, Valu
 @dataclass(frozen=True)
 class SampleFields:
     """Where a sample's label and caption come from: a field of its ``.json``, or (None) its
-    ``.cls`` and ``.txt`` members."""
+    ``.cls`` and ``.txt`` members. For tables (:mod:`.tables`) each field names a column,
+    None its default name: ``path``, ``url``, ``label``, ``caption``, ``id``."""
 
     label_field: str | None = None
     caption_field: str | None = None
+    path_field: str | None = None
+    url_field: str | None = None
+    id_field: str | None = None
 
     def describe(self) -> str:
-        """A stable text of the choice, recorded with each shard read under it."""
+        """A stable text of the choice, recorded with each shard read under it (the table
+        columns play no part in reading a shard)."""
         return json.dumps([self.label_field, self.caption_field])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ IMAGE_EXTENSIONS = frozenset(
 MANIFEST_EXTENSIONS = frozenset({".txt", ".csv"})
 _SKIP_EXAMPLES = 10
 _MANIFEST_FORMAT = "a manifest is a text file of path[,label] lines, saved as UTF-8"
+_URL = re.compile(r"^(https?|s3|gs)://", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ def iter_images(sources: Iterable[str], skipped: ListingSkips | None = None) -> 
         else:
             raise HeadstartError(
                 f"source not found: {printable(source)!r} "
-                "(give a folder, a .txt/.csv manifest, image files or .tar shards)"
+                "(give a folder, a .txt/.csv manifest, image files, .tar shards or a table: "
+                ".parquet, .jsonl, .csv with a header)"
             )
 
 
@@ -192,6 +195,11 @@ def _iter_manifest(manifest: str) -> Iterator[ImageItem]:
                 raise HeadstartError(
                     f"{printable(manifest)}:{rows.line_num}: expected 'path' or 'path,label', "
                     f"got {len(row)} fields (quote paths that contain commas)"
+                )
+            if _URL.match(row[0].strip()):
+                raise HeadstartError(
+                    f"{printable(manifest)}:{rows.line_num}: a URL in a manifest of paths; to "
+                    "download images, give a table: a .csv whose first line is url,label"
                 )
             path = os.path.join(base, row[0].strip())
             label = row[1].strip() if len(row) == 2 and row[1].strip() else None
