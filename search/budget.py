@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headstart.errors import HeadstartError
-from headstart.search.spec import LIST_GROWTH, IndexSpec
+from headstart.search.spec import COMPRESSED_KINDS, LIST_GROWTH, IndexSpec
 from headstart.sizes import format_size
 
 __all__ = [
@@ -108,11 +108,13 @@ def plan_build(spec: IndexSpec, n: int, d: int, budget: int) -> BuildPlan:
     block_rows = min(block_rows, max(n, 1))
     advised, least = _wanted_training(spec)
     # Training happens before any vector is added: the sample shares the budget with a block.
+    # SQ and PQ train their codes on the sample's residuals, which FAISS holds beside it.
+    train_row = row * (2 if spec.kind in COMPRESSED_KINDS else 1)
     room = budget - block_rows * row
-    train_rows = min(n, advised, max(room // row, 0)) if advised else 0
+    train_rows = min(n, advised, max(room // train_row, 0)) if advised else 0
     needed = resident + block_rows * row
     if needed > budget or (advised and train_rows < min(n, least)):
-        least_bytes = max(needed, (min(n, least) + block_rows) * row)
+        least_bytes = max(needed, min(n, least) * train_row + block_rows * row)
         raise HeadstartError(
             f"indexing {n} vectors of {d} dimensions as {spec.describe()} needs about "
             f"{format_size(least_bytes)}; the budget is {format_size(budget)}: give a larger "
