@@ -82,6 +82,7 @@ class ShardWriter:
             keys[:rows],
             vectors[:rows],
             dtype=self.dtype,
+            writer=self.store.cache.writer().id,
         )
         self.published_rows += rows
         self.published_shards += 1

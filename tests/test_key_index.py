@@ -25,10 +25,11 @@ def keys_for(names) -> np.ndarray:
     return np.array([content_key(str(n).encode()) for n in names], dtype="S64")
 
 
-def publish(store, names, value: float | None = None) -> np.ndarray:
+def publish(store, names, value: float | None = None, writer: str | None = None) -> np.ndarray:
     keys = keys_for(names)
     vectors = np.stack([np.full(3, float(n) if value is None else value) for n in names])
-    publish_shard(store.shards_directory, FP.id, keys, vectors.astype(np.float32), "float32")
+    vectors = vectors.astype(np.float32)
+    publish_shard(store.shards_directory, FP.id, keys, vectors, "float32", writer=writer)
     return keys
 
 
@@ -135,20 +136,27 @@ def test_a_compaction_leads_to_a_rebuilt_index_and_readers_follow(tmp_path: Path
 
 
 def test_small_shards_are_merged_once_there_are_enough(tmp_path: Path) -> None:
+    """Only this process's writer's shards: another writer may be running (on another host)."""
     cache = EmbeddingCache(tmp_path)
     store = cache.create(FP)
+    own = cache.writer().id
+    others = [publish(store, [100 + i], writer="elsewhere-0") for i in range(AUTO_COMPACT_SHARDS)]
     for i in range(AUTO_COMPACT_SHARDS - 1):
-        publish(store, [i])
+        publish(store, [i], writer=own)
     assert compact_small_shards(cache, FP) is None  # not yet worth a rewrite
-    publish(store, [AUTO_COMPACT_SHARDS - 1])
+    publish(store, [AUTO_COMPACT_SHARDS - 1], writer=own)
 
     result = compact_small_shards(cache, FP)
-    assert result is not None and result.shards_after == 1
+    assert result is not None and result.shards_after == AUTO_COMPACT_SHARDS + 1
     store = cache.open(FP)
-    assert len(store) == AUTO_COMPACT_SHARDS
+    names = [path.name for path in shard_paths(store.shards_directory)]
+    assert sum("-elsewhere-0-" in name for name in names) == AUTO_COMPACT_SHARDS
+    assert sum(f"-{own}-" in name for name in names) == 1
+    assert len(store) == 2 * AUTO_COMPACT_SHARDS
     np.testing.assert_array_equal(
         store.get(keys_for(range(AUTO_COMPACT_SHARDS)))[:, 0], np.arange(AUTO_COMPACT_SHARDS)
     )
+    assert store.contains(np.concatenate(others)).all()
 
 
 def test_an_index_that_cannot_be_written_is_kept_privately(tmp_path: Path) -> None:
