@@ -28,6 +28,7 @@ from pathlib import Path
 from headstart.cache.catalog import (
     _IN_CHUNK,
     _MEMBER_MARK,
+    _SCHEMA,
     FailureRecord,
     FileCatalog,
     FileRecord,
@@ -44,6 +45,7 @@ __all__ = ["LEGACY_CATALOG", "CatalogSet", "catalog_paths", "count_records"]
 log = logging.getLogger(__name__)
 
 LEGACY_CATALOG = "catalog.sqlite"  # the one catalog of caches made before writers had their own
+_TABLES = frozenset({"files", "failures", "samples", "shards"})
 _RESCAN_S = 5.0  # how often a long-lived view looks for writers that started since
 _FAILURE_BLOCK = 1000
 
@@ -154,6 +156,8 @@ class CatalogSet(FileCatalog):
 
     def lookup(self, paths: Sequence[str]) -> dict[str, FileRecord]:
         sources = self._current()
+        if len(sources) == 1:  # one writer: its rows as they are (this runs once per image)
+            return _lookup_one(sources[0], paths)
         files = _newest(sources, _FILES_IN, "files", paths)
         if len(sources) > 1 and files:
             failed = _newest(sources, _FAILURES_IN, "failures", list(files))
@@ -202,8 +206,6 @@ class CatalogSet(FileCatalog):
         """(seen, catalog, row) of the newest record of a shard."""
         best = None
         for db in self._current():
-            if "shards" not in _tables(db):
-                continue
             row = db.execute(
                 "SELECT path, size, mtime_ns, samples, failures, damage, fields, seen_unix "
                 "FROM shards WHERE path = ?",
@@ -222,8 +224,6 @@ class CatalogSet(FileCatalog):
             return found[1]
         best, chosen = None, None
         for db in sources:
-            if "samples" not in _tables(db):
-                continue
             (seen,) = db.execute(
                 "SELECT MAX(seen_unix) FROM samples WHERE shard = ?", (stored,)
             ).fetchone()
@@ -335,16 +335,21 @@ class CatalogSet(FileCatalog):
 
 
 def _open_source(path: Path) -> sqlite3.Connection | None:
-    """Another catalog, for reading; None when it cannot be read yet (being created) or at all
-    (damaged: ``cache verify`` says so)."""
+    """Another catalog, for reading; None when it cannot be read yet (a writer creating it) or
+    at all (damaged: ``cache verify`` says so). A catalog from before tar shards lacks their
+    tables: empty ones stand in, so every open catalog answers every query."""
     try:
         # A plain (read-write) connection: after its writer was killed mid-transaction, the
         # first reader rolls the journal back, as SQLite recovers any database.
         db = sqlite3.connect(path, timeout=120)
-        db.execute("PRAGMA query_only=ON")
-        if "files" not in _tables(db):  # a writer creating it right now: next time
-            db.close()
+        missing = _TABLES - _tables(db)
+        if missing and (path.name != LEGACY_CATALOG or "files" in missing):
+            db.close()  # a writer creating it right now: next time
             return None
+        for statement in _SCHEMA.split(";"):
+            if any(f"TABLE IF NOT EXISTS {name} " in statement for name in missing):
+                db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+        db.execute("PRAGMA query_only=ON")
     except sqlite3.DatabaseError as exc:
         log.warning("catalog %s cannot be read (%s); its records are left out", path, exc)
         return None
@@ -368,13 +373,23 @@ def _settle_legacy(path: Path) -> None:
 
 
 def _tables(db: sqlite3.Connection) -> frozenset[str]:
+    """The catalog tables a connection's database has (an older catalog may lack some)."""
     rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     return frozenset(name for (name,) in rows)
 
 
+def _lookup_one(db: sqlite3.Connection, paths: Sequence[str]) -> dict[str, FileRecord]:
+    found: dict[str, FileRecord] = {}
+    for start in range(0, len(paths), _IN_CHUNK):
+        part = [to_stored(value) for value in paths[start : start + _IN_CHUNK]]
+        rows = db.execute(_FILES_IN.format(",".join("?" * len(part))), part).fetchall()
+        found.update(
+            (r.path, r) for r in map(FileRecord._make, (_decoded(row)[:5] for row in rows))
+        )
+    return found
+
+
 def _count(db: sqlite3.Connection, table: str) -> int:
-    if table not in _tables(db):
-        return 0
     return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
@@ -384,8 +399,6 @@ def _newest(
     """path -> (seen, catalog number, decoded row) of the newest row of each path."""
     best: dict[str, tuple[float, int, tuple]] = {}
     for number, db in enumerate(sources):
-        if table not in _tables(db):
-            continue
         for start in range(0, len(paths), _IN_CHUNK):
             part = [to_stored(value) for value in paths[start : start + _IN_CHUNK]]
             for raw in db.execute(query.format(",".join("?" * len(part))), part):
@@ -408,7 +421,6 @@ def _merge(
     streams = [
         _tagged(number, _pages(db, table, select, order, page), len(order))
         for number, db in enumerate(sources)
-        if table in _tables(db)
     ]
     return heapq.merge(*streams, key=lambda item: item[0])
 

@@ -319,3 +319,26 @@ def test_writers_on_several_hosts_killed_and_rerun_equal_one_clean_run(tmp_path:
     assert failures.output.strip().splitlines()[-1].startswith(sources[0] + "/dog/broken.jpg\t")
     verify = CliRunner().invoke(main, ["cache", "verify", str(shared)])
     assert verify.exit_code == 0, verify.output
+
+
+def test_a_reader_reads_a_catalog_from_before_tar_shards_without_changing_it(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with sqlite3.connect(cache / "catalog.sqlite") as db:  # the schema before tar shards
+        db.executescript(
+            "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER "
+            "NOT NULL, key TEXT NOT NULL, label TEXT, seen_unix REAL NOT NULL);"
+            "CREATE TABLE failures (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns "
+            "INTEGER NOT NULL, reason TEXT NOT NULL, label TEXT, seen_unix REAL NOT NULL);"
+            "INSERT INTO files VALUES ('/a.jpg', 1, 2, 'k', 'cat', 0);"
+        )
+    db.close()
+    before = (cache / "catalog.sqlite").read_bytes()
+    with EmbeddingCache(cache).catalog() as reader:
+        assert reader.lookup(["/a.jpg"])["/a.jpg"].label == "cat"
+        assert reader.lookup_shard("/s.tar") is None and list(reader.iter_samples()) == []
+        assert reader.count_files() == 1 and reader.count_samples() == 0
+    assert (cache / "catalog.sqlite").read_bytes() == before
+    assert not (cache / "writers").exists()
