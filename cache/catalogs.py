@@ -17,11 +17,10 @@ reader sees the transactions that writer committed, batch by batch: a consistent
 
 from __future__ import annotations
 
-import heapq
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import groupby
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from headstart.cache.catalog import (
     _decoded,
     _sample,
 )
+from headstart.cache.merged_rows import merged_rows, newest_rows
 from headstart.cache.writers import WRITERS_DIRECTORY, WriterSlot
 from headstart.pathnames import from_stored, to_stored
 
@@ -158,17 +158,17 @@ class CatalogSet(FileCatalog):
         sources = self._current()
         if len(sources) == 1:  # one writer: its rows as they are (this runs once per image)
             return _lookup_one(sources[0], paths)
-        files = _newest(sources, _FILES_IN, "files", paths)
+        files = newest_rows(sources, _FILES_IN, paths)
         if len(sources) > 1 and files:
-            failed = _newest(sources, _FAILURES_IN, "failures", list(files))
+            failed = newest_rows(sources, _FAILURES_IN, list(files))
             files = {p: v for p, v in files.items() if p not in failed or failed[p][0] < v[0]}
         return {path: FileRecord._make(row[:5]) for path, (_, _, row) in files.items()}
 
     def lookup_failures(self, paths: Sequence[str]) -> dict[str, FailureRecord]:
         sources = self._current()
-        failed = _newest(sources, _FAILURES_IN, "failures", paths)
+        failed = newest_rows(sources, _FAILURES_IN, paths)
         if len(sources) > 1 and failed:
-            files = _newest(sources, _FILES_IN, "files", list(failed))
+            files = newest_rows(sources, _FILES_IN, list(failed))
             failed = {p: v for p, v in failed.items() if p not in files or files[p][0] <= v[0]}
         return {path: FailureRecord._make(row[:5]) for path, (_, _, row) in failed.items()}
 
@@ -235,7 +235,7 @@ class CatalogSet(FileCatalog):
 
     def iter_files(self, chunk: int = 10_000) -> Iterator[list[FileRecord]]:
         sources = self._current()
-        merged = _merge(sources, "files", "SELECT path, size, mtime_ns, key, label, seen_unix")
+        merged = merged_rows(sources, "files", "SELECT path, size, mtime_ns, key, label, seen_unix")
         block: list[tuple] = []
         for _, group in groupby(merged, key=lambda item: item[0]):
             block.append(max(group, key=lambda item: item[1])[2])
@@ -255,7 +255,7 @@ class CatalogSet(FileCatalog):
 
     def iter_samples(self, chunk: int = 10_000) -> Iterator[list[SampleRecord]]:
         sources = self._current()
-        merged = _merge(
+        merged = merged_rows(
             sources,
             "samples",
             "SELECT shard, sample, member, key, label, caption, seen_unix",
@@ -278,7 +278,7 @@ class CatalogSet(FileCatalog):
 
     def iter_failures(self) -> Iterator[FailureRecord]:
         sources = self._current()
-        merged = _merge(
+        merged = merged_rows(
             sources, "failures", "SELECT path, size, mtime_ns, reason, label, seen_unix"
         )
         block: list[tuple[float, int, tuple]] = []
@@ -296,7 +296,7 @@ class CatalogSet(FileCatalog):
         """Failures no newer record overrides: the file read fine since, or the tar shard the
         member belongs to was read again by another writer (which recorded its own)."""
         if len(sources) > 1 and block:
-            files = _newest(sources, _FILES_IN, "files", [row[0] for _, _, row in block])
+            files = newest_rows(sources, _FILES_IN, [row[0] for _, _, row in block])
             block = [
                 item for item in block if item[2][0] not in files or files[item[2][0]][0] <= item[0]
             ]
@@ -391,62 +391,3 @@ def _lookup_one(db: sqlite3.Connection, paths: Sequence[str]) -> dict[str, FileR
 
 def _count(db: sqlite3.Connection, table: str) -> int:
     return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-
-
-def _newest(
-    sources: Iterable[sqlite3.Connection], query: str, table: str, paths: Sequence[str]
-) -> dict[str, tuple[float, int, tuple]]:
-    """path -> (seen, catalog number, decoded row) of the newest row of each path."""
-    best: dict[str, tuple[float, int, tuple]] = {}
-    for number, db in enumerate(sources):
-        for start in range(0, len(paths), _IN_CHUNK):
-            part = [to_stored(value) for value in paths[start : start + _IN_CHUNK]]
-            for raw in db.execute(query.format(",".join("?" * len(part))), part):
-                row = _decoded(raw)
-                held = best.get(row[0])
-                if held is None or row[5] >= held[0]:
-                    best[row[0]] = (row[5], number, row)
-    return best
-
-
-def _merge(
-    sources: Sequence[sqlite3.Connection],
-    table: str,
-    select: str,
-    order: tuple[str, ...] = ("path",),
-    page: int = 10_000,
-) -> Iterator[tuple[tuple, int, tuple]]:
-    """Every catalog's rows of ``table`` as one stream in SQLite's order of ``order`` (TEXT
-    before BLOB), as (sort key, catalog number, raw row); rows of one key come together."""
-    streams = [
-        _tagged(number, _pages(db, table, select, order, page), len(order))
-        for number, db in enumerate(sources)
-    ]
-    return heapq.merge(*streams, key=lambda item: item[0])
-
-
-def _tagged(number: int, rows: Iterator[tuple], width: int) -> Iterator[tuple[tuple, int, tuple]]:
-    for row in rows:
-        yield _sort_key(row[:width]), number, row
-
-
-def _pages(
-    db: sqlite3.Connection, table: str, select: str, order: tuple[str, ...], page: int
-) -> Iterator[tuple]:
-    columns = ", ".join(order)
-    marks = ", ".join("?" * len(order))
-    last: tuple | None = None
-    while True:
-        where = f"WHERE ({columns}) > ({marks}) " if last is not None else ""
-        rows = db.execute(
-            f"{select} FROM {table} {where}ORDER BY {columns} LIMIT ?", (*(last or ()), page)
-        ).fetchall()
-        yield from rows
-        if len(rows) < page:
-            return
-        last = rows[-1][: len(order)]
-
-
-def _sort_key(values: tuple) -> tuple:
-    # SQLite sorts TEXT (by its UTF-8 bytes, which is code point order) before BLOB.
-    return tuple((isinstance(value, bytes), value) for value in values)
