@@ -39,6 +39,7 @@ from doing the same work twice):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -568,15 +569,11 @@ def _remove_unreferenced(directory: Path, keep: set[str]) -> None:
 def _locked(lock_path: Path) -> Iterator[None]:
     """The index's lock when the filesystem gives one; updates are safe without it (see the
     module's note), it only keeps one host's processes from doing the same update twice."""
-    with open(lock_path, "a") as handle:
-        locked = True
+    with contextlib.ExitStack() as stack:
         try:
+            handle = stack.enter_context(open(lock_path, "a"))
             fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError as exc:  # no lock service: NFS without lockd
+            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+        except OSError as exc:  # no lock service (NFS without lockd), or no lock file
             log.debug("no lock on %s (%s); updating without it", lock_path, exc)
-            locked = False
-        try:
-            yield
-        finally:
-            if locked:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
