@@ -203,7 +203,9 @@ def _sources(tmp_path: Path) -> list[str]:
 
 def _writer(sources: list[str], cache: Path, host: str, part: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "headstart", "extract", *sources, *SLOW, *COMMON]
-    command += ["--batch-size", "2", "--shard-size", "2", "--part", part, "--cache", str(cache)]
+    # An image a batch and a shard each: a part takes seconds (slow_features sleeps a batch),
+    # publishes often, and compacts its own shards once it has sixteen.
+    command += ["--batch-size", "1", "--shard-size", "1", "--part", part, "--cache", str(cache)]
     env = {**os.environ, HOST_ENV: host}
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -272,18 +274,16 @@ def test_writers_on_several_hosts_killed_and_rerun_equal_one_clean_run(tmp_path:
     assert [path for path, _ in expected["failures"]] == [sources[0] + "/dog/broken.jpg"]
 
     writers = {part: _writer(sources, shared, f"host{part}", f"{part}/3") for part in (1, 2, 3)}
-    killed, seen = set(), 0
+    killed: set[int] = set()
+    expected_rows = set(expected["labelled"])
     deadline = time.monotonic() + 240
     while killed != {1, 3}:
         for part in {1, 3} - killed:
             assert writers[part].poll() is None, writers[part].communicate()
-            if _own_shards(shared, f"host{part}-0") >= 1:
+            if _own_shards(shared, f"host{part}-0") >= 2:
                 os.kill(writers[part].pid, signal.SIGKILL)
                 killed.add(part)
-        seen = max(
-            seen,
-            _check_consistent_subset(shared, sources, set(expected["labelled"]), expected_vectors),
-        )
+        _check_consistent_subset(shared, sources, expected_rows, expected_vectors)  # writers run
         assert time.monotonic() < deadline, "the writers published nothing"
     for part in (1, 3):
         assert writers[part].wait() == -signal.SIGKILL
@@ -291,7 +291,8 @@ def test_writers_on_several_hosts_killed_and_rerun_equal_one_clean_run(tmp_path:
     assert writers[2].returncode in (0, EXIT_SOME_FAILED), err
     partial = _vectors(shared)
     assert 0 < len(partial) < len(expected_vectors)
-    _check_consistent_subset(shared, sources, set(expected["labelled"]), expected_vectors)
+    # Killed writers' catalogs (perhaps with a transaction cut short) read as what they committed.
+    assert _check_consistent_subset(shared, sources, expected_rows, expected_vectors) > 0
 
     # The killed parts run again: part 1 on its own host, part 3 moved to another one.
     for host, part in (("host1", "1/3"), ("host9", "3/3")):
