@@ -343,3 +343,31 @@ def test_a_reader_reads_a_catalog_from_before_tar_shards_without_changing_it(
         assert reader.count_files() == 1 and reader.count_samples() == 0
     assert (cache / "catalog.sqlite").read_bytes() == before
     assert not (cache / "writers").exists()
+
+
+_CUT_SHORT = """
+import os, signal, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size=1")  # spill pages to the file before the commit
+db.execute("BEGIN")
+for n in range(5000):
+    db.execute("INSERT INTO files VALUES (?, 1, 1, 'k', NULL, 0)", (f"/late/{n:06d}.jpg",))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_writer_killed_in_a_transaction_reads_as_what_it_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    with _catalog_as(cache, "alpha", monkeypatch) as writer:
+        writer.record([FileRecord("/kept.jpg", 1, 1, "k-kept")])
+        own = writer.path
+    subprocess.run([sys.executable, "-c", _CUT_SHORT, str(own)], check=False, timeout=60)
+    assert own.with_name("catalog.sqlite-journal").exists()  # the transaction's hot journal
+
+    with EmbeddingCache(cache).catalog() as reader:  # another host's reader, say
+        assert [r.path for block in reader.iter_files() for r in block] == ["/kept.jpg"]
+    assert not own.with_name("catalog.sqlite-journal").exists()
+    verify = CliRunner().invoke(main, ["cache", "verify", str(cache)])
+    assert verify.exit_code == 0, verify.output
