@@ -101,25 +101,25 @@ def compact(
         if len(chosen) <= 1:
             rows = sum(sizes[path] for path in chosen)
             return CompactResult(fingerprint.id, len(sizes), len(sizes), rows, 0)
-        own = cache.writer().id  # merged shards are this process's
-        buffer: list[tuple[np.ndarray, np.ndarray]] = []
-        buffered = rows = dropped = written = 0
-        for path in chosen:  # newest first, as the store lists them
-            keys = read_shard_keys(path)
-            keep = store.served_rows(path, keys)
-            dropped += int((~keep).sum())
-            buffer.append((keys[keep], read_shard_rows(path, np.flatnonzero(keep))))
-            buffered += int(keep.sum())
-            while buffered >= shard_rows:
-                buffer, buffered = _publish(directory, fingerprint.id, buffer, shard_rows, own)
+        with _writing_as(cache) as own:  # merged shards are this process's
+            buffer: list[tuple[np.ndarray, np.ndarray]] = []
+            buffered = rows = dropped = written = 0
+            for path in chosen:  # newest first, as the store lists them
+                keys = read_shard_keys(path)
+                keep = store.served_rows(path, keys)
+                dropped += int((~keep).sum())
+                buffer.append((keys[keep], read_shard_rows(path, np.flatnonzero(keep))))
+                buffered += int(keep.sum())
+                while buffered >= shard_rows:
+                    buffer, buffered = _publish(directory, fingerprint.id, buffer, shard_rows, own)
+                    written += 1
+                rows += int(keep.sum())
+            if buffered:
+                _publish(directory, fingerprint.id, buffer, buffered, own)
                 written += 1
-            rows += int(keep.sum())
-        if buffered:
-            _publish(directory, fingerprint.id, buffer, buffered, own)
-            written += 1
-        for path in chosen:
-            path.unlink()
-        fsync_path(directory)
+            for path in chosen:
+                path.unlink()
+            fsync_path(directory)
     after = len(sizes) - len(chosen) + written
     return CompactResult(fingerprint.id, len(sizes), after, rows, dropped)
 
@@ -163,6 +163,17 @@ def _publish(directory: Path, fingerprint: str, buffer, rows: int, writer: str):
     publish_shard(directory, fingerprint, keys[:rows], vectors[:rows], dtype=dtype, writer=writer)
     rest = [(keys[rows:], vectors[rows:])] if len(keys) > rows else []
     return rest, len(keys) - rows
+
+
+@contextmanager
+def _writing_as(cache: EmbeddingCache) -> Iterator[str]:
+    """This process's writer id; a slot claimed here (``cache compact``) is freed after."""
+    claimed_here = not cache.holds_writer
+    try:
+        yield cache.writer().id
+    finally:
+        if claimed_here:
+            cache.release_writer()
 
 
 class CompactionRunning(HeadstartError):

@@ -92,6 +92,11 @@ class EmbeddingCache:
             self._writer = claim_writer(self.root)
         return self._writer
 
+    @property
+    def holds_writer(self) -> bool:
+        """Whether this process holds a writer slot for the cache now."""
+        return self._writer is not None and self._writer.held
+
     def release_writer(self) -> None:
         """Mark this process's writer finished and free its slot (a later write claims one
         again)."""

@@ -87,15 +87,12 @@ def cache_compact(cache_dir: str, fingerprint: str | None, shard_rows: int) -> N
 
     store_cache = EmbeddingCache(cache_dir)
     targets = [store_cache.find(fingerprint)] if fingerprint else store_cache.fingerprints()
-    try:
-        for target in targets:
-            result = compact(store_cache, target, shard_rows=shard_rows)
-            click.echo(
-                f"{result.fingerprint}: {result.shards_before} shards -> {result.shards_after}, "
-                f"{result.rows} rows, {result.duplicates_dropped} duplicates dropped"
-            )
-    finally:
-        store_cache.release_writer()  # the merged shards were written under a writer id
+    for target in targets:
+        result = compact(store_cache, target, shard_rows=shard_rows)
+        click.echo(
+            f"{result.fingerprint}: {result.shards_before} shards -> {result.shards_after}, "
+            f"{result.rows} rows, {result.duplicates_dropped} duplicates dropped"
+        )
 
 
 @cache.command("verify")

@@ -321,6 +321,17 @@ def test_writers_on_several_hosts_killed_and_rerun_equal_one_clean_run(tmp_path:
     verify = CliRunner().invoke(main, ["cache", "verify", str(shared)])
     assert verify.exit_code == 0, verify.output
 
+    # With the job done, `cache compact` merges every writer's shards, under a writer of its own.
+    compacted = CliRunner().invoke(main, ["cache", "compact", str(shared)])
+    assert compacted.exit_code == 0, compacted.output
+    (compactor,) = [w for w in list_writers(shared) if w.id not in ids]
+    assert compactor.finished_unix is not None
+    assert {writer_of_shard(p.name) for p in published_shards(shared)} == {compactor.id}
+    merged = _vectors(shared)
+    assert merged.keys() == expected_vectors.keys()
+    for key, vector in expected_vectors.items():
+        np.testing.assert_allclose(merged[key], vector, rtol=1e-5, atol=1e-6)
+
 
 def test_a_reader_reads_a_catalog_from_before_tar_shards_without_changing_it(
     tmp_path: Path,
