@@ -1,6 +1,7 @@
 """The catalog: what each image file was last seen as, and which files failed.
 
-One SQLite database per cache, shared by every fingerprint:
+One SQLite database per writer of a cache, shared by every fingerprint (see
+:mod:`headstart.cache.writers`; :mod:`headstart.cache.catalogs` merges them for readers):
 
 * the stat index maps a path to its (size, mtime_ns) and content key, so a rerun over unchanged
   files costs a ``stat`` each instead of reading and hashing them; it also keeps the label the
@@ -17,7 +18,9 @@ One SQLite database per cache, shared by every fingerprint:
 
 Catalogs written before the sample and shard tables existed gain them when opened.
 
-SQLite does the locking, so two extract runs can share a cache. A path or label that is not
+A writer's catalog is written by its writer alone and uses SQLite's rollback journal, whose
+locks other hosts' readers can share; the one ``catalog.sqlite`` of caches made before writers
+had their own (WAL, one host) is read as one more catalog. A path or label that is not
 valid UTF-8 (a Latin-1 file name) is stored as a BLOB of its exact bytes; every other one as
 TEXT, as before.
 """
@@ -161,27 +164,31 @@ def member_name(shard: str, member: str) -> str:
 
 
 class FileCatalog:
-    """Stat index and failure ledger in ``<cache>/catalog.sqlite``.
+    """Stat index and failure ledger in one SQLite file. ``journal`` is SQLite's journal mode:
+    ``wal`` (one host; the default, as before writers) or ``delete`` (a writer's own catalog,
+    which readers on other hosts may read).
 
     Example:
         >>> with FileCatalog(Path(".headstart/catalog.sqlite")) as catalog:  # doctest: +SKIP
         ...     catalog.lookup(["/data/cat.jpg"])
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, journal: str = "wal") -> None:
+        if journal not in ("wal", "delete"):
+            raise ValueError(f"journal must be wal or delete, got {journal!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, timeout=120)
-        self._set_up()
+        self._set_up(journal)
 
-    def _set_up(self) -> None:
+    def _set_up(self, journal: str) -> None:
         # Switching a new database to WAL can fail with "database is locked" at once, without
         # waiting out the timeout, when other processes (torchrun ranks) create it at the same
         # moment; it succeeds once the first of them is done.
         deadline = time.monotonic() + 120
         while True:
             try:
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA journal_mode={journal.upper()}")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
                 return

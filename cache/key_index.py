@@ -20,10 +20,26 @@ deletes superseded runs) never pulls them away.
 The index is derived data. A missing, damaged or stale one (shards removed by a compaction) is
 rebuilt from the shards with a note; a cache on a read-only disk gets a private index in a
 temporary directory.
+
+Many processes on many hosts update one index (every extract and every reader brings it up to
+date with the shards it lists), and locks across hosts are not to be trusted on a network
+filesystem, so the index is safe without its lock (which only spares the processes of one host
+from doing the same work twice):
+
+* an update writes new files only, under names of its own (``run-<random>``, temporaries
+  ``.tmp-<pid>-<random>-*``), then publishes its manifest by renaming it over ``manifest.json``,
+  which every filesystem does atomically: concurrent updaters each publish a complete index of
+  the shards they listed, the last rename wins, and a reader whose listing it does not match
+  extends it again;
+* no update deletes a file another may still need: superseded runs and stray temporaries are
+  removed only once :data:`GRACE_S` old and not named by the manifest published at that
+  moment; runs that an update wrote and merged away before publishing (never named by any
+  manifest) go at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -46,13 +62,24 @@ from headstart.cache.keys import KEY_DTYPE
 from headstart.cache.shards import SHARD_READ_ERRORS, read_shard_info, read_shard_keys
 from headstart.errors import HeadstartError, first_line
 
-__all__ = ["INDEX_DIRECTORY", "KEY_INDEX_FORMAT", "MAX_RUNS", "KeyIndex", "open_key_index"]
+__all__ = [
+    "GRACE_S",
+    "INDEX_DIRECTORY",
+    "KEY_INDEX_FORMAT",
+    "MAX_RUNS",
+    "KeyIndex",
+    "open_key_index",
+]
 
 log = logging.getLogger(__name__)
 
 KEY_INDEX_FORMAT = "headstart-keyindex/1"
 INDEX_DIRECTORY = "keyindex"
 MAX_RUNS = 8
+# How long a superseded run or a temporary is kept: longer than any update takes, so another
+# updater's files are never pulled from under it, and long enough for readers on other hosts
+# (where a deleted file that is still open reads as "stale", not as its old contents).
+GRACE_S = 3600.0
 _MANIFEST = "manifest.json"
 _LOC_DTYPE = np.dtype("<i8")
 _BUILD_ROWS = 1 << 20  # keys sorted in memory at once when a run is written (72 MB)
@@ -335,7 +362,8 @@ def _update_locked(shards_directory: Path, directory: Path, note: bool) -> None:
         runs = list(snapshot._runs)
     else:
         if note and snapshot is None and (directory / _MANIFEST).exists():
-            # No other update runs while this one holds the lock: this is damage, not a race.
+            # The runs a published manifest names are kept for GRACE_S whoever updates: a
+            # manifest that does not read is damage, not a race.
             log.warning("key index %s is damaged; rebuilding it from the shards", directory)
         elif note and snapshot is not None:
             log.info("shards of %s were merged or removed; re-indexing", shards_directory)
@@ -348,6 +376,11 @@ def _update_locked(shards_directory: Path, directory: Path, note: bool) -> None:
         _add_shards(shards_directory, directory, listing, manifest, runs, created)
     finally:
         _close_runs(created)
+    published = {run.name for run in runs}
+    for run in created:  # written by this update and merged away before it published
+        if run.name not in published:
+            for suffix in (".keys", ".loc"):
+                (directory / f"{run.name}{suffix}").unlink(missing_ok=True)
 
 
 def _add_shards(
@@ -513,21 +546,34 @@ def _merged(runs: list[_Run], window: int) -> Iterator[tuple[np.ndarray, np.ndar
 
 
 def _remove_unreferenced(directory: Path, keep: set[str]) -> None:
-    """Delete superseded runs and temporaries left by a killed update. Readers that still use
-    a superseded run hold it open, so deleting it takes nothing from them."""
+    """Delete superseded runs and temporaries left by a killed update, once :data:`GRACE_S`
+    old: another updater (on this host or another) may be about to publish a manifest that
+    names them, or be writing them. Runs the manifest published now names always stay."""
+    published = _read_manifest(directory)
+    if published is not None:
+        keep = keep | {entry["name"] for entry in published["runs"]}
+    old = time.time() - GRACE_S
     for path in directory.iterdir():
         stem = path.name.rsplit(".", 1)[0]
         superseded = path.name.startswith("run-") and stem not in keep
         if superseded or path.name.startswith(TEMPORARY_PREFIX):
-            path.unlink(missing_ok=True)
+            try:
+                if path.stat().st_mtime < old:
+                    path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                continue  # another updater removed it first
     fsync_path(directory)
 
 
 @contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """The index's lock when the filesystem gives one; updates are safe without it (see the
+    module's note), it only keeps one host's processes from doing the same update twice."""
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle = stack.enter_context(open(lock_path, "a"))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+        except OSError as exc:  # no lock service (NFS without lockd), or no lock file
+            log.debug("no lock on %s (%s); updating without it", lock_path, exc)
+        yield

@@ -4,13 +4,21 @@ Compaction writes merged shards first (each published atomically) and deletes th
 after: a reader sees the old shards, or old and new (holding the same vectors), or the new ones,
 never a partial file. Values are copied in their stored precision, so they stay bit-identical.
 Verification only reads.
+
+Many writers may share a cache (see :mod:`headstart.cache.writers`). The compaction an extract
+runs by itself merges only its own writer's shards: another writer, perhaps on another host,
+may be compacting its own at the same moment, and locks across hosts are not to be trusted, so
+no process ever deletes or rewrites a shard another live writer owns. ``headstart cache
+compact`` merges every shard and is meant for when no extract is running.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +40,7 @@ from headstart.cache.shards import (
     shard_paths,
 )
 from headstart.cache.store import EmbeddingCache, FingerprintStore
+from headstart.cache.writers import list_writers, writer_of_shard
 from headstart.errors import HeadstartError
 
 __all__ = [
@@ -44,6 +53,8 @@ __all__ = [
     "compact_small_shards",
     "verify",
 ]
+
+log = logging.getLogger(__name__)
 
 COMPACT_SHARD_ROWS = 65536
 AUTO_COMPACT_SHARDS = 16
@@ -65,10 +76,12 @@ def compact(
     shard_rows: int = COMPACT_SHARD_ROWS,
     smaller_than: int | None = None,
     wait: bool = False,
+    writer: str | None = None,
 ) -> CompactResult:
     """Merge a fingerprint's shards into shards of up to ``shard_rows`` rows, dropping
     duplicate keys (the copy readers are served from stays). ``smaller_than`` merges only the
-    shards with fewer rows (the large ones stay as they are); ``wait`` waits for a compaction
+    shards with fewer rows (the large ones stay as they are); ``writer`` only the shards that
+    writer published (see :func:`compact_small_shards`); ``wait`` waits for a compaction
     already running instead of refusing.
 
     Memory holds one output shard: which copy of a key to keep comes from the key index.
@@ -77,47 +90,57 @@ def compact(
     with _exclusive(cache.root / fingerprint.id / ".compact.lock", wait=wait):
         store = cache.open(fingerprint)
         sizes = store.shard_sizes()
-        if smaller_than is None:
+        if smaller_than is None and writer is None:
             _refuse_unreadable(store)
-            chosen = list(sizes)
-        else:
-            chosen = [path for path, rows in sizes.items() if rows < smaller_than]
+        chosen = [
+            path
+            for path, rows in sizes.items()
+            if (smaller_than is None or rows < smaller_than)
+            and (writer is None or writer_of_shard(path.name) == writer)
+        ]
         if len(chosen) <= 1:
             rows = sum(sizes[path] for path in chosen)
             return CompactResult(fingerprint.id, len(sizes), len(sizes), rows, 0)
-        buffer: list[tuple[np.ndarray, np.ndarray]] = []
-        buffered = rows = dropped = written = 0
-        for path in chosen:  # newest first, as the store lists them
-            keys = read_shard_keys(path)
-            keep = store.served_rows(path, keys)
-            dropped += int((~keep).sum())
-            buffer.append((keys[keep], read_shard_rows(path, np.flatnonzero(keep))))
-            buffered += int(keep.sum())
-            while buffered >= shard_rows:
-                buffer, buffered = _publish(directory, fingerprint.id, buffer, shard_rows)
+        with _writing_as(cache) as own:  # merged shards are this process's
+            buffer: list[tuple[np.ndarray, np.ndarray]] = []
+            buffered = rows = dropped = written = 0
+            for path in chosen:  # newest first, as the store lists them
+                keys = read_shard_keys(path)
+                keep = store.served_rows(path, keys)
+                dropped += int((~keep).sum())
+                buffer.append((keys[keep], read_shard_rows(path, np.flatnonzero(keep))))
+                buffered += int(keep.sum())
+                while buffered >= shard_rows:
+                    buffer, buffered = _publish(directory, fingerprint.id, buffer, shard_rows, own)
+                    written += 1
+                rows += int(keep.sum())
+            if buffered:
+                _publish(directory, fingerprint.id, buffer, buffered, own)
                 written += 1
-            rows += int(keep.sum())
-        if buffered:
-            _publish(directory, fingerprint.id, buffer, buffered)
-            written += 1
-        for path in chosen:
-            path.unlink()
-        fsync_path(directory)
+            for path in chosen:
+                path.unlink()
+            fsync_path(directory)
     after = len(sizes) - len(chosen) + written
     return CompactResult(fingerprint.id, len(sizes), after, rows, dropped)
 
 
 def compact_small_shards(cache: EmbeddingCache, fingerprint: Fingerprint) -> CompactResult | None:
-    """Merge the small shards that extract runs publish (a few thousand rows each, so a crash
-    loses little) once there are :data:`AUTO_COMPACT_SHARDS` of them, so that a cache of ten
-    million rows is a few hundred files, not thousands. None when there is nothing to do or
-    another compaction is running."""
+    """Merge the small shards that this process's writer published (a few thousand rows each,
+    so a crash loses little; its earlier runs' too, as reruns on a host reuse its writer ids)
+    once there are :data:`AUTO_COMPACT_SHARDS` of them, so that a cache of ten million rows is
+    a few hundred files, not thousands. Other writers' shards are theirs to merge: they may be
+    running. None when there is nothing to do or another compaction is running."""
     store = cache.open(fingerprint)
-    small = [rows for rows in store.shard_sizes().values() if rows < COMPACT_SHARD_ROWS]
+    own = cache.writer().id
+    small = [
+        rows
+        for path, rows in store.shard_sizes().items()
+        if rows < COMPACT_SHARD_ROWS and writer_of_shard(path.name) == own
+    ]
     if len(small) < AUTO_COMPACT_SHARDS:
         return None
     try:
-        return compact(cache, fingerprint, smaller_than=COMPACT_SHARD_ROWS)
+        return compact(cache, fingerprint, smaller_than=COMPACT_SHARD_ROWS, writer=own)
     except CompactionRunning:
         return None
 
@@ -131,15 +154,26 @@ def _refuse_unreadable(store: FingerprintStore) -> None:
         )
 
 
-def _publish(directory: Path, fingerprint: str, buffer, rows: int):
+def _publish(directory: Path, fingerprint: str, buffer, rows: int, writer: str):
     keys = np.concatenate([k for k, _ in buffer])
     # One float32 block in the group makes the merged shard float32: float16 values widen
     # exactly, while float32 values would lose bits in float16.
     dtype = "float32" if any(v.dtype == np.float32 for _, v in buffer) else "float16"
     vectors = np.concatenate([v.astype(dtype, copy=False) for _, v in buffer])
-    publish_shard(directory, fingerprint, keys[:rows], vectors[:rows], dtype=dtype)
+    publish_shard(directory, fingerprint, keys[:rows], vectors[:rows], dtype=dtype, writer=writer)
     rest = [(keys[rows:], vectors[rows:])] if len(keys) > rows else []
     return rest, len(keys) - rows
+
+
+@contextmanager
+def _writing_as(cache: EmbeddingCache) -> Iterator[str]:
+    """This process's writer id; a slot claimed here (``cache compact``) is freed after."""
+    claimed_here = not cache.holds_writer
+    try:
+        yield cache.writer().id
+    finally:
+        if claimed_here:
+            cache.release_writer()
 
 
 class CompactionRunning(HeadstartError):
@@ -150,16 +184,23 @@ class CompactionRunning(HeadstartError):
 def _exclusive(lock_path: Path, wait: bool = False) -> Iterator[None]:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as handle:
+        locked = True
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise CompactionRunning(
                 f"another compaction of {lock_path.parent} is running"
             ) from None
+        except OSError as exc:
+            # No lock service (NFS without lockd): a writer's compaction keeps to its own
+            # shards, so the lock only ever kept a manual compaction off them.
+            log.info("no lock on %s (%s); compacting without it", lock_path, exc)
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -167,6 +208,8 @@ class VerifyReport:
     fingerprints: int = 0
     shards: int = 0
     rows: int = 0
+    catalogs: int = 0
+    writers: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -176,8 +219,10 @@ def verify(cache: EmbeddingCache) -> VerifyReport:
     report = VerifyReport()
     if not cache.root.is_dir():
         raise HeadstartError(f"{cache.root} is not a directory")
-    if cache.catalog_path.exists():
-        _verify_catalog(cache.catalog_path, report)
+    for catalog in cache.catalog_paths():
+        report.catalogs += 1
+        _verify_catalog(catalog, report)
+    _verify_writers(cache, report)
     for directory in sorted(p for p in cache.root.iterdir() if p.is_dir()):
         record = directory / "fingerprint.json"
         if not record.is_file():
@@ -208,6 +253,22 @@ def _verify_catalog(path: Path, report: VerifyReport) -> None:
         return
     if answer != "ok":
         report.problems.append(f"{path}: integrity check says {answer}")
+
+
+def _verify_writers(cache: EmbeddingCache, report: VerifyReport) -> None:
+    """Each writer's record reads, and says whether it finished; a shard's writer is known."""
+    for writer in list_writers(cache.root):
+        report.writers += 1
+        if writer.host == "?":
+            report.problems.append(f"{writer.directory}: writer.json is missing or unreadable")
+        elif writer.finished_unix is None:
+            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(writer.started_unix))
+            report.notes.append(
+                f"writer {writer.id} (pid {writer.pid} on {writer.host}, started {started}) has "
+                "not finished: still running, or stopped early (what it recorded is kept)"
+            )
+        if not writer.catalog_path.is_file():
+            report.notes.append(f"writer {writer.id} has no catalog (it recorded nothing)")
 
 
 def _verify_shards(directory: Path, report: VerifyReport) -> None:

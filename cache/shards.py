@@ -65,8 +65,11 @@ def publish_shard(
     keys: np.ndarray,
     embeddings: np.ndarray,
     dtype: str = "float16",
+    writer: str | None = None,
 ) -> Path:
-    """Write one shard atomically and return its path.
+    """Write one shard atomically and return its path, ``<time>-<writer>-<random>.h5``: the
+    time first, so names sort in creation order; the writer id (this process's id when not
+    given) says whose it is, so a compaction can keep to its own writer's shards.
 
     ``dtype="float16"`` halves the size; a block whose values overflow float16 is kept as
     float32 instead, so no value is ever stored as infinity.
@@ -76,7 +79,7 @@ def publish_shard(
     if dtype == "float16" and _overflows_float16(embeddings):
         dtype = "float32"
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5"
+    name = f"{time.time_ns():020d}-{writer or os.getpid()}-{uuid.uuid4().hex[:8]}.h5"
     final = directory / name
     with atomic_path(final) as temporary, h5py.File(temporary, "w") as f:
         f.create_dataset("keys", data=np.asarray(keys, KEY_DTYPE))

@@ -2,12 +2,15 @@
 
 ::
 
-    <cache>/catalog.sqlite               stat index and failure ledger (all fingerprints)
+    <cache>/writers/<writer>/            each writer's own stat index and failure ledger
+                                         (all fingerprints; see writers, catalogs)
     <cache>/<fingerprint id>/fingerprint.json
     <cache>/<fingerprint id>/shards/*.h5  immutable shards of (key, embedding) rows
     <cache>/<fingerprint id>/keyindex/    key -> (shard, row), on disk (see key_index)
 
-Reading never needs a lock: a store is a snapshot of the shards published when it was opened.
+Many processes on many hosts may write one cache at once: each writes only files of its own
+(its catalog, shards named after it, uniquely named key index runs). Reading never needs a
+lock: a store is a snapshot of the shards published when it was opened.
 The same key in two shards (two runs embedding the same image at once, or a compaction under
 way) is read from the newer shard.
 """
@@ -27,11 +30,12 @@ import numpy as np
 
 from headstart import __version__
 from headstart.atomic import write_text_atomic
-from headstart.cache.catalog import FileCatalog
+from headstart.cache.catalogs import LEGACY_CATALOG, CatalogSet, catalog_paths
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.key_index import INDEX_DIRECTORY, KeyIndex, open_key_index
 from headstart.cache.keys import KEY_DTYPE, KeySet, file_key
 from headstart.cache.shards import as_float32, copy_rows, read_shard_keys, read_shard_rows
+from headstart.cache.writers import WriterSlot, claim_writer
 from headstart.errors import HeadstartError
 
 __all__ = ["EmbeddingCache", "EmbeddingChunk", "FingerprintStore", "SeenKeys"]
@@ -63,13 +67,41 @@ class EmbeddingCache:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise HeadstartError(f"{str(root)!r} is a file; a cache is a directory")
+        self._writer: WriterSlot | None = None
 
     @property
     def catalog_path(self) -> Path:
-        return self.root / "catalog.sqlite"
+        """The single catalog of a cache made before each writer had its own (read, never
+        written); :meth:`catalog_paths` lists them all."""
+        return self.root / LEGACY_CATALOG
 
-    def catalog(self) -> FileCatalog:
-        return FileCatalog(self.catalog_path)
+    def catalog_paths(self) -> list[Path]:
+        """Every catalog of this cache: the one from before writers, then each writer's."""
+        return catalog_paths(self.root)
+
+    def catalog(self) -> CatalogSet:
+        """Every writer's catalog read as one; writes go to this process's own, made (and
+        its writer slot claimed) on the first write, and freed when the view that made it
+        closes."""
+        return CatalogSet(self.root, self.writer, self.release_writer)
+
+    def writer(self) -> WriterSlot:
+        """This process's writer identity for the cache (claimed on first use): it names the
+        shards the process publishes and the catalog it records in."""
+        if self._writer is None or not self._writer.held:
+            self._writer = claim_writer(self.root)
+        return self._writer
+
+    @property
+    def holds_writer(self) -> bool:
+        """Whether this process holds a writer slot for the cache now."""
+        return self._writer is not None and self._writer.held
+
+    def release_writer(self) -> None:
+        """Mark this process's writer finished and free its slot (a later write claims one
+        again)."""
+        if self._writer is not None:
+            self._writer.release()
 
     def fingerprints(self) -> list[Fingerprint]:
         """Every fingerprint with a directory in this cache, sorted by id."""

@@ -2,6 +2,8 @@
 
 Publishing often bounds what a crash can lose (the rows still in the buffer); publishing rarely
 keeps shards large. Both limits are settings; ``close`` publishes the rest, and runs on Ctrl-C.
+Shards are named after this process's writer id (see :mod:`headstart.cache.writers`), so that
+no two writers ever write one file and each compacts only its own.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class ShardWriter:
             keys[:rows],
             vectors[:rows],
             dtype=self.dtype,
+            writer=self.store.cache.writer().id,
         )
         self.published_rows += rows
         self.published_shards += 1

@@ -11,10 +11,12 @@ __all__ = ["cache", "export", "info"]
 
 @click.command()
 @click.argument("cache_dir", required=False, envvar=CACHE_ENV, default=DEFAULT_CACHE)
-@click.option("--failures", "show_failures", is_flag=True, help="List every failed file.")
+@click.option(
+    "--failures", "show_failures", is_flag=True, help="List every failed file (of every writer)."
+)
 def info(cache_dir: str, show_failures: bool) -> None:
     """Show the fingerprints, counts, widths and sizes in CACHE_DIR, whether each can embed
-    text, and its failures."""
+    text, the writers that wrote it, and its failures."""
     from headstart.cache import EmbeddingCache
     from headstart.cache.report import describe_cache
     from headstart.extract.text import why_no_text
@@ -36,6 +38,7 @@ def info(cache_dir: str, show_failures: bool) -> None:
             click.echo(f"    text: yes, {fp.texts} text embeddings cached")
         else:
             click.echo(f"    text: no; {no_text}")
+    _echo_writers(report.writers)
     if report.failure_reasons and not show_failures:
         click.echo("failures by reason:")
         for reason, count in report.failure_reasons:
@@ -105,11 +108,39 @@ def cache_verify(cache_dir: str) -> None:
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     click.echo(
-        f"{report.fingerprints} fingerprints, {report.shards} shards, {report.rows} rows checked; "
+        f"{report.fingerprints} fingerprints, {report.shards} shards, {report.rows} rows, "
+        f"{report.catalogs} catalogs of {report.writers} writers checked; "
         f"{len(report.problems)} problems"
     )
     if report.problems:
         click.get_current_context().exit(1)
+
+
+def _echo_writers(writers: list) -> None:
+    """One line a writer: who, when, and what its own catalog holds (before merging)."""
+    if not writers:
+        return
+    click.echo(f"writers: {len(writers)}")
+    for writer in writers:
+        if writer.started_unix is None:
+            when = "from before writers had catalogs of their own"
+        else:
+            when = f"pid {writer.pid} on {writer.host}, started {_clock(writer.started_unix)}, "
+            when += (
+                f"finished {_clock(writer.finished_unix)}"
+                if writer.finished_unix is not None
+                else "not finished (running, or stopped early)"
+            )
+        click.echo(
+            f"    {writer.id}  {writer.files} files, {writer.samples} tar samples, "
+            f"{writer.failures} failed  ({when})"
+        )
+
+
+def _clock(unix: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix))
 
 
 def _size(num_bytes: float) -> str:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from headstart.cache import EmbeddingCache, Fingerprint, content_key
-from headstart.cache.key_index import INDEX_DIRECTORY, MAX_RUNS, open_key_index
+from headstart.cache.key_index import GRACE_S, INDEX_DIRECTORY, MAX_RUNS, open_key_index
 from headstart.cache.maintenance import AUTO_COMPACT_SHARDS, compact, compact_small_shards
 from headstart.cache.shards import publish_shard, shard_paths
 from headstart.cache.store import SeenKeys
@@ -25,10 +27,11 @@ def keys_for(names) -> np.ndarray:
     return np.array([content_key(str(n).encode()) for n in names], dtype="S64")
 
 
-def publish(store, names, value: float | None = None) -> np.ndarray:
+def publish(store, names, value: float | None = None, writer: str | None = None) -> np.ndarray:
     keys = keys_for(names)
     vectors = np.stack([np.full(3, float(n) if value is None else value) for n in names])
-    publish_shard(store.shards_directory, FP.id, keys, vectors.astype(np.float32), "float32")
+    vectors = vectors.astype(np.float32)
+    publish_shard(store.shards_directory, FP.id, keys, vectors, "float32", writer=writer)
     return keys
 
 
@@ -135,20 +138,27 @@ def test_a_compaction_leads_to_a_rebuilt_index_and_readers_follow(tmp_path: Path
 
 
 def test_small_shards_are_merged_once_there_are_enough(tmp_path: Path) -> None:
+    """Only this process's writer's shards: another writer may be running (on another host)."""
     cache = EmbeddingCache(tmp_path)
     store = cache.create(FP)
+    own = cache.writer().id
+    others = [publish(store, [100 + i], writer="elsewhere-0") for i in range(AUTO_COMPACT_SHARDS)]
     for i in range(AUTO_COMPACT_SHARDS - 1):
-        publish(store, [i])
+        publish(store, [i], writer=own)
     assert compact_small_shards(cache, FP) is None  # not yet worth a rewrite
-    publish(store, [AUTO_COMPACT_SHARDS - 1])
+    publish(store, [AUTO_COMPACT_SHARDS - 1], writer=own)
 
     result = compact_small_shards(cache, FP)
-    assert result is not None and result.shards_after == 1
+    assert result is not None and result.shards_after == AUTO_COMPACT_SHARDS + 1
     store = cache.open(FP)
-    assert len(store) == AUTO_COMPACT_SHARDS
+    names = [path.name for path in shard_paths(store.shards_directory)]
+    assert sum("-elsewhere-0-" in name for name in names) == AUTO_COMPACT_SHARDS
+    assert sum(f"-{own}-" in name for name in names) == 1
+    assert len(store) == 2 * AUTO_COMPACT_SHARDS
     np.testing.assert_array_equal(
         store.get(keys_for(range(AUTO_COMPACT_SHARDS)))[:, 0], np.arange(AUTO_COMPACT_SHARDS)
     )
+    assert store.contains(np.concatenate(others)).all()
 
 
 def test_an_index_that_cannot_be_written_is_kept_privately(tmp_path: Path) -> None:
@@ -231,3 +241,86 @@ def test_merged_runs_keep_the_newest_copy_of_overlapping_keys(tmp_path: Path) ->
     np.testing.assert_array_equal(np.concatenate(list(store.iter_sorted_keys(5))), keys)
     served = np.concatenate([chunk.keys for chunk in store.iter_chunks()])
     assert len(served) == len(newest) and set(served.tolist()) == set(newest)
+
+
+def _run_files(store) -> set[str]:
+    return {p.name.rsplit(".", 1)[0] for p in (store.directory / INDEX_DIRECTORY).glob("run-*")}
+
+
+def test_superseded_runs_are_removed_only_after_the_grace_period(tmp_path: Path) -> None:
+    """Another updater (on another host, where locks are not to be trusted) may be about to
+    publish a manifest naming a run: nothing is deleted until it is GRACE_S old."""
+    cache = EmbeddingCache(tmp_path)
+    store = cache.create(FP)
+    for step in range(MAX_RUNS + 1):
+        publish(store, range(step * 10, step * 10 + 10))
+        store = cache.open(FP)
+    assert len(runs_of(store)) == 1  # merged
+    superseded = _run_files(store) - set(runs_of(store))
+    assert len(superseded) == MAX_RUNS  # the runs merged away are still there
+    index_directory = store.directory / INDEX_DIRECTORY
+    long_ago = time.time() - 2 * GRACE_S
+    for name in superseded:
+        for suffix in (".keys", ".loc"):
+            os.utime(index_directory / f"{name}{suffix}", (long_ago, long_ago))
+    for name in runs_of(store):  # the published runs stay, however old
+        os.utime(index_directory / f"{name}.keys", (long_ago, long_ago))
+
+    publish(store, [1000])
+    store = cache.open(FP)
+    assert _run_files(store) == set(runs_of(store)) and len(store) == 10 * (MAX_RUNS + 1) + 1
+
+
+_UPDATER = """
+import sys
+import numpy as np
+from pathlib import Path
+from headstart.cache import EmbeddingCache, Fingerprint, content_key
+from headstart.cache.shards import publish_shard
+
+root, who = Path(sys.argv[1]), sys.argv[2]
+fp = Fingerprint({"model": "test-key-index", "precision": "fp32"})
+cache = EmbeddingCache(root)
+mine = []
+for step in range(12):
+    keys = np.array([content_key(f"{who}-{step}-{n}".encode()) for n in range(5)], dtype="S64")
+    vectors = np.full((5, 3), step, dtype=np.float32)
+    publish_shard(cache.root / fp.id / "shards", fp.id, keys, vectors, "float32", writer=who)
+    mine.append(keys)
+    store = cache.open(fp)
+    assert store.contains(np.concatenate(mine)).all(), (who, step)
+    assert (store.get(keys)[:, 0] == step).all()
+print("ok")
+"""
+
+
+def test_processes_updating_the_index_without_its_lock_agree(tmp_path: Path) -> None:
+    """Where the filesystem gives no lock, concurrent updates still leave a complete index."""
+    cache = EmbeddingCache(tmp_path)
+    store = cache.create(FP)
+    (store.directory / INDEX_DIRECTORY / ".lock").mkdir(parents=True)  # nobody can lock it
+    updaters = [
+        subprocess.Popen(
+            [sys.executable, "-c", _UPDATER, str(tmp_path), f"host{n}-0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    for updater in updaters:
+        out, err = updater.communicate(timeout=300)
+        assert updater.returncode == 0 and out.strip() == "ok", err
+        # Nothing an updater published was pulled from under another (which would read as
+        # damage, and cost a rebuild from every shard).
+        assert "damaged" not in err and "private copy" not in err, err
+    store = cache.open(FP)
+    assert len(store) == 4 * 12 * 5
+    for n in range(4):
+        keys = np.array(
+            [content_key(f"host{n}-0-{s}-{k}".encode()) for s in range(12) for k in range(5)],
+            dtype="S64",
+        )
+        np.testing.assert_array_equal(store.get(keys)[:, 0], np.repeat(np.arange(12), 5))
+    manifest = json.loads((store.directory / INDEX_DIRECTORY / "manifest.json").read_text())
+    assert set(runs_of(store)) <= _run_files(store) and manifest["count"] == 240
