@@ -8,13 +8,13 @@ is read or hashed here, and rows come in blocks, so any number of images streams
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
 from headstart.cache.catalog import FileCatalog
+from headstart.extract.files import stat_file
 from headstart.extract.shards import is_shard_source, list_shards
 from headstart.extract.sources import ListingSkips, iter_images
 
@@ -83,9 +83,8 @@ def _file_rows(
             entry = known.get(item.path)
             if entry is None:
                 continue
-            try:
-                st = os.stat(item.path)
-            except OSError:
+            st, _ = stat_file(item.path)  # an object's size and version, for a URL
+            if st is None:
                 continue
             if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
                 rows.append(LabelledRow(item.path, entry.key, item.label))
