@@ -68,7 +68,6 @@ _NO_LISTING_CACHE = frozenset({"s3", "s3a", "gs", "gcs"})
 STREAM_BLOCK = 8 << 20
 # How many HEAD requests listing sends at once (shards named by a brace pattern).
 _INFO_THREADS = 16
-_READ_ATTEMPTS = 3
 # The fields stores give an object's version in, in order of preference.
 _VERSION_FIELDS = ("ETag", "etag", "generation", "md5Hash", "Last-Modified", "LastModified")
 
@@ -163,19 +162,21 @@ def stat_object(url: str) -> tuple[RemoteStat | None, str | None]:
 
 
 def read_object(url: str) -> tuple[bytes, RemoteStat]:
-    """The whole object and the signature that goes with exactly those bytes (read again when
-    it changed while it was read). Raises ``OSError`` with a one-line reason."""
+    """The whole object and its signature. Raises ``OSError`` with a one-line reason.
+
+    One HEAD, then one GET: an object store replaces an object whole, so the GET returns one
+    version; should it be a newer one than the HEAD saw, the next run finds a signature that
+    differs from the recorded one and reads the object again.
+    """
     fs, path = filesystem(url)
-    for _ in range(_READ_ATTEMPTS):
-        try:
-            before = remote_signature(fs.info(path))
-            data = fs.cat_file(path)
-            after = remote_signature(fs.info(path))
-        except Exception as exc:  # whatever the transport raises: the reason goes to the ledger
-            raise OSError(f"cannot read object: {describe_error(exc)}") from None
-        if before == after and before[0] in (-1, len(data)):
-            return data, RemoteStat(*after)
-    raise OSError(f"object changed while it was read ({_READ_ATTEMPTS} tries)")
+    try:
+        signature = remote_signature(fs.info(path))
+        data = fs.cat_file(path)
+    except Exception as exc:  # whatever the transport raises: the reason goes to the ledger
+        raise OSError(f"cannot read object: {describe_error(exc)}") from None
+    if signature[0] not in (-1, len(data)):
+        raise OSError(f"object changed while it was read ({signature[0]} bytes listed)")
+    return data, RemoteStat(*signature)
 
 
 def info_many(urls: list[str]) -> list[dict | str]:
