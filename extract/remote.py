@@ -39,6 +39,7 @@ __all__ = [
     "describe_error",
     "filesystem",
     "info_many",
+    "is_answer",
     "is_url",
     "iter_remote_images",
     "join_url",
@@ -139,11 +140,36 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(status, int):
         message = getattr(cause, "message", "") or ""
         return f"HTTP {status} {message}".strip()
-    if isinstance(exc, FileNotFoundError):
+    if is_answer(exc) and isinstance(exc, FileNotFoundError):
         return "not found (404)"
-    if isinstance(exc, PermissionError):
+    if is_answer(exc) and isinstance(exc, PermissionError):
         return f"access denied (403): {first_line(exc)}"
-    return f"{type(exc).__name__}: {first_line(exc)}"
+    return f"{type(cause).__name__}: {first_line(cause)}"
+
+
+def is_answer(exc: BaseException) -> bool:
+    """Whether a failed request got an answer about the object (404, access denied, another
+    HTTP status), rather than no answer at all (no server there, a refused connection)."""
+    if _status(exc) is not None:
+        return True
+    if exc.__cause__ is not None:  # a cause with no status: the request got no answer
+        return False
+    return isinstance(exc, (FileNotFoundError, PermissionError))
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status an error (or its cause) carries: aiohttp's ``status``, botocore's
+    ``response``."""
+    for error in (exc, exc.__cause__):
+        status = getattr(error, "status", None)
+        if isinstance(status, int):
+            return status
+        response = getattr(error, "response", None)
+        if isinstance(response, dict):
+            code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(code, int):
+                return code
+    return None
 
 
 def stat_object(url: str) -> tuple[RemoteStat | None, str | None]:
@@ -179,16 +205,16 @@ def read_object(url: str) -> tuple[bytes, RemoteStat]:
     return data, RemoteStat(*signature)
 
 
-def info_many(urls: list[str]) -> list[dict | str]:
-    """The fsspec ``info`` of each URL, in order, or the reason it cannot be had; asked a few
+def info_many(urls: list[str]) -> list[dict | BaseException]:
+    """The fsspec ``info`` of each URL, in order, or the error that came instead; asked a few
     at a time, since a brace pattern can name thousands of shards."""
 
-    def one(url: str) -> dict | str:
+    def one(url: str) -> dict | BaseException:
         fs, path = filesystem(url)
         try:
             return fs.info(path)
-        except Exception as exc:  # whatever the transport raises: kept as the reason
-            return describe_error(exc)
+        except Exception as exc:  # whatever the transport raises: the caller sorts it out
+            return exc
 
     if len(urls) <= 1:
         return [one(url) for url in urls]

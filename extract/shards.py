@@ -176,8 +176,12 @@ def _remote_shards(source: str) -> list[ShardRef]:
         raise HeadstartError(f"no shards match {printable(source)!r}")
     refs: list[ShardRef] = []
     for url, info in zip(urls, remote.info_many(urls), strict=True):
-        if isinstance(info, str):
-            refs.append(ShardRef(url, -1, -1, info))
+        if isinstance(info, BaseException):
+            if not remote.is_answer(info):  # no server there: nothing would be read at all
+                raise HeadstartError(
+                    f"cannot reach {printable(url)!r}: {remote.describe_error(info)}"
+                )
+            refs.append(ShardRef(url, -1, -1, remote.describe_error(info)))
         elif info.get("type") == "directory":
             refs.extend(_remote_folder_shards(url))
         else:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import SMALL_FP32, TINY_MODELS, make_folder, run_cli
+from helpers import SMALL_FP32, TINY_MODELS, free_port, make_folder, run_cli
 from object_store import S3Server, http_server, s3_server
 from test_tar_shards import image_bytes, labelled_shard
 
@@ -208,3 +208,22 @@ def test_a_missing_extra_is_one_line_that_names_it(tmp_path: Path) -> None:
     assert result.output.strip().splitlines() == [
         "Error: reading gs:// needs gcsfs: pip install 'headstart[gs]'"
     ]
+
+
+def test_no_server_at_the_endpoint_is_one_line_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    # A closed port: not a shard that answers 404, but nothing there to read anything from.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    cache = tmp_path / "cache"
+    result = run_cli("extract", "s3://data/shards/{0..1}.tar", *TINY, "--cache", cache)
+    assert result.exit_code not in (0, EXIT_SOME_FAILED)
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: cannot reach 's3://data/shards/0.tar'"), line
+    assert not cache.exists() or not list(cache.glob("*/shards/*"))
