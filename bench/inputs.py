@@ -3,9 +3,9 @@ a real S3 server (moto's server mode, its own process on loopback) holding those
 folder, in one run, each into a fresh cache.
 
 The rates are images embedded over the whole ``extract()`` call (listing, model build, reading,
-hashing, decoding, forward, writing), best of ``--rounds`` rounds taken in turn, so a noisy
-neighbour slows every input alike (best and median are both printed); the ratios are against
-the folder. Targets: tar shards at
+hashing, decoding, forward, writing), over ``--rounds`` rounds taken in turn, so a noisy
+neighbour slows every input alike; the best and the median round are both printed, with their
+ratios to the folder's. Targets: tar shards at
 least as fast as the folder, S3 shards within 20% of it. Every run must embed the same content
 keys: the bench checks that too.
 
@@ -175,7 +175,7 @@ def main() -> None:
             print(
                 f"{len(paths)} images from {args.images} ({megabytes:.1f} MB), {count} shards "
                 f"of {args.shard_size}; model {args.model}, {os.cpu_count()} CPUs, "
-                f"{args.rounds} rounds (best kept)",
+                f"{args.rounds} rounds",
                 flush=True,
             )
             measure("warm-up", str(folder), options, scratch)  # model files, page cache

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from headstart.cache.catalog import FileCatalog
 from headstart.extract.files import stat_file
+from headstart.extract.remote import listed_stat
 from headstart.extract.shards import is_shard_source, list_shards
 from headstart.extract.sources import ListingSkips, iter_images
 
@@ -83,7 +84,8 @@ def _file_rows(
             entry = known.get(item.path)
             if entry is None:
                 continue
-            st, _ = stat_file(item.path)  # an object's size and version, for a URL
+            # A remote listing's signature, else the file's (or the object's, asked for).
+            st = listed_stat(item) or stat_file(item.path)[0]
             if st is None:
                 continue
             if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):

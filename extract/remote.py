@@ -24,17 +24,18 @@ import logging
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from headstart.errors import HeadstartError, first_line
+from headstart.extract.sources import ImageItem, ListingSkips
 from headstart.pathnames import printable
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from headstart.extract.sources import ImageItem, ListingSkips
-
 __all__ = [
+    "ListedImageItem",
     "RemoteStat",
     "describe_error",
     "filesystem",
@@ -43,6 +44,7 @@ __all__ = [
     "is_url",
     "iter_remote_images",
     "join_url",
+    "listed_stat",
     "open_stream",
     "protocols",
     "read_object",
@@ -79,6 +81,13 @@ class RemoteStat(NamedTuple):
 
     st_size: int
     st_mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ListedImageItem(ImageItem):
+    """An image of a remote folder, with the signature its listing gave (``listed``)."""
+
+    listed: RemoteStat | None = None
 
 
 def is_url(path: str) -> bool:
@@ -276,8 +285,6 @@ def iter_remote_images(
 ) -> Iterator[ImageItem]:
     """The images under a remote prefix, as a local folder's: sorted, one folder listing at a
     time, labelled by the first sub-folder; a single image object is itself."""
-    from headstart.extract.sources import ImageItem
-
     fs, root = filesystem(source)
     try:
         info = fs.info(root)
@@ -312,7 +319,23 @@ def iter_remote_images(
             listing = _listing(fs, entry["name"].rstrip("/"), skipped)
             stack.append((iter(listing), name if label is None else label))
         elif _extension(name) in image_extensions:
-            yield ImageItem(url, label)
+            yield _listed_item(url, label, entry)
+
+
+def _listed_item(url: str, label: str | None, entry: dict) -> ImageItem:
+    """An image item that carries the signature its listing gave, so planning need not ask
+    the store about each object again: one listing page answers for a thousand objects, where
+    a HEAD answers for one. Only a listing that names a version counts (a web server's folder
+    page names none)."""
+    size, token = remote_signature(entry)
+    if size < 0 or token == 0:
+        return ImageItem(url, label)
+    return ListedImageItem(url, label, RemoteStat(size, token))
+
+
+def listed_stat(item: object) -> RemoteStat | None:
+    """The signature a remote listing gave an item, or None (a local file, a web server's)."""
+    return item.listed if isinstance(item, ListedImageItem) else None
 
 
 def _listing(fs: AbstractFileSystem, path: str, skipped: ListingSkips) -> list[dict]:

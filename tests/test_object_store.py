@@ -16,7 +16,7 @@ from test_tar_shards import image_bytes, labelled_shard
 
 from headstart.cache import EmbeddingCache
 from headstart.cli import EXIT_SOME_FAILED
-from headstart.extract import remote
+from headstart.extract import files, remote
 from headstart.extract.labelled import iter_labelled
 
 pytest.importorskip("s3fs")
@@ -107,7 +107,7 @@ def test_s3_shards_by_pattern_glob_and_prefix_resume_and_record_a_404(
 
 
 def test_an_s3_prefix_is_a_folder_labelled_by_its_first_sub_folder(
-    tmp_path: Path, s3: S3Server, forward_count: list[int]
+    tmp_path: Path, s3: S3Server, forward_count: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     make_folder(tmp_path / "images", {"cat": 3, "dog": 2})
     (tmp_path / "images" / "notes.txt").write_text("not an image")
@@ -132,11 +132,15 @@ def test_an_s3_prefix_is_a_folder_labelled_by_its_first_sub_folder(
     ]
     assert f"s3://{BUCKET}/photos/notes.txt" in urls  # uploaded, yet not an image: not listed
 
-    # One object rewritten: only it is read again.
+    # One object rewritten: only it is read again. Planning takes every object's size and
+    # ETag from the listing: no request per object.
     s3.client().put_object(Bucket=BUCKET, Key="photos/dog/dog_001.jpg", Body=image_bytes(999))
-    rerun = run_cli("extract", source, *TINY, "-j", "2", "--cache", cache)
+    asked: list[str] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "stat_object", lambda url: asked.append(url))
+        rerun = run_cli("extract", source, *TINY, "-j", "2", "--cache", cache)
     assert "listed 5 · embedded 1 · from cache 4 · failed 0" in rerun.output, rerun.output
-    assert forward_count[0] == 6
+    assert forward_count[0] == 6 and asked == []
 
     absent = run_cli("extract", f"s3://{BUCKET}/nothing-here", *TINY, "--cache", cache)
     assert absent.exit_code != 0 and len(absent.output.strip().splitlines()) == 1
