@@ -89,7 +89,12 @@ def export(
     """Write a fingerprint's embeddings with paths and labels to .npy + .csv, Parquet, or
     clip-retrieval's layout."""
     from headstart.cache import EmbeddingCache
+    from headstart.extract.remote import is_url
 
+    if is_url(out) and fmt != "clip-retrieval":
+        raise click.ClickException(
+            "npy and parquet exports write local files; --format clip-retrieval writes to URLs"
+        )
     store = EmbeddingCache(cache_dir).open(fingerprint)
     if fmt == "clip-retrieval":
         from headstart.cache.clip_retrieval import export_clip_retrieval

@@ -169,6 +169,9 @@ def test_an_image_only_model_refuses_text_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code != 0
     (line,) = result.output.strip().splitlines()
     assert "image-only model" in line
+    # The single-file formats write local files only, and say so.
+    npy = run_cli("export", cache, "--out", "s3://bucket/emb.npy")
+    assert npy.exit_code != 0 and "--format clip-retrieval writes to URLs" in npy.output
 
 
 def test_export_to_an_s3_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
