@@ -167,6 +167,25 @@ def test_http_shards_by_brace_pattern(tmp_path: Path, forward_count: list[int]) 
     assert forward_count[0] == 12
 
 
+def test_a_web_server_folder_is_a_folder(tmp_path: Path, forward_count: list[int]) -> None:
+    served = tmp_path / "www"
+    make_folder(served / "images", {"cat": 2, "dog": 1})
+    cache = tmp_path / "cache"
+    with http_server(served) as server:
+        source = f"{server.url}/images/"  # the slash says it is a folder
+        result = run_cli("extract", source, *TINY, "-j", "0", "--cache", cache)
+        assert result.exit_code == 0, result.output
+        assert "listed 3 · embedded 3 · from cache 0 · failed 0" in result.output
+        rows = labelled_rows([source], cache)
+        rerun = run_cli("extract", source, *TINY, "-j", "0", "--cache", cache)
+    assert [(r.name, r.label) for r in rows] == [
+        (f"{server.url}/images/cat/cat_000.jpg", "cat"),
+        (f"{server.url}/images/cat/cat_001.jpg", "cat"),
+        (f"{server.url}/images/dog/dog_000.jpg", "dog"),
+    ]
+    assert "embedded 0 · from cache 3" in rerun.output and forward_count[0] == 3
+
+
 class _Forbidding(http.server.BaseHTTPRequestHandler):
     """A server that answers every request with 403, as a bucket without read access does."""
 
