@@ -250,3 +250,19 @@ def test_no_server_at_the_endpoint_is_one_line_before_any_work(
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: cannot reach 's3://data/shards/0.tar'"), line
     assert not cache.exists() or not list(cache.glob("*/shards/*"))
+
+
+def test_parts_open_only_their_own_s3_shards(
+    tmp_path: Path, s3: S3Server, opened: list[str]
+) -> None:
+    for number in range(4):
+        labelled_shard(tmp_path / "shards" / f"{number}.tar", number * 3, 3)
+    s3.upload_tree(BUCKET, "shards", tmp_path / "shards")
+    pattern = f"s3://{BUCKET}/shards/{{0..3}}.tar"
+    cache = tmp_path / "cache"
+    for part in ("1/2", "2/2"):
+        result = run_cli("extract", pattern, *TINY, "-j", "0", "--part", part, "--cache", cache)
+        assert result.exit_code == 0, result.output
+    assert opened == [f"s3://{BUCKET}/shards/{n}.tar" for n in (0, 2, 1, 3)]
+    whole = run_cli("extract", pattern, *TINY, "-j", "0", "--cache", cache)
+    assert "listed 12 · embedded 0 · from cache 12" in whole.output, whole.output
