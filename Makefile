@@ -11,6 +11,10 @@ $(STAMP): pyproject.toml
 	# Pinned here (not in pyproject) so other machines can bring their own CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# autofaiss and embedding-reader (the clip-retrieval export tests) pin numpy<2, pandas<3
+	# and faiss-cpu, which would replace the numpy 2, pandas 3 and faiss-gpu everything else
+	# here runs on; they work with those, so they come without their pins.
+	$(BIN)/python -m pip install --quiet --no-deps 'autofaiss>=2.15' 'embedding-reader>=1.5'
 	touch $@
 
 # The demo shows transfer learning working, offline, through the commands a user types; it

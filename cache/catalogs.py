@@ -172,6 +172,36 @@ class CatalogSet(FileCatalog):
             failed = {p: v for p, v in failed.items() if p not in files or files[p][0] <= v[0]}
         return {path: FailureRecord._make(row[:5]) for path, (_, _, row) in failed.items()}
 
+    def lookup_urls(self, urls: Sequence[str]) -> dict[str, str]:
+        # URLs are taken not to change (as img2dataset takes them): the newest record wins.
+        best: dict[str, tuple[float, str]] = {}
+        for db in self._current():
+            if "urls" not in _tables(db):  # a catalog from before tables of URLs
+                continue
+            for start in range(0, len(urls), _IN_CHUNK):
+                part = [to_stored(url) for url in urls[start : start + _IN_CHUNK]]
+                query = f"SELECT url, key, seen_unix FROM urls WHERE url IN ({','.join('?' * len(part))})"
+                for url, key, seen in db.execute(query, part):
+                    held = best.get(from_stored(url))
+                    if held is None or seen >= held[0]:
+                        best[from_stored(url)] = (seen, key)
+        return {url: key for url, (_, key) in best.items()}
+
+    def lookup_samples(self, shard: str, samples: Sequence[str]) -> dict[str, SampleRecord]:
+        db = self._shard_source(to_stored(shard))
+        if db is None:
+            return {}
+        records: dict[str, SampleRecord] = {}
+        for start in range(0, len(samples), _IN_CHUNK):
+            part = [to_stored(sample) for sample in samples[start : start + _IN_CHUNK]]
+            rows = db.execute(
+                "SELECT shard, sample, member, key, label, caption FROM samples "
+                f"WHERE shard = ? AND sample IN ({','.join('?' * len(part))})",
+                (to_stored(shard), *part),
+            )
+            records.update((record.sample, record) for record in map(_sample, rows))
+        return records
+
     def lookup_shard(self, path: str) -> ShardRecord | None:
         found = self._newest_shard(to_stored(path))
         if found is None:

@@ -28,7 +28,7 @@ from headstart.cache.store import FingerprintStore
 from headstart.errors import HeadstartError
 from headstart.pathnames import printable
 
-__all__ = ["ExportResult", "export_embeddings"]
+__all__ = ["ExportResult", "ExportRow", "export_embeddings", "export_rows"]
 
 _BLOCK = 8192
 
@@ -60,22 +60,25 @@ def export_embeddings(
     raise HeadstartError(f"unknown export format {fmt!r}; use npy or parquet")
 
 
-class _Row(NamedTuple):
+class ExportRow(NamedTuple):
+    """One exported row: the image's name (path, URL or ``SHARD#MEMBER``), label, content key
+    and caption."""
+
     path: str
     label: str | None
     key: str
     caption: str | None
 
 
-def _blocks(store: FingerprintStore) -> Iterator[list[_Row]]:
+def export_rows(store: FingerprintStore) -> Iterator[list[ExportRow]]:
     """Stat-index rows, then tar samples, whose key the store holds, a block at a time."""
     with store.cache.catalog() as catalog:
         files = (
-            [_Row(r.path, r.label, r.key, None) for r in chunk]
+            [ExportRow(r.path, r.label, r.key, None) for r in chunk]
             for chunk in catalog.iter_files(_BLOCK)
         )
         samples = (
-            [_Row(r.name, r.label, r.key, r.caption) for r in chunk]
+            [ExportRow(r.name, r.label, r.key, r.caption) for r in chunk]
             for chunk in catalog.iter_samples(_BLOCK)
         )
         for chunk in itertools.chain(files, samples):
@@ -86,7 +89,7 @@ def _blocks(store: FingerprintStore) -> Iterator[list[_Row]]:
 
 
 def _export_npy(store: FingerprintStore, path: Path) -> ExportResult:
-    total = sum(len(rows) for rows in _blocks(store))
+    total = sum(len(rows) for rows in export_rows(store))
     dim = int(store.dim or 0)
     table_path = path.with_suffix(".csv")
     matrix = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, dim))
@@ -94,7 +97,7 @@ def _export_npy(store: FingerprintStore, path: Path) -> ExportResult:
     with open(table_path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         table = csv.writer(f)
         table.writerow(["row", "path", "label", "key", "caption"])
-        for rows in _blocks(store):
+        for rows in export_rows(store):
             if written + len(rows) > total:
                 raise HeadstartError("the cache changed during export; run it again")
             matrix[written : written + len(rows)] = store.get([r.key for r in rows])
@@ -130,7 +133,7 @@ def _export_parquet(store: FingerprintStore, path: Path) -> ExportResult:
     )
     written = 0
     with pq.ParquetWriter(path, schema) as writer:
-        for rows in _blocks(store):
+        for rows in export_rows(store):
             vectors = store.get([r.key for r in rows])
             embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
             batch = pa.record_batch(

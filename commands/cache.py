@@ -52,15 +52,68 @@ def info(cache_dir: str, show_failures: bool) -> None:
 @click.command()
 @click.argument("cache_dir", required=False, envvar=CACHE_ENV, default=DEFAULT_CACHE)
 @click.option("--fingerprint", help="Fingerprint id or unique prefix [default: the only one].")
-@click.option("-o", "--out", required=True, help="Output path (.npy + .csv, or .parquet).")
-@click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), help="[default: by suffix]")
-def export(cache_dir: str, fingerprint: str | None, out: str, fmt: str | None) -> None:
-    """Write a fingerprint's embeddings with paths and labels to .npy + .csv or Parquet."""
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    help="Output path (.npy + .csv, or .parquet); for clip-retrieval a folder or a URL "
+    "(s3://bucket/prefix).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["npy", "parquet", "clip-retrieval"]),
+    help="clip-retrieval: img_emb/*.npy, metadata/*.parquet and (image-text models) "
+    "text_emb/*.npy, as autofaiss and embedding-reader read them [default: by suffix].",
+)
+@click.option(
+    "--rows-per-part",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="clip-retrieval: rows in each part file.",
+)
+@click.option(
+    "--text/--no-text",
+    default=None,
+    help="clip-retrieval: write the captions' embeddings to text_emb/ [default: when the "
+    "model embeds text and rows have captions].",
+)
+@click.option("--device", default="auto", show_default=True, help="Embeds captions (--text).")
+def export(
+    cache_dir: str,
+    fingerprint: str | None,
+    out: str,
+    fmt: str | None,
+    rows_per_part: int,
+    text: bool | None,
+    device: str,
+) -> None:
+    """Write a fingerprint's embeddings with paths and labels to .npy + .csv, Parquet, or
+    clip-retrieval's layout."""
     from headstart.cache import EmbeddingCache
+    from headstart.extract.remote import is_url
+
+    if is_url(out) and fmt != "clip-retrieval":
+        raise click.ClickException(
+            "npy and parquet exports write local files; --format clip-retrieval writes to URLs"
+        )
+    store = EmbeddingCache(cache_dir).open(fingerprint)
+    if fmt == "clip-retrieval":
+        from headstart.cache.clip_retrieval import export_clip_retrieval
+
+        done = export_clip_retrieval(
+            store, out, rows_per_part=rows_per_part, text=text, device=device
+        )
+        texts = f", {done.captions} captions embedded in text_emb/" if done.text else ""
+        click.echo(
+            f"wrote {done.rows} rows x {done.dim} in {len(done.files)} files to {out}{texts}"
+        )
+        return
     from headstart.cache.export import export_embeddings
 
     fmt = fmt or ("parquet" if out.endswith(".parquet") else "npy")
-    result = export_embeddings(EmbeddingCache(cache_dir).open(fingerprint), out, fmt)
+    result = export_embeddings(store, out, fmt)
     click.echo(f"wrote {result.rows} rows x {result.dim} to {', '.join(map(str, result.files))}")
 
 

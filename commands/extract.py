@@ -88,7 +88,8 @@ def extract(
 ) -> None:
     """Embed the images of SOURCES (folders, .txt/.csv manifests, files, webdataset tar
     shards: x.tar, 'shards/{00000..00099}.tar', 'shards/*.tar'; tables of paths or URLs:
-    .parquet, .jsonl, .csv with a header row) into the cache.
+    .parquet, .jsonl, .csv with a header row) into the cache. Folders and shards may be s3://,
+    gs:// or http(s):// URLs (pip install 'headstart[s3]', [gs], [http]).
 
     Under torchrun (`torchrun --nproc-per-node N -m headstart extract ...`) every rank embeds
     its own part on its own GPU (or CPU) and rank 0 prints the job's summary.

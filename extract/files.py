@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import stat
 
+from headstart.extract.remote import is_url, read_object, stat_object
+
 __all__ = ["UnreadableFile", "not_a_file", "read_file", "stat_file"]
 
 _KINDS = (
@@ -38,7 +40,10 @@ def not_a_file(mode: int) -> str | None:
 
 def stat_file(path: str) -> tuple[os.stat_result | None, str | None]:
     """The file's stat, and why it cannot be embedded (None when it may be). A FIFO, socket or
-    device with an image name is refused here, before anything opens it."""
+    device with an image name is refused here, before anything opens it. A URL (an object in
+    a remote folder) is asked for its size and version instead (see :mod:`.remote`)."""
+    if is_url(path):
+        return stat_object(path)  # type: ignore[return-value]
     try:
         st = os.stat(path)
     except (OSError, ValueError) as exc:
@@ -58,6 +63,11 @@ def read_file(path: str) -> tuple[bytes, os.stat_result]:
         >>> len(data) == st.st_size
         True
     """
+    if is_url(path):
+        try:
+            return read_object(path)  # type: ignore[return-value]
+        except OSError as exc:
+            raise UnreadableFile(str(exc)) from None
     for _ in range(_READ_ATTEMPTS):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)

@@ -10,13 +10,14 @@ is read or hashed here, and rows come in blocks, so any number of images streams
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
 from headstart.cache.catalog import FileCatalog
+from headstart.extract.files import stat_file
+from headstart.extract.remote import listed_stat
 from headstart.extract.samples import SampleFields
 from headstart.extract.shards import is_shard_source, list_shards
 from headstart.extract.sources import ListingSkips, iter_images
@@ -91,9 +92,9 @@ def _file_rows(
             entry = known.get(item.path)
             if entry is None:
                 continue
-            try:
-                st = os.stat(item.path)
-            except OSError:
+            # A remote listing's signature, else the file's (or the object's, asked for).
+            st = listed_stat(item) or stat_file(item.path)[0]
+            if st is None:
                 continue
             if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
                 rows.append(LabelledRow(item.path, entry.key, item.label))
@@ -125,9 +126,8 @@ def _table_rows(
             key = urls.get(row.target)
             entry = files.get(row.target)
             if entry is not None:
-                try:
-                    st = os.stat(row.target)
-                except OSError:
+                st = stat_file(row.target)[0]
+                if st is None:
                     continue
                 if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
                     key = entry.key

@@ -23,6 +23,7 @@ from headstart.cache.catalog import FailureRecord, FileCatalog, FileRecord
 from headstart.cache.keys import KeyMembership
 from headstart.extract.files import stat_file
 from headstart.extract.parts import Partition
+from headstart.extract.remote import listed_stat
 from headstart.extract.samples import SampleFields
 from headstart.extract.shards import ShardRef
 from headstart.extract.sources import ImageItem
@@ -87,7 +88,8 @@ def _sort_chunk(
     candidates: list[tuple[ImageItem, FileRecord]] = []
     unreadable: list[FailureRecord] = []
     for item in chunk:
-        st, stat_error = stat_file(item.path)
+        listed = listed_stat(item)  # a remote listing's signature: no request per object
+        st, stat_error = (listed, None) if listed is not None else stat_file(item.path)
         signature = (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
         entry = known.get(item.path)
         if entry is not None and (entry.size, entry.mtime_ns) != signature:

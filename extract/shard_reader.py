@@ -36,7 +36,7 @@ from headstart.extract.samples import (
     iter_tar_samples,
     label_and_caption,
 )
-from headstart.extract.shards import ShardRef, open_shard
+from headstart.extract.shards import ShardRef, open_shard, shard_signature
 
 __all__ = ["ShardDataset", "StoreProbe", "make_shard_loader"]
 
@@ -97,6 +97,8 @@ class ShardDataset(IterableDataset):
         samples = failures = 0
         damage: str | None = None
         try:
+            if ref.problem is not None:  # a remote shard that answered 404 or access denied
+                raise OSError(ref.problem)
             stream = open_shard(ref.path)
         except OSError as exc:
             damage = f"cannot read shard: {exc.strerror or exc}"
@@ -116,7 +118,7 @@ class ShardDataset(IterableDataset):
             yield DecodedItem(
                 failure=FailureRecord(ref.path, ref.size, ref.mtime_ns, damage), streamed=True
             )
-        if _signature(ref.path) != (ref.size, ref.mtime_ns):
+        if shard_signature(ref.path) != (ref.size, ref.mtime_ns):
             # Replaced or still being written while read: not marked read, so the next run
             # reads it again.
             log.warning("shard %s changed while it was read", ref.path)
@@ -151,14 +153,6 @@ class ShardDataset(IterableDataset):
             return DecodedItem(failure=failure, decode_seconds=seconds, streamed=True)
         seconds = time.perf_counter() - began
         return DecodedItem(sample=record, pixels=pixels, decode_seconds=seconds, streamed=True)
-
-
-def _signature(path: str) -> tuple[int, int]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (-1, -1)
-    return st.st_size, st.st_mtime_ns
 
 
 def make_shard_loader(

@@ -8,8 +8,13 @@ folder that holds shards and no images (its ``*.tar`` files, sorted). Expanding 
 one small record per shard, never per image: a hundred million images in ten thousand shards
 are ten thousand records.
 
-Every shard is opened through :func:`open_shard`, whatever it names; it reads local files
-today, and is where other schemes plug in.
+Every shard is opened through :func:`open_shard`, whatever it names. A source with a scheme
+(``s3://bucket/shards/{00000..00099}.tar``, ``https://host/shard-{0..9}.tar``,
+``'s3://bucket/shards/*.tar'``, an ``s3://`` prefix that holds shards) is read through fsspec
+(:mod:`.remote`): streamed, never downloaded to disk. A remote shard's signature is its size
+and the version token of its ETag (where a local one has its mtime), so a rerun skips the
+shards already read; one that answers 404 or access denied is not fatal: its reason goes to
+the failure ledger when its turn comes, as a damaged shard's does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from headstart.errors import HeadstartError
+from headstart.extract import remote
 from headstart.extract.sources import IMAGE_EXTENSIONS
 from headstart.pathnames import printable
 
@@ -32,6 +38,7 @@ __all__ = [
     "is_shard_source",
     "list_shards",
     "open_shard",
+    "shard_signature",
     "split_sources",
 ]
 
@@ -45,17 +52,23 @@ _OPEN_BUFFER = 1 << 20
 
 @dataclass(frozen=True)
 class ShardRef:
-    """One shard to read: its absolute path and its stat signature when listed."""
+    """One shard to read: its absolute path (or URL) and its signature when listed (for a URL,
+    ``mtime_ns`` is its version token; see :mod:`.remote`). ``problem``: why a remote shard
+    cannot be read (404, access denied), recorded in the ledger when its turn comes; its
+    signature is then (-1, -1)."""
 
     path: str
     size: int
     mtime_ns: int
+    problem: str | None = None
 
 
 def is_shard_source(source: str) -> bool:
     """Whether ``source`` names tar shards (a shard, a pattern of them, or a shard folder)."""
     if source.lower().endswith(SHARD_SUFFIXES):
         return True
+    if remote.is_url(source):
+        return _is_remote_shard_folder(source)
     return os.path.isdir(source) and _is_shard_folder(source)
 
 
@@ -102,6 +115,12 @@ def list_shards(sources: Sequence[str]) -> list[ShardRef]:
     shards: list[ShardRef] = []
     seen: set[str] = set()  # shard paths: one entry per shard
     for source in sources:
+        if remote.is_url(source):
+            for ref in _remote_shards(source):
+                if ref.path not in seen:
+                    seen.add(ref.path)
+                    shards.append(ref)
+            continue
         paths = _paths(source)
         if not paths:
             raise HeadstartError(f"no shards match {printable(source)!r}")
@@ -142,6 +161,79 @@ def _paths(source: str) -> list[str]:
     return paths
 
 
+def _remote_shards(source: str) -> list[ShardRef]:
+    """The shards a URL source names: a brace pattern's expansion (each asked for its
+    signature), a glob's matches, or the shards under a prefix."""
+    urls: list[str] = []
+    for expanded in expand_braces(source):
+        fs, path = remote.filesystem(expanded)
+        if _GLOB_CHARACTERS.intersection(path) and "http" not in remote.protocols(fs):
+            found = fs.glob(path, detail=True)
+            urls.extend(fs.unstrip_protocol(name) for name in sorted(found))
+        else:
+            urls.append(expanded)
+    if not urls:
+        raise HeadstartError(f"no shards match {printable(source)!r}")
+    refs: list[ShardRef] = []
+    for url, info in zip(urls, remote.info_many(urls), strict=True):
+        if isinstance(info, BaseException):
+            if not remote.is_answer(info):  # no server there: nothing would be read at all
+                raise HeadstartError(
+                    f"cannot reach {printable(url)!r}: {remote.describe_error(info)}"
+                )
+            refs.append(ShardRef(url, -1, -1, remote.describe_error(info)))
+        elif info.get("type") == "directory":
+            refs.extend(_remote_folder_shards(url))
+        else:
+            refs.append(ShardRef(url, *remote.remote_signature(info)))
+    return refs
+
+
+def _remote_folder_shards(url: str) -> list[ShardRef]:
+    fs, path = remote.filesystem(url)
+    entries = sorted(fs.ls(path, detail=True), key=lambda e: e["name"])
+    refs = [
+        ShardRef(
+            remote.join_url(url, e["name"].rstrip("/").rsplit("/", 1)[-1]),
+            *remote.remote_signature(e),
+        )
+        for e in entries
+        if e.get("type") != "directory" and e["name"].lower().endswith(SHARD_SUFFIXES)
+    ]
+    if not refs:
+        raise HeadstartError(f"no shards under {printable(url)!r}")
+    return refs
+
+
+def _is_remote_shard_folder(source: str) -> bool:
+    """A remote prefix that holds ``.tar`` objects and neither images nor sub-folders."""
+    fs, path = remote.filesystem(source)
+    try:
+        entries = fs.ls(path.rstrip("/"), detail=True)
+    except Exception:  # not a prefix (or unreadable): the image listing reports it
+        return False
+    has_shards = False
+    for entry in entries:
+        name = entry["name"].rstrip("/").lower()
+        if entry.get("type") == "directory" or os.path.splitext(name)[1] in IMAGE_EXTENSIONS:
+            return False
+        has_shards = has_shards or name.endswith(SHARD_SUFFIXES)
+    return has_shards
+
+
+def shard_signature(path: str) -> tuple[int, int]:
+    """A shard's signature now: (size, mtime_ns) of a file, (size, version token) of an
+    object; (-1, -1) when it cannot be had."""
+    if remote.is_url(path):
+        stat, _ = remote.stat_object(path)
+        return (stat.st_size, stat.st_mtime_ns) if stat is not None else (-1, -1)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return st.st_size, st.st_mtime_ns
+
+
 def _is_shard_folder(folder: str) -> bool:
     """A folder of tar shards: it holds ``.tar`` files and neither images nor sub-folders,
     which would make it an image folder."""
@@ -166,4 +258,6 @@ def open_shard(path: str) -> BinaryIO:
         >>> with open_shard("/data/shards/00000.tar") as stream:  # doctest: +SKIP
         ...     head = stream.read(512)
     """
+    if remote.is_url(path):
+        return remote.open_stream(path)  # streamed: nothing is downloaded to disk
     return open(path, "rb", buffering=_OPEN_BUFFER)  # the caller closes it

@@ -75,7 +75,12 @@ def iter_images(sources: Iterable[str], skipped: ListingSkips | None = None) -> 
     if skipped is None:
         skipped = _WarningSkips()
     for source in sources:
-        if os.path.isdir(source):
+        if _is_url(source):  # an object-store prefix (or one image object), read through fsspec
+            from headstart.extract.remote import iter_remote_images
+
+            items = iter_remote_images(source, IMAGE_EXTENSIONS, skipped)
+            yield from _non_empty(items, source, skipped)
+        elif os.path.isdir(source):
             yield from _non_empty(_iter_folder(os.path.abspath(source), skipped), source, skipped)
         elif os.path.isfile(source):
             if os.path.splitext(source)[1].lower() in MANIFEST_EXTENSIONS:
@@ -88,6 +93,12 @@ def iter_images(sources: Iterable[str], skipped: ListingSkips | None = None) -> 
                 "(give a folder, a .txt/.csv manifest, image files, .tar shards or a table: "
                 ".parquet, .jsonl, .csv with a header)"
             )
+
+
+def _is_url(source: str) -> bool:
+    from headstart.extract.remote import is_url
+
+    return is_url(source)
 
 
 class _WarningSkips(ListingSkips):
