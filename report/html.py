@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from headstart import __version__
+from headstart.classify.overlap import UNRECORDED, Overlap
 from headstart.pathnames import printable
 from headstart.report.figures import MAX_TABLE_CLASSES, Figures
 from headstart.report.gather import (
@@ -39,6 +40,9 @@ main { max-width: 1100px; margin: 0 auto; padding: 1.5rem; }
 h1 { margin: 0 0 .25rem; font-size: 1.6rem; }
 h2 { margin: 2rem 0 .6rem; font-size: 1.2rem; border-bottom: 1px solid #ddd; }
 .meta, .note { color: #555; }
+.warning { background: #fff4e5; border: 1px solid #f0b35b; border-radius: 6px;
+  padding: .6rem 1rem; color: #5c3700; }
+.warning .path { color: #7a5a2e; overflow-wrap: anywhere; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
 dt { font-weight: 600; } dd { margin: 0; overflow-wrap: anywhere; }
 .cards { display: flex; flex-wrap: wrap; gap: .75rem; }
@@ -78,6 +82,8 @@ def render(data: ReportData, figures: Figures) -> str:
         f'<p class="meta">{kind} <code>{_text(target.path)}</code> · made '
         f"{_text(time.strftime('%Y-%m-%d %H:%M'))} by headstart {_text(__version__)}</p>",
     ]
+    if data.evaluated is not None and data.evaluated.overlap is not None:
+        parts.append(_overlap_warning(data.evaluated.overlap))
     parts.append(_evaluation_summary(data.evaluated, target))
     if data.head is not None:
         parts.append(_head_section(data.head))
@@ -178,6 +184,41 @@ def _evaluation_summary(evaluated: Evaluated | None, target: Target) -> str:
     return (
         f'<section id="evaluation"><h2>Evaluation</h2><div class="cards">{shown}</div>'
         f'<p class="note">{"; ".join(notes)}.</p></section>'
+    )
+
+
+def _overlap_warning(overlap: Overlap) -> str:
+    """Evaluation images the head was trained on, at the top: they make every figure below
+    look better than the head is on new images."""
+    if overlap.known and not overlap.matched:
+        return (
+            '<p class="note" id="training-overlap">None of the evaluated images were in the '
+            "head's training data (matched by content, so copies and renames would count).</p>"
+        )
+    if not overlap.known:
+        return (
+            '<p class="warning" id="training-overlap" role="alert">Unknown whether the '
+            "evaluated images were in the head's training data: the head does not record its "
+            f"training images ({UNRECORDED}). Train it again to check.</p>"
+        )
+    rest = overlap.rest
+    if rest is None:
+        after = "No image is left to score the head on new images."
+    else:
+        shown = [f"accuracy <b>{_number(rest.accuracy)}</b>"]
+        shown.append(f"macro-F1 {_number(rest.macro_f1)}")
+        shown.append(f"balanced accuracy {_number(rest.balanced_accuracy)}")
+        if rest.log_loss is not None:
+            shown.append(f"log-loss {_number(rest.log_loss)}")
+        after = f"On the other {rest.n} images: {', '.join(shown)}."
+    examples = ", ".join(_text(os.path.basename(path)) for path in overlap.examples[:5])
+    more = " …" if overlap.matched > min(5, len(overlap.examples)) else ""
+    return (
+        '<p class="warning" id="training-overlap" role="alert"><b>Warning: '
+        f"{overlap.matched} of {overlap.total} evaluated images were in the head's training "
+        "data</b> (the same bytes: copies and renames count), so the figures on this page are "
+        f"better than the head is on new images. {after} "
+        f'<span class="path">For example: {examples}{more}</span></p>'
     )
 
 
