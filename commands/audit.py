@@ -49,6 +49,13 @@ __all__ = ["audit"]
     type=click.Path(dir_okay=False),
     help="Write every finding to this JSON file.",
 )
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False),
+    help="Also write a page of the findings with their thumbnails side by side (as headstart "
+    "report --audit makes from the JSON).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def audit(
     sources: tuple[str, ...],
@@ -57,6 +64,7 @@ def audit(
     label_errors: bool,
     limit: int,
     json_out: str | None,
+    html_out: str | None,
     quiet: bool,
     **params,
 ) -> None:
@@ -69,6 +77,12 @@ def audit(
     from headstart.audit.settings import AuditOptions
 
     embed, cache_dir = extract_options(params)
+    if html_out:
+        from pathlib import Path
+
+        from headstart.report import check_writable
+
+        check_writable(Path(html_out))  # before an audit that may take minutes
     options = AuditOptions(
         near=NearSearch(near_threshold),
         labels=LabelSearch(folds=folds),
@@ -83,3 +97,9 @@ def audit(
         except OSError as exc:
             raise HeadstartError(f"cannot write {json_out}: {exc.strerror or exc}") from None
         click.echo(f"wrote {json_out}")
+    if html_out:
+        from headstart.audit.report import findings_to_dict
+        from headstart.report import build_audit_page
+
+        written = build_audit_page(findings_to_dict(findings), html_out)
+        click.echo(f"wrote {written.path} ({written.size / 1024:.0f} KB)")
