@@ -71,8 +71,16 @@ def training_key_prefixes(source: Blocks) -> np.ndarray | None:
     read a block of keys at a time; None for rows that carry no keys (arrays)."""
     if not _has_keys(source):
         return None
-    parts = [key_prefixes(keys) for keys in _key_blocks(source)]
-    return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+    # One array of 8 bytes a row, filled a block at a time and sorted in place.
+    prefixes = np.empty(len(source), dtype=np.uint64)
+    filled = 0
+    for keys in _key_blocks(source):
+        prefixes[filled : filled + len(keys)] = key_prefixes(keys)
+        filled += len(keys)
+    prefixes.sort()
+    distinct = np.ones(len(prefixes), dtype=bool)
+    distinct[1:] = prefixes[1:] != prefixes[:-1]
+    return prefixes[distinct]
 
 
 def _has_keys(source: Blocks) -> bool:
