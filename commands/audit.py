@@ -20,7 +20,12 @@ __all__ = ["audit"]
     type=click.FloatRange(-1, 1),
     default=default_of(NearSearch, "threshold"),
     show_default=True,
-    help="Cosine similarity over which two different files across sources are near-copies.",
+    help="Cosine similarity over which two different files are near-copies.",
+)
+@click.option(
+    "--near-within",
+    is_flag=True,
+    help="Also look for near-duplicates within each source (every source is then indexed).",
 )
 @click.option(
     "--folds",
@@ -60,6 +65,7 @@ __all__ = ["audit"]
 def audit(
     sources: tuple[str, ...],
     near_threshold: float,
+    near_within: bool,
     folds: int,
     label_errors: bool,
     limit: int,
@@ -84,7 +90,7 @@ def audit(
 
         check_writable(Path(html_out))  # before an audit that may take minutes
     options = AuditOptions(
-        near=NearSearch(near_threshold),
+        near=NearSearch(near_threshold, within=near_within),
         labels=LabelSearch(folds=folds),
         find_label_errors=label_errors,
     )

@@ -230,7 +230,8 @@ def _groups_section(
 
 
 def _near_section(near: dict[str, Any], limit: int, thumbnails: dict[str, bytes | None]) -> str:
-    heading = '<section id="near-duplicates"><h2>Near-duplicates across sources</h2>'
+    where = "across and within sources" if near.get("within_sources") else "across sources"
+    heading = f'<section id="near-duplicates"><h2>Near-duplicates {where}</h2>'
     if near.get("needs"):
         return f"{heading}{_not_searched(near['needs'])}</section>"
     pairs = near["pairs"]

@@ -161,3 +161,11 @@ def test_bad_input_fails_in_one_line(audited, tmp_path, case, message) -> None:
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and message in errors[0], result.output
     assert not out.exists()
+
+
+def test_the_near_heading_says_when_pairs_within_sources_were_searched(audited) -> None:
+    document = read_audit(audited["json"])
+    assert document["near_duplicates"]["within_sources"] is False
+    document["near_duplicates"]["within_sources"] = True
+    html = render_audit(document, limit=1)
+    assert "<h2>Near-duplicates across and within sources</h2>" in html
