@@ -121,7 +121,7 @@ class Overlap:
         }
 
     def sentence(self) -> str:
-        """One line for people: what matched, and the accuracy on the rest."""
+        """For people: what matched and, on a second line, the metrics on the rest."""
         if not self.known:
             return (
                 "whether these images were in the head's training data is unknown: the head "
@@ -138,7 +138,7 @@ class Overlap:
         loss = f"  log-loss {r.log_loss:.4f}" if r.log_loss is not None else ""
         return (
             f"{self.matched} of {self.total} images were in the head's training data (the same "
-            f"bytes: copies and renames count); on the other {r.n}: accuracy {r.accuracy:.4f}  "
+            f"bytes: copies and renames count)\n  on the other {r.n}: accuracy {r.accuracy:.4f}  "
             f"balanced accuracy {r.balanced_accuracy:.4f}  macro-F1 {r.macro_f1:.4f}{loss}"
         )
 

@@ -93,7 +93,7 @@ def test_evaluate_counts_renamed_copies_and_scores_the_rest(leaked: dict, tmp_pa
     assert overlap["rest"]["macro_f1"] == pytest.approx(
         f1_score(truth, guess, average="macro", zero_division=0)
     )
-    assert f"on the other {len(rest)}: accuracy {overlap['rest']['accuracy']:.4f}" in output
+    assert f"\n  on the other {len(rest)}: accuracy {overlap['rest']['accuracy']:.4f}" in output
     # All images are still scored as before, beside the split.
     assert document["n"] == total
 
