@@ -146,8 +146,8 @@ def _overlap_warning(overlap: Overlap) -> str:
     return (
         '<p class="warning" id="training-overlap" role="alert"><b>Warning: '
         f"{overlap.matched} of {overlap.total} evaluated images were in the head's training "
-        "data</b> (the same bytes: copies and renames count), so the figures on this page are "
-        f"better than the head is on new images. {after} "
+        "data</b> (the same bytes: copies and renames count); the figures below include them, "
+        f"so they do not measure the head on new images. {after} "
         f'<span class="path">For example: {examples}{more}</span></p>'
     )
 
