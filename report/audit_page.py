@@ -129,16 +129,15 @@ def _summary(document: dict[str, Any]) -> str:
     labels = document["label_errors"]
     across = sum(len(group.get("sources", [])) > 1 for group in exact)
     cards = [
-        ("images", sum(int(s["images"]) for s in sources)),
-        ("exact-duplicate groups", f"{len(exact)} ({across} across sources)"),
-        ("label conflicts", len(document["label_conflicts"])),
-        ("near-duplicate pairs", "-" if near.get("needs") else len(near["pairs"])),
-        ("likely label errors", "-" if labels.get("needs") else len(labels["issues"])),
+        ("images", "images", sum(int(s["images"]) for s in sources)),
+        ("exact", "exact-duplicate groups", f"{len(exact)} ({across} across sources)"),
+        ("conflicts", "label conflicts", len(document["label_conflicts"])),
+        ("near", "near-duplicate pairs", "-" if near.get("needs") else len(near["pairs"])),
+        ("errors", "likely label errors", "-" if labels.get("needs") else len(labels["issues"])),
     ]
     shown = "".join(
-        f'<div class="card" id="count-{name.split(" ")[0]}-{name.split(" ")[-1]}">{text(name)}'
-        f"<b>{text(value)}</b></div>"
-        for name, value in cards
+        f'<div class="card" id="count-{key}">{text(name)}<b>{text(value)}</b></div>'
+        for key, name, value in cards
     )
     listed = ", ".join(
         f"{text(s['name'])} ({int(s['images'])} images"

@@ -74,6 +74,8 @@ def test_report_audit_renders_every_section_in_a_real_browser(audited, page, tmp
     images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
     assert images and all(complete and width > 0 for complete, width in images), images
     assert page.problems == [], page.problems
+    assert page.inner_text("#count-exact b") == "4 (4 across sources)"
+    assert page.inner_text("#count-near b") == str(len(document["near_duplicates"]["pairs"]))
 
     # Ranked and capped: near pairs as the JSON ranks them, the first NEAR_LIMIT, with the count.
     pairs = document["near_duplicates"]["pairs"]
