@@ -142,6 +142,7 @@ def test_tar_members_are_found_by_name_and_read_once(audited) -> None:
         ("other json", "is not the JSON of headstart audit"),
         ("damaged", "damaged"),
         ("both", "not both"),
+        ("neither", "give HEAD_DIR"),
     ],
 )
 def test_bad_input_fails_in_one_line(audited, tmp_path, case, message) -> None:
@@ -158,7 +159,8 @@ def test_bad_input_fails_in_one_line(audited, tmp_path, case, message) -> None:
     elif case == "both":
         given = audited["json"]
         extra = [tmp_path]
-    result = run_cli("report", *extra, "--audit", given, "-o", out)
+    audit = [] if case == "neither" else ["--audit", given]
+    result = run_cli("report", *extra, *audit, "-o", out)
     assert result.exit_code != 0
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and message in errors[0], result.output
