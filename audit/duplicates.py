@@ -14,26 +14,9 @@ import numpy as np
 
 from headstart.audit.findings import ExactGroup
 from headstart.audit.sources import AuditSource
+from headstart.classify.overlap import key_prefixes
 
 __all__ = ["exact_duplicates", "key_prefixes", "label_conflicts"]
-
-_PREFIX_BLOCK = 65536
-_HEX_DIGITS = 16  # 64 bits of the SHA-256 key
-
-
-def key_prefixes(keys: np.ndarray) -> np.ndarray:
-    """The first 64 bits of hex content keys (``S64``), as uint64, a block at a time."""
-    keys = np.ascontiguousarray(keys, dtype="S64")
-    out = np.empty(len(keys), dtype=np.uint64)
-    shifts = np.arange(4 * (_HEX_DIGITS - 1), -1, -4, dtype=np.uint64)
-    for start in range(0, len(keys), _PREFIX_BLOCK):
-        block = keys[start : start + _PREFIX_BLOCK]
-        chars = block.view(np.uint8).reshape(len(block), 64)[:, :_HEX_DIGITS].astype(np.uint64)
-        # '0'-'9' are 48-57 and 'a'-'f' 97-102 in ASCII; anything else only spoils a prefix,
-        # which the full-key comparison below catches.
-        nibbles = np.where(chars < 58, chars - 48, chars - 87) & np.uint64(15)
-        out[start : start + len(block)] = (nibbles << shifts).sum(axis=1, dtype=np.uint64)
-    return out
 
 
 def exact_duplicates(sources: Sequence[AuditSource]) -> list[ExactGroup]:

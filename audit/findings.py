@@ -51,8 +51,9 @@ class ExactGroup:
 
 @dataclass(frozen=True)
 class NearPair:
-    """Two images in different sources whose embeddings are closer than the threshold, though
-    their bytes differ (resized, re-encoded, cropped copies)."""
+    """Two images (in different sources, or in one when the search looked within sources)
+    whose embeddings are closer than the threshold, though their bytes differ (resized,
+    re-encoded, cropped copies)."""
 
     similarity: float
     first: Item
@@ -96,3 +97,4 @@ class AuditFindings:
     labels: LabelFindings
     labelled_sources: dict[str, bool] = field(default_factory=dict)
     missing: int = 0  # images listed that had no embedding (failed to decode), left out
+    near_within: bool = False  # whether near pairs within a source were looked for

@@ -1,5 +1,6 @@
-"""Near-duplicates across sources: pairs of different files whose embeddings have a cosine
-similarity over a threshold (resized, re-encoded and cropped copies), found through FAISS.
+"""Near-duplicates across sources (and, when asked, within each): pairs of different files whose
+embeddings have a cosine similarity over a threshold (resized, re-encoded and cropped copies),
+found through FAISS.
 
 Similarity is the cosine of centred embeddings (the mean vector of the sources subtracted):
 pooled features after a ReLU all point into one orthant, where even unrelated photos have a
@@ -35,26 +36,49 @@ _MEAN_SAMPLE_ROWS = 20_000
 
 def near_duplicates(sources: Sequence[AuditSource], search: NearSearch) -> list[NearPair]:
     """Every cross-source pair over ``search.threshold`` whose bytes differ (exact copies are
-    reported as exact duplicates), most similar first.
+    reported as exact duplicates), most similar first; with ``search.within``, pairs within
+    each source too.
 
-    Every source but the largest is indexed once; then each source, largest first, is read
-    once and searched against the indexes of the sources smaller than it. For train, val and
-    test that reads train once rather than once per other source, and holds the indexes of
-    val and test.
+    Every source but the largest is indexed once (with ``within``, the largest too); then each
+    source, largest first, is read once and searched against the indexes of the sources
+    smaller than it (and its own). For train, val and test that reads train once rather than
+    once per other source, and holds the indexes of val and test.
     """
     found: list[NearPair] = []
     mean = _mean_vector(sources) if search.centre else None
     order = sorted(sources, key=len, reverse=True)
-    indexes = [_build_index(source, search, mean) for source in order[1:]]
-    for position, queried in enumerate(order[:-1]):
-        targets = list(zip(order[position + 1 :], indexes[position:], strict=True))
+    indexes = [
+        _build_index(source, search, mean) if position or search.within else None
+        for position, source in enumerate(order)
+    ]
+    for position, queried in enumerate(order):
+        targets = [(order[j], indexes[j]) for j in range(position + 1, len(order))]
+        if search.within:
+            targets.append((queried, indexes[position]))
+        if not targets:
+            continue
         for rows, vectors in iter_vector_blocks(queried.data):
             unit = _unit(vectors, mean)
             for indexed, index in targets:
                 found.extend(_hits(indexed, index, queried, rows, unit, search))
+    if search.within:
+        found = _distinct(found)
     found.sort(key=lambda p: (-p.similarity, p.first.source, p.first.path, p.second.path))
     log.info("%d near-duplicate pairs over %g", len(found), search.threshold)
     return found
+
+
+def _distinct(pairs: list[NearPair]) -> list[NearPair]:
+    """Pairs within a source are found from both ends: keep each once, the first of its two
+    images by path first."""
+    kept: dict[tuple, NearPair] = {}
+    for pair in pairs:
+        if pair.first.source == pair.second.source and pair.first.path > pair.second.path:
+            pair = NearPair(pair.similarity, pair.second, pair.first)
+        ends = (pair.first.source, pair.first.path, pair.second.source, pair.second.path)
+        if ends not in kept or kept[ends].similarity < pair.similarity:
+            kept[ends] = pair
+    return list(kept.values())
 
 
 def _mean_vector(sources: Sequence[AuditSource]) -> np.ndarray:
@@ -85,7 +109,9 @@ def _hits(
 ) -> list[NearPair]:
     """The pairs over the threshold between a block of ``queried`` (its ``rows``, their unit
     vectors) and ``indexed``."""
-    similarities, neighbours = index.search(unit, min(search.neighbours, len(indexed)))
+    itself = indexed is queried  # each image finds itself first: one more neighbour
+    k = min(search.neighbours + itself, len(indexed))
+    similarities, neighbours = index.search(unit, k)
     pairs = []
     hit_rows, hit_cols = np.nonzero(similarities >= search.threshold)
     for q, c in zip(hit_rows.tolist(), hit_cols.tolist(), strict=True):
@@ -93,6 +119,8 @@ def _hits(
         if other < 0:  # IVF found fewer than k neighbours
             continue
         row = int(rows[q])
+        if itself and other == row:
+            continue
         if queried.data.keys[row] == indexed.data.keys[other]:
             continue  # the same bytes: an exact duplicate, reported as such
         similarity = min(float(similarities[q, c]), 1.0)

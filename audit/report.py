@@ -31,6 +31,7 @@ def findings_to_dict(findings: AuditFindings) -> dict:
         "label_conflicts": [_group(g) for g in findings.conflicts],
         "near_duplicates": {
             "threshold": findings.near_threshold,
+            "within_sources": findings.near_within,
             "needs": None if findings.near is not None else "two or more sources",
             "pairs": [
                 {"similarity": round(p.similarity, 6), "items": [_item(p.first), _item(p.second)]}
@@ -81,11 +82,12 @@ def summary_lines(findings: AuditFindings, limit: int = 10) -> list[str]:
     lines.append(f"label conflicts (the same bytes under different labels): {len(conflicts)}")
     for group in conflicts[:limit]:
         lines.append(f"  {' vs '.join(group.labels)}: {_some(group)}")
+    where = "across and within sources" if findings.near_within else "across sources"
     if findings.near is None:
-        lines.append("near-duplicates across sources: need two or more sources")
+        lines.append(f"near-duplicates {where}: need two or more sources")
     else:
         lines.append(
-            f"near-duplicates across sources (cosine >= {findings.near_threshold:g}): "
+            f"near-duplicates {where} (cosine >= {findings.near_threshold:g}): "
             f"{len(findings.near)} pairs"
         )
         for pair in findings.near[:limit]:

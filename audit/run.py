@@ -44,7 +44,8 @@ def audit_sources(sources: Sequence[AuditSource], options: AuditOptions) -> Audi
     """The findings over already embedded sources."""
     exact = exact_duplicates(sources)
     log.info("%d exact-duplicate groups", len(exact))
-    near = near_duplicates(sources, options.near) if len(sources) > 1 else None
+    searchable = len(sources) > 1 or options.near.within
+    near = near_duplicates(sources, options.near) if searchable else None
     if options.find_label_errors:
         labels = find_label_errors(sources, options.labels)
     else:
@@ -55,6 +56,7 @@ def audit_sources(sources: Sequence[AuditSource], options: AuditOptions) -> Audi
         conflicts=label_conflicts(exact),
         near=near,
         near_threshold=options.near.threshold,
+        near_within=options.near.within,
         labels=labels,
         labelled_sources={s.name: s.labelled for s in sources},
         missing=sum(s.data.missing for s in sources),

@@ -26,13 +26,16 @@ FLAT_MAX_ROWS = 5_000
 @dataclass(frozen=True)
 class NearSearch:
     """How near-duplicates are searched: the cosine threshold, how many neighbours each
-    image looks at, and the device (None: the GPUs FAISS sees, if any)."""
+    image looks at, the device (None: the GPUs FAISS sees, if any), and whether pairs within
+    a source count too (across sources only by default: a leak between splits)."""
 
     threshold: float = DEFAULT_NEAR_THRESHOLD
     neighbours: int = 8
     gpu: bool | None = None
     flat_max_rows: int = FLAT_MAX_ROWS  # indexed vectors searched exactly; more: IVF
     centre: bool = True  # subtract the sources' mean vector before the cosine
+    # Also pairs within each source (every source is then indexed, the largest too).
+    within: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ training files planted in each of val and test. Then:
 1. the whole command as a user runs it, in a fresh process (nothing left to embed): wall time
    and peak memory (target: under a minute on 2 cores);
 2. the stages on their own, in this process: reading the sources, exact duplicates,
-   near-duplicates, out-of-fold probabilities and cleanlab;
+   near-duplicates (across sources, then within them too, as ``--near-within`` asks),
+   out-of-fold probabilities and cleanlab;
 3. the near-duplicate search with an exact (flat) index beside an inverted file (IVF), the
    smaller source indexed, at a few index sizes: where IVF starts to pay
    (``headstart.audit.near.FLAT_MAX_ROWS``).
@@ -135,6 +136,8 @@ def main() -> None:
         began = _stage("exact duplicates", began)
         near_duplicates(sources, NearSearch(DEFAULT_NEAR_THRESHOLD))
         began = _stage("near-duplicates", began)
+        near_duplicates(sources, NearSearch(DEFAULT_NEAR_THRESHOLD, within=True))
+        began = _stage("near-duplicates within sources too", began)
         search = LabelSearch()
         pool = out_of_fold_probabilities(sources, search)
         began = _stage(f"out-of-fold probabilities ({search.folds} folds)", began)

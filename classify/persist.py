@@ -4,6 +4,11 @@
 of the embeddings it was trained on, plus the SHA-256 of ``arrays.npz``. Loading checks that
 hash, reads the arrays with ``allow_pickle=False``, rebuilds the head from the registry and
 checks it answers with the right shape; anything else is refused with a reason.
+
+``train`` also records, in ``arrays.npz`` beside the head's own arrays, the sorted 64-bit
+prefixes of its training images' content keys (:mod:`~headstart.classify.overlap`), so
+``evaluate`` and ``report`` can say which evaluation images it was trained on. They are read
+only when asked for (:func:`training_key_prefixes`); a head saved without them loads as before.
 """
 
 from __future__ import annotations
@@ -24,10 +29,19 @@ from headstart.cache.keys import file_key
 from headstart.classify.heads import Head, get_head
 from headstart.errors import HeadstartError
 
-__all__ = ["HEAD_DOCUMENT", "HEAD_FORMAT", "LoadedHead", "load_head", "save_head"]
+__all__ = [
+    "HEAD_DOCUMENT",
+    "HEAD_FORMAT",
+    "LoadedHead",
+    "load_head",
+    "save_head",
+    "training_key_prefixes",
+]
 
 HEAD_FORMAT = "headstart-head/1"
 HEAD_DOCUMENT, _ARRAYS = "head.json", "arrays.npz"
+# The member of arrays.npz holding the training key prefixes: a name no head's array takes.
+_TRAINING_KEYS = "_training_key_prefixes"
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,7 @@ class LoadedHead:
     head: Head
     fingerprint: Fingerprint
     document: dict[str, Any]
+    directory: Path | None = None
 
 
 def save_head(
@@ -44,13 +59,23 @@ def save_head(
     fingerprint: Fingerprint,
     metrics: dict[str, Any] | None = None,
     notes: dict[str, Any] | None = None,
+    training_keys: np.ndarray | None = None,
 ) -> Path:
-    """Write ``head`` to ``directory``; ``head.json`` is written last, so it marks completeness."""
+    """Write ``head`` to ``directory``; ``head.json`` is written last, so it marks completeness.
+
+    ``training_keys``: the sorted uint64 key prefixes of the images the head was trained on
+    (:func:`~headstart.classify.overlap.training_key_prefixes`); None records nothing, and
+    overlap with later evaluations is then unknown."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays_path = directory / _ARRAYS
+    arrays = dict(head.fitted_arrays())
+    if _TRAINING_KEYS in arrays:
+        raise ValueError(f"a head's arrays may not be named {_TRAINING_KEYS}")
+    if training_keys is not None:
+        arrays[_TRAINING_KEYS] = np.asarray(training_keys, dtype=np.uint64)
     with atomic_path(arrays_path) as temporary:
-        np.savez(temporary, **head.fitted_arrays())
+        np.savez(temporary, **arrays)
     document = {
         "format": HEAD_FORMAT,
         "head": head.head_name,
@@ -60,6 +85,8 @@ def save_head(
         "metrics": metrics or {},
         "notes": notes or {},
         "fingerprint": fingerprint.to_dict(),
+        # Recorded here too, so a reader knows without opening the arrays whether they are.
+        "training_images": None if training_keys is None else len(training_keys),
         "arrays_sha256": file_key(str(arrays_path)),
         "created_unix": time.time(),
         "headstart_version": __version__,
@@ -101,7 +128,25 @@ def load_head(
             "embed with the same model, weights, layer and precision"
         )
     head = _rebuild(document, arrays_path)
-    return LoadedHead(head, recorded, document)
+    return LoadedHead(head, recorded, document, directory)
+
+
+def training_key_prefixes(loaded: LoadedHead) -> np.ndarray | None:
+    """The sorted uint64 prefixes of the content keys of the images ``loaded`` was trained
+    on; None when its head was saved without them (before they were recorded, or fitted on
+    arrays). Read on demand: a service that loads a head never holds them."""
+    count = loaded.document.get("training_images")
+    if count is None or loaded.directory is None:
+        return None
+    arrays_path = loaded.directory / _ARRAYS
+    try:
+        with np.load(arrays_path, allow_pickle=False) as stored:
+            prefixes = stored[_TRAINING_KEYS]
+    except (OSError, KeyError, ValueError) as exc:
+        raise HeadstartError(f"{arrays_path}: cannot read its training keys ({exc})") from None
+    if prefixes.dtype != np.uint64 or prefixes.ndim != 1 or len(prefixes) != count:
+        raise HeadstartError(f"{arrays_path}: its training keys do not match {HEAD_DOCUMENT}")
+    return prefixes
 
 
 def _rebuild(document: dict[str, Any], arrays_path: Path) -> Head:
@@ -112,7 +157,7 @@ def _rebuild(document: dict[str, Any], arrays_path: Path) -> Head:
         raise HeadstartError(f"{arrays_path.parent}: unexpected hyper-parameters {params!r}")
     try:
         with np.load(arrays_path, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
+            arrays = {name: stored[name] for name in stored.files if name != _TRAINING_KEYS}
         classes = np.asarray(document["classes"])
         head = cls.from_arrays(params, classes, arrays)
         probe = head.predict_proba(np.zeros((1, int(document["n_features"])), np.float32))

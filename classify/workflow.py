@@ -28,19 +28,26 @@ from headstart.classify.data import (
 )
 from headstart.classify.heads import Head, get_head
 from headstart.classify.metrics import Metrics, per_class_report, score
+from headstart.classify.overlap import Overlap, split_scores, training_key_prefixes
 from headstart.classify.persist import LoadedHead, load_head, save_head
+from headstart.classify.persist import training_key_prefixes as recorded_training_keys
 from headstart.classify.settings import TrainOptions
 from headstart.classify.sweep import LeaderboardRow, fit_and_score, refit, sweep_blocks
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, options_for_fingerprint
 
+# A head fitted on no image (zero-shot, from class names): overlap is known to be none.
+_NO_KEYS = np.empty(0, dtype=np.uint64)
+
 __all__ = [
+    "Overlap",
     "TrainOptions",
     "TrainResult",
     "evaluate_head",
     "predict_with_head",
     "score_head",
     "train_head",
+    "training_overlap",
 ]
 
 
@@ -120,7 +127,10 @@ def _train_on(
         head, chosen, rows, counts, len(train), len(val), refitted, data.missing, left_out
     )
     if out is not None:
-        result.head_dir = _save(result, options, data.fingerprint, Path(out))
+        # What the saved head was fitted on: train, and validation too after a refit.
+        seen = ChainedBlocks([train, val]) if refitted else train
+        trained_on = training_key_prefixes(seen) if head.learns_from_images else _NO_KEYS
+        result.head_dir = _save(result, options, data.fingerprint, Path(out), trained_on)
         if options.plot:
             result.plots = _plots(chosen.estimator, train, val, Path(out))
     return result
@@ -202,11 +212,17 @@ def _train_zeroshot(
     missing = data.missing if data is not None else 0
     result = TrainResult(head, rows[0] if rows else None, rows, {}, 0, n_val, False, missing)
     if out is not None:
-        result.head_dir = _save(result, options, fingerprint, Path(out))
+        result.head_dir = _save(result, options, fingerprint, Path(out), _NO_KEYS)
     return result
 
 
-def _save(result: TrainResult, options: TrainOptions, fingerprint: Fingerprint, out: Path) -> Path:
+def _save(
+    result: TrainResult,
+    options: TrainOptions,
+    fingerprint: Fingerprint,
+    out: Path,
+    trained_on: np.ndarray | None,
+) -> Path:
     notes = {
         "validation": list(options.val_sources)
         or (f"stratified split {options.val_split}" if result.rows else "none"),
@@ -219,7 +235,14 @@ def _save(result: TrainResult, options: TrainOptions, fingerprint: Fingerprint, 
         ),
     }
     metrics = result.chosen.metrics.as_dict() if result.chosen is not None else {}
-    return save_head(result.head, out, fingerprint=fingerprint, metrics=metrics, notes=notes)
+    return save_head(
+        result.head,
+        out,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        notes=notes,
+        training_keys=trained_on,
+    )
 
 
 def _single(name: str, params: dict, train: Blocks, val: Blocks) -> LeaderboardRow:
@@ -260,6 +283,7 @@ class Evaluation:
     report: str
     missing: int
     unknown: dict[str, int]
+    overlap: Overlap = field(default_factory=lambda: Overlap(known=False))
 
 
 def _embed_for(loaded_fingerprint, sources, cache_dir, runtime: dict, progress: bool) -> Embedded:
@@ -333,7 +357,23 @@ def evaluate_head(
     unknown = {k: v for k, v in class_counts(labels).items() if k not in known}
     metrics = score(labels, proba, head.classes_, probabilistic=head.probabilistic)
     predicted = np.asarray(head.classes_)[proba.argmax(axis=1)]
-    return Evaluation(metrics, per_class_report(labels, predicted), data.missing, unknown)
+    overlap = training_overlap(scored)
+    return Evaluation(metrics, per_class_report(labels, predicted), data.missing, unknown, overlap)
+
+
+def training_overlap(scored: Scored) -> Overlap:
+    """Which of the scored images the head was trained on (by content key), and the metrics
+    on the others."""
+    head = scored.loaded.head
+    return split_scores(
+        recorded_training_keys(scored.loaded),
+        scored.data.keys,
+        scored.labels,
+        scored.proba,
+        head.classes_,
+        scored.data.paths,
+        probabilistic=head.probabilistic,
+    )
 
 
 @dataclass

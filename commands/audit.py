@@ -20,7 +20,12 @@ __all__ = ["audit"]
     type=click.FloatRange(-1, 1),
     default=default_of(NearSearch, "threshold"),
     show_default=True,
-    help="Cosine similarity over which two different files across sources are near-copies.",
+    help="Cosine similarity over which two different files are near-copies.",
+)
+@click.option(
+    "--near-within",
+    is_flag=True,
+    help="Also look for near-duplicates within each source (every source is then indexed).",
 )
 @click.option(
     "--folds",
@@ -49,14 +54,23 @@ __all__ = ["audit"]
     type=click.Path(dir_okay=False),
     help="Write every finding to this JSON file.",
 )
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False),
+    help="Also write a page of the findings with their thumbnails side by side (as headstart "
+    "report --audit makes from the JSON).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def audit(
     sources: tuple[str, ...],
     near_threshold: float,
+    near_within: bool,
     folds: int,
     label_errors: bool,
     limit: int,
     json_out: str | None,
+    html_out: str | None,
     quiet: bool,
     **params,
 ) -> None:
@@ -69,8 +83,14 @@ def audit(
     from headstart.audit.settings import AuditOptions
 
     embed, cache_dir = extract_options(params)
+    if html_out:
+        from pathlib import Path
+
+        from headstart.report import check_writable
+
+        check_writable(Path(html_out))  # before an audit that may take minutes
     options = AuditOptions(
-        near=NearSearch(near_threshold),
+        near=NearSearch(near_threshold, within=near_within),
         labels=LabelSearch(folds=folds),
         find_label_errors=label_errors,
     )
@@ -83,3 +103,9 @@ def audit(
         except OSError as exc:
             raise HeadstartError(f"cannot write {json_out}: {exc.strerror or exc}") from None
         click.echo(f"wrote {json_out}")
+    if html_out:
+        from headstart.audit.report import findings_to_dict
+        from headstart.report import build_audit_page
+
+        written = build_audit_page(findings_to_dict(findings), html_out)
+        click.echo(f"wrote {written.path} ({written.size / 1024:.0f} KB)")

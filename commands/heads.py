@@ -231,9 +231,13 @@ def evaluate(
         f"{m.n} images: accuracy {m.accuracy:.4f}  balanced accuracy "
         f"{m.balanced_accuracy:.4f}  macro-F1 {m.macro_f1:.4f}{loss}"
     )
+    overlap = result.overlap
+    # A leak changes what the figures above mean: said before the per-class table.
+    click.echo(("warning: " if overlap.matched else "") + overlap.sentence())
     click.echo(result.report.rstrip())
     if json_out:
         document = {"head": str(head_dir), "sources": list(sources), **m.as_dict()}
+        document["training_overlap"] = overlap.as_dict()
         document["unknown_classes"] = result.unknown
         document["missing"] = result.missing
         try:

@@ -4,7 +4,8 @@ Data flows one way: :mod:`~headstart.report.gather` reads the head or run direct
 evaluates the head on labelled sources (through the cache, as ``evaluate`` does), reducing
 everything per image to bounded sizes; :mod:`~headstart.report.figures` draws the plots and
 thumbnails; :mod:`~headstart.report.html` renders the page. :func:`build_report` connects them
-and publishes the file atomically.
+and publishes the file atomically. :func:`build_audit_page` does the same for an audit's
+findings (:mod:`~headstart.report.audit_page`).
 
 Example:
     >>> from headstart.report import build_report
@@ -24,7 +25,7 @@ from headstart.errors import HeadstartError
 from headstart.pathnames import printable
 from headstart.report.settings import DEFAULT_MAP
 
-__all__ = ["Report", "build_report", "check_writable"]
+__all__ = ["AuditPage", "Report", "build_audit_page", "build_report", "check_writable"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,44 @@ def build_report(
         evaluated.metrics.n if evaluated else 0,
         evaluated.missing if evaluated else 0,
     )
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """The audit page written, for the command line to summarise."""
+
+    path: Path
+    size: int  # bytes
+    findings: int  # findings shown, over every section
+
+
+def build_audit_page(
+    findings: str | os.PathLike[str] | dict,
+    out: str | os.PathLike[str],
+    *,
+    limit: int | None = None,
+) -> AuditPage:
+    """Write the page of an audit's findings (the path of its ``--json`` file, or that
+    document itself) to ``out``, ``limit`` findings a section."""
+    from headstart.report.audit_page import DEFAULT_AUDIT_LIMIT, read_audit, render_audit
+
+    out = Path(out)
+    check_writable(out)
+    document = findings if isinstance(findings, dict) else read_audit(findings)
+    limit = DEFAULT_AUDIT_LIMIT if limit is None else limit
+    page = render_audit(document, limit=limit)
+    try:
+        write_text_atomic(out, page)
+    except OSError as exc:
+        raise HeadstartError(f"cannot write {printable(str(out))}: {exc.strerror or exc}") from None
+    lists = [
+        document["exact_duplicates"],
+        document["label_conflicts"],
+        document["near_duplicates"]["pairs"],
+        document["label_errors"]["issues"],
+    ]
+    shown = sum(min(len(found), limit) for found in lists)
+    return AuditPage(out, len(page.encode("utf-8")), shown)
 
 
 def check_writable(out: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from headstart.classify.metrics import Metrics, score
+from headstart.classify.overlap import Overlap
 from headstart.classify.persist import HEAD_DOCUMENT, LoadedHead, load_head
 from headstart.errors import HeadstartError
 from headstart.finetune.settings import CONFIG, HEAD, METRICS, WISE
@@ -107,6 +108,8 @@ class Evaluated:
     sources: list[str] = field(default_factory=list)
     missing: int = 0
     unknown: dict[str, int] = field(default_factory=dict)  # true classes the head never saw
+    # Which evaluated images the head was trained on (by content); None: not looked at.
+    overlap: Overlap | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ def gather(
     wise = _read_config(target.path / WISE) if target.kind == "finetune" else {}
     loaded = evaluated = None
     if sources:
-        from headstart.classify.workflow import score_head
+        from headstart.classify.workflow import score_head, training_overlap
 
         scored = score_head(
             target.head_dir,
@@ -193,6 +196,7 @@ def gather(
         )
         evaluated.sources = list(sources)
         evaluated.missing = scored.data.missing
+        evaluated.overlap = training_overlap(scored)
     elif target.head_dir is not None:
         loaded = load_head(target.head_dir)
     head_summary = _head_summary(loaded, target.head_dir) if loaded else None

@@ -1,22 +1,21 @@
 """The report as one HTML page: its style inline, its pictures as ``data:`` URIs.
 
-Class names and paths are user data: every one goes through :func:`_text` (file names that are
-not UTF-8 shown as ``\\xNN``, then HTML-escaped). A Content-Security-Policy forbids the page any
-resource of its own choosing, so a browser refuses anything that is not inlined.
+Class names and paths are user data: every one goes through :func:`~headstart.report.page.text`.
+The style sheet, the document around the body and its Content-Security-Policy (the browser
+refuses anything that is not inlined) are :mod:`~headstart.report.page`'s, shared with the
+audit page.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import os
 import time
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from headstart import __version__
+from headstart.classify.overlap import UNRECORDED, Overlap
 from headstart.pathnames import printable
 from headstart.report.figures import MAX_TABLE_CLASSES, Figures
 from headstart.report.gather import (
@@ -27,45 +26,15 @@ from headstart.report.gather import (
     ReportData,
     Target,
 )
+from headstart.report.page import image as _image
+from headstart.report.page import page
+from headstart.report.page import table as _table
+from headstart.report.page import text as _text
 
 __all__ = ["render"]
 
 _CONFUSED_PAIRS = 20  # listed beside the picture when the matrix is too large for a table
 _SHADE = (31, 119, 180)  # matplotlib's tab:blue, as the plots use
-
-_STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1d1d1f; background: #fafafa; }
-main { max-width: 1100px; margin: 0 auto; padding: 1.5rem; }
-h1 { margin: 0 0 .25rem; font-size: 1.6rem; }
-h2 { margin: 2rem 0 .6rem; font-size: 1.2rem; border-bottom: 1px solid #ddd; }
-.meta, .note { color: #555; }
-dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }
-dt { font-weight: 600; } dd { margin: 0; overflow-wrap: anywhere; }
-.cards { display: flex; flex-wrap: wrap; gap: .75rem; }
-.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .6rem 1rem; }
-.card b { display: block; font-size: 1.5rem; }
-table { border-collapse: collapse; background: #fff; }
-th, td { border: 1px solid #ddd; padding: .2rem .5rem; text-align: right; }
-th { background: #f0f0f0; }
-th.name, td.name { text-align: left; overflow-wrap: anywhere; max-width: 20rem; }
-tr.chosen { font-weight: 600; background: #eef6ee; }
-.scroll { overflow-x: auto; }
-#confusion-matrix td { min-width: 2rem; text-align: center; }
-#confusion-matrix td.zero { color: #bbb; }
-#confusion-matrix td.diagonal { outline: 2px solid #1d1d1f; outline-offset: -2px; }
-#confusion-matrix thead th { writing-mode: vertical-rl; transform: rotate(180deg); }
-#confusion-matrix thead th.corner { writing-mode: horizontal-tb; transform: none; }
-.gallery { display: grid; gap: .75rem;
-  grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); }
-figure { margin: 0; background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .4rem; }
-figure img, .no-image { display: block; margin: 0 auto .3rem; max-width: 100%; }
-.no-image { width: 96px; height: 72px; background: #eee; color: #777; font-size: 11px;
-  display: flex; align-items: center; justify-content: center; text-align: center; }
-figcaption { font-size: 12px; overflow-wrap: anywhere; }
-figcaption .true { color: #1a7f37; } figcaption .predicted { color: #b42318; }
-figcaption .path { color: #777; }
-img.plot { max-width: 100%; height: auto; background: #fff; border: 1px solid #ddd; }
-"""
 
 
 def render(data: ReportData, figures: Figures) -> str:
@@ -78,6 +47,8 @@ def render(data: ReportData, figures: Figures) -> str:
         f'<p class="meta">{kind} <code>{_text(target.path)}</code> · made '
         f"{_text(time.strftime('%Y-%m-%d %H:%M'))} by headstart {_text(__version__)}</p>",
     ]
+    if data.evaluated is not None and data.evaluated.overlap is not None:
+        parts.append(_overlap_warning(data.evaluated.overlap))
     parts.append(_evaluation_summary(data.evaluated, target))
     if data.head is not None:
         parts.append(_head_section(data.head))
@@ -93,19 +64,7 @@ def render(data: ReportData, figures: Figures) -> str:
         parts.append(_mistakes_section(data.evaluated, figures.thumbnails))
         parts.append(_map_section(data.evaluated, figures.embedding_map))
     body = "\n".join(parts)
-    return (
-        "<!doctype html>\n"
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta http-equiv="Content-Security-Policy" '
-        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_text(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
-        f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
-    )
-
-
-def _text(value: object) -> str:
-    return html.escape(printable(str(value)), quote=True)
+    return page(title, body)
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -120,29 +79,6 @@ def _param_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.0e}" if value < 0.01 or value >= 1000 else f"{value:g}"
     return str(value)
-
-
-def _image(kind: str, data: bytes, alt: str, css_class: str = "") -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    class_attribute = f' class="{css_class}"' if css_class else ""
-    return f'<img{class_attribute} src="data:image/{kind};base64,{encoded}" alt="{_text(alt)}">'
-
-
-def _table(
-    header: Sequence[str], rows: Iterable[str], table_id: str = "", text_columns: int = 1
-) -> str:
-    """A table; ``header`` cells are escaped here, ``rows`` come already rendered. The first
-    ``text_columns`` are text (left-aligned), the rest numbers."""
-    identifier = f' id="{table_id}"' if table_id else ""
-    cells = "".join(
-        f'<th class="name">{_text(h)}</th>' if i < text_columns else f"<th>{_text(h)}</th>"
-        for i, h in enumerate(header)
-    )
-    body = "\n".join(rows)
-    return (
-        f'<div class="scroll"><table{identifier}><thead><tr>{cells}</tr></thead>'
-        f"<tbody>\n{body}\n</tbody></table></div>"
-    )
 
 
 def _evaluation_summary(evaluated: Evaluated | None, target: Target) -> str:
@@ -178,6 +114,41 @@ def _evaluation_summary(evaluated: Evaluated | None, target: Target) -> str:
     return (
         f'<section id="evaluation"><h2>Evaluation</h2><div class="cards">{shown}</div>'
         f'<p class="note">{"; ".join(notes)}.</p></section>'
+    )
+
+
+def _overlap_warning(overlap: Overlap) -> str:
+    """Evaluation images the head was trained on, at the top: they make every figure below
+    look better than the head is on new images."""
+    if overlap.known and not overlap.matched:
+        return (
+            '<p class="note" id="training-overlap">None of the evaluated images were in the '
+            "head's training data (matched by content, so copies and renames would count).</p>"
+        )
+    if not overlap.known:
+        return (
+            '<p class="warning" id="training-overlap" role="alert">Unknown whether the '
+            "evaluated images were in the head's training data: the head does not record its "
+            f"training images ({UNRECORDED}). Train it again to check.</p>"
+        )
+    rest = overlap.rest
+    if rest is None:
+        after = "No image is left to score the head on new images."
+    else:
+        shown = [f"accuracy <b>{_number(rest.accuracy)}</b>"]
+        shown.append(f"macro-F1 {_number(rest.macro_f1)}")
+        shown.append(f"balanced accuracy {_number(rest.balanced_accuracy)}")
+        if rest.log_loss is not None:
+            shown.append(f"log-loss {_number(rest.log_loss)}")
+        after = f"On the other {rest.n} images: {', '.join(shown)}."
+    examples = ", ".join(_text(os.path.basename(path)) for path in overlap.examples[:5])
+    more = " …" if overlap.matched > min(5, len(overlap.examples)) else ""
+    return (
+        '<p class="warning" id="training-overlap" role="alert"><b>Warning: '
+        f"{overlap.matched} of {overlap.total} evaluated images were in the head's training "
+        "data</b> (the same bytes: copies and renames count); the figures below include them, "
+        f"so they do not measure the head on new images. {after} "
+        f'<span class="path">For example: {examples}{more}</span></p>'
     )
 
 

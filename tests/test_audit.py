@@ -52,7 +52,12 @@ def corpus(tmp_path_factory) -> dict:
 
 def _audit(corpus: dict, *sources: Path, **options: object):
     out = corpus["root"] / f"audit-{len(list(corpus['root'].glob('audit-*.json')))}.json"
-    extra = [a for name, value in options.items() for a in (f"--{name}", value)]
+    # A value of None is a flag.
+    extra = [
+        a
+        for name, value in options.items()
+        for a in ((f"--{name}",) if value is None else (f"--{name}", value))
+    ]
     result = run_cli(
         "audit", *sources, *FAST_ARGS, "--cache", corpus["root"] / "cache", "--json", out,
         "-q", *extra,
@@ -231,3 +236,29 @@ def test_summary_shows_a_few_copies_of_a_large_group_and_json_has_all() -> None:
         + "  and 46 more"
     )
     assert len(findings_to_dict(findings)["exact_duplicates"][0]["items"]) == 50
+
+
+def test_near_copies_within_a_source_when_asked(corpus: dict) -> None:
+    single = corpus["root"] / "single"
+    shutil.copytree(corpus["train"] / "green", single / "green")
+    shutil.copytree(corpus["train"] / "red", single / "red")
+    with Image.open(single / "red" / "red_002.jpg") as image:
+        image.save(single / "red" / "red_002_q60.jpg", quality=60)
+    shutil.copyfile(single / "red" / "red_003.jpg", single / "red" / "again.jpg")
+    output, found = _audit(corpus, single)
+    assert found["near_duplicates"]["needs"] == "two or more sources"
+    assert "near-duplicates across sources: need two or more sources" in output
+
+    output, found = _audit(corpus, single, **{"near-threshold": 0.0, "near-within": None})
+    near = found["near_duplicates"]
+    assert near["needs"] is None and near["within_sources"] is True
+    pairs = [frozenset(_paths(p)) for p in near["pairs"]]
+    assert all(len(pair) == 2 for pair in pairs)  # never an image with itself
+    assert len(set(pairs)) == len(pairs)  # each pair once, though found from both ends
+    exact = frozenset(str(single / "red" / name) for name in ("red_003.jpg", "again.jpg"))
+    assert exact not in pairs  # the same bytes: an exact duplicate, listed there
+    assert exact in [frozenset(_paths(g)) for g in found["exact_duplicates"]]
+    copy = str(single / "red" / "red_002_q60.jpg")
+    best = next(p for p in near["pairs"] if copy in _paths(p))
+    assert _paths(best) == {copy, str(single / "red" / "red_002.jpg")}
+    assert "near-duplicates across and within sources (cosine >= 0)" in output
