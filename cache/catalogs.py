@@ -180,7 +180,8 @@ class CatalogSet(FileCatalog):
                 continue
             for start in range(0, len(urls), _IN_CHUNK):
                 part = [to_stored(url) for url in urls[start : start + _IN_CHUNK]]
-                query = f"SELECT url, key, seen_unix FROM urls WHERE url IN ({','.join('?' * len(part))})"
+                marks = ",".join("?" * len(part))
+                query = f"SELECT url, key, seen_unix FROM urls WHERE url IN ({marks})"
                 for url, key, seen in db.execute(query, part):
                     held = best.get(from_stored(url))
                     if held is None or seen >= held[0]:
