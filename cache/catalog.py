@@ -42,6 +42,7 @@ __all__ = [
     "SampleRecord",
     "ShardRecord",
     "member_name",
+    "select_samples",
 ]
 
 _SCHEMA = """
@@ -302,16 +303,7 @@ class FileCatalog:
 
     def lookup_samples(self, shard: str, samples: Sequence[str]) -> dict[str, SampleRecord]:
         """The records of those of ``samples`` (sample names) recorded under ``shard``."""
-        records: dict[str, SampleRecord] = {}
-        for start in range(0, len(samples), _IN_CHUNK):
-            part = [to_stored(sample) for sample in samples[start : start + _IN_CHUNK]]
-            rows = self._db.execute(
-                "SELECT shard, sample, member, key, label, caption FROM samples "
-                f"WHERE shard = ? AND sample IN ({','.join('?' * len(part))})",
-                (to_stored(shard), *part),
-            )
-            records.update((record.sample, record) for record in map(_sample, rows))
-        return records
+        return select_samples(self._db, shard, samples)
 
     def lookup_shard(self, path: str) -> ShardRecord | None:
         """What is recorded of the tar shard at ``path`` (whatever its signature), or None."""
@@ -415,6 +407,22 @@ class FileCatalog:
             part = [to_stored(value) for value in values[start : start + _IN_CHUNK]]
             rows.extend(self._db.execute(query.format(",".join("?" * len(part))), part).fetchall())
         return rows
+
+
+def select_samples(
+    db: sqlite3.Connection, shard: str, samples: Sequence[str]
+) -> dict[str, SampleRecord]:
+    """The records in ``db`` of those of ``samples`` (sample names) under ``shard``."""
+    records: dict[str, SampleRecord] = {}
+    for start in range(0, len(samples), _IN_CHUNK):
+        part = [to_stored(sample) for sample in samples[start : start + _IN_CHUNK]]
+        rows = db.execute(
+            "SELECT shard, sample, member, key, label, caption FROM samples "
+            f"WHERE shard = ? AND sample IN ({','.join('?' * len(part))})",
+            (to_stored(shard), *part),
+        )
+        records.update((record.sample, record) for record in map(_sample, rows))
+    return records
 
 
 def _sample(row: tuple) -> SampleRecord:

@@ -35,6 +35,7 @@ from headstart.cache.catalog import (
     ShardRecord,
     _decoded,
     _sample,
+    select_samples,
 )
 from headstart.cache.merged_rows import merged_rows, newest_rows
 from headstart.cache.writers import WRITERS_DIRECTORY, WriterSlot
@@ -190,18 +191,7 @@ class CatalogSet(FileCatalog):
 
     def lookup_samples(self, shard: str, samples: Sequence[str]) -> dict[str, SampleRecord]:
         db = self._shard_source(to_stored(shard))
-        if db is None:
-            return {}
-        records: dict[str, SampleRecord] = {}
-        for start in range(0, len(samples), _IN_CHUNK):
-            part = [to_stored(sample) for sample in samples[start : start + _IN_CHUNK]]
-            rows = db.execute(
-                "SELECT shard, sample, member, key, label, caption FROM samples "
-                f"WHERE shard = ? AND sample IN ({','.join('?' * len(part))})",
-                (to_stored(shard), *part),
-            )
-            records.update((record.sample, record) for record in map(_sample, rows))
-        return records
+        return {} if db is None else select_samples(db, shard, samples)
 
     def lookup_shard(self, path: str) -> ShardRecord | None:
         found = self._newest_shard(to_stored(path))
