@@ -50,7 +50,9 @@ def embed_audit_sources(
     cache, fingerprint = together.store.cache, together.fingerprint
     found = []
     for name in dict.fromkeys(sources):  # a source named twice is audited once
-        found.append(AuditSource(name, read_embedded([name], cache, fingerprint)))
+        found.append(
+            AuditSource(name, read_embedded([name], cache, fingerprint, fields=options.fields))
+        )
     return found
 
 

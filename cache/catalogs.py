@@ -190,8 +190,14 @@ class CatalogSet(FileCatalog):
         return {url: key for url, (_, key) in best.items()}
 
     def lookup_samples(self, shard: str, samples: Sequence[str]) -> dict[str, SampleRecord]:
-        db = self._shard_source(to_stored(shard))
-        return {} if db is None else select_samples(db, shard, samples)
+        found = self._newest_shard(to_stored(shard))
+        if found is not None:
+            return select_samples(found[1], shard, samples)
+        # No reading finished: rows any writer recorded (a table's parts record theirs).
+        records: dict[str, SampleRecord] = {}
+        for db in self._current():
+            records.update(select_samples(db, shard, samples))
+        return records
 
     def lookup_shard(self, path: str) -> ShardRecord | None:
         found = self._newest_shard(to_stored(path))
@@ -286,10 +292,17 @@ class CatalogSet(FileCatalog):
         for shard, group in groupby(merged, key=lambda item: item[0][0]):
             rows = list(group)  # one shard's samples, in every catalog that has some
             numbers = {number for _, number, _ in rows}
-            if len(numbers) > 1:
-                chosen = self._shard_source(shard[1])
-                keep = sources.index(chosen) if chosen in sources else max(numbers)
+            found = self._newest_shard(shard[1]) if len(numbers) > 1 else None
+            if found is not None:  # a shard read to its end: that reading's samples, unmixed
+                keep = sources.index(found[1]) if found[1] in sources else max(numbers)
                 rows = [item for item in rows if item[1] == keep]
+            elif len(numbers) > 1:
+                # No reading finished (a table's rows, which parts share among themselves, or
+                # a shard cut short): each sample's newest record.
+                rows = [
+                    max(same, key=lambda item: item[2][6])
+                    for _, same in groupby(rows, key=lambda item: item[0])
+                ]
             block.extend(_sample(row[:6]) for _, _, row in rows)
             if len(block) >= chunk:
                 yield block

@@ -21,6 +21,7 @@ from headstart.classify.blocks import Blocks, CachedBlocks, KeyFile
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, ExtractSummary, extract
 from headstart.extract.labelled import ListedCount, iter_labelled
+from headstart.extract.samples import SampleFields
 from headstart.extract.sources import ListingSkips
 
 _LIST_CHUNK = 16384  # images looked up in the stat index at once
@@ -108,19 +109,26 @@ def embed_sources(
 ) -> Embedded:
     """Extract what is missing, then read every usable image's vector from the cache."""
     summary = extract(sources, options, cache_dir, progress=progress)
-    embedded = read_embedded(sources, EmbeddingCache(cache_dir), summary.fingerprint)
+    embedded = read_embedded(
+        sources, EmbeddingCache(cache_dir), summary.fingerprint, fields=options.fields
+    )
     embedded.summary = summary
     return embedded
 
 
 def read_embedded(
-    sources: Sequence[str], cache: EmbeddingCache, fingerprint: Fingerprint
+    sources: Sequence[str],
+    cache: EmbeddingCache,
+    fingerprint: Fingerprint,
+    *,
+    fields: SampleFields | None = None,
 ) -> Embedded:
     """The sources' usable images and their keys, from the stat index (no model involved);
-    their vectors come from the shards when ``X`` is first used."""
+    their vectors come from the shards when ``X`` is first used. ``fields``: as extract read
+    the sources (tar samples' labels, tables' columns)."""
     store = cache.open(fingerprint)
     keys, paths, labels, listed = [], [], [], 0
-    for chunk in usable_chunks(sources, cache, store):
+    for chunk in usable_chunks(sources, cache, store, fields=fields):
         keys.append(chunk.keys)
         paths.extend(chunk.paths)
         labels.extend(chunk.labels)
@@ -148,7 +156,11 @@ class UsableChunk:
 
 
 def usable_chunks(
-    sources: Sequence[str], cache: EmbeddingCache, store: FingerprintStore
+    sources: Sequence[str],
+    cache: EmbeddingCache,
+    store: FingerprintStore,
+    *,
+    fields: SampleFields | None = None,
 ) -> Iterator[UsableChunk]:
     """The sources' images, a chunk at a time, with the content keys the catalog gives them
     (files unchanged since they were read, samples of tar shards read whole) and the store
@@ -158,7 +170,12 @@ def usable_chunks(
     with cache.catalog() as catalog:
         # Unreadable folders were reported by the extract that just ran; not again here.
         rows_blocks = iter_labelled(
-            sources, catalog, block=_LIST_CHUNK, skipped=ListingSkips(), listed=listed
+            sources,
+            catalog,
+            block=_LIST_CHUNK,
+            skipped=ListingSkips(),
+            listed=listed,
+            fields=fields,
         )
         for rows in itertools.chain(rows_blocks, [[]]):  # [] reports the last listed count
             keys = np.asarray([row.key for row in rows], dtype="S64")
@@ -194,7 +211,13 @@ class Planned:
         return self.source
 
 
-def plan_rows(sources: Sequence[str], cache: EmbeddingCache, fingerprint: Fingerprint) -> Planned:
+def plan_rows(
+    sources: Sequence[str],
+    cache: EmbeddingCache,
+    fingerprint: Fingerprint,
+    *,
+    fields: SampleFields | None = None,
+) -> Planned:
     """The sources' usable images as :class:`~headstart.classify.blocks.CachedBlocks`: keys
     go to a temporary file beside the cache, labels become int32 codes; memory stays at a
     few bytes a row whatever the count."""
@@ -203,7 +226,7 @@ def plan_rows(sources: Sequence[str], cache: EmbeddingCache, fingerprint: Finger
     codes: list[np.ndarray] = []
     names: dict[str | None, int] = {}
     listed = 0
-    for chunk in usable_chunks(sources, cache, store):
+    for chunk in usable_chunks(sources, cache, store, fields=fields):
         key_file.append(chunk.keys)
         codes.append(np.array([names.setdefault(x, len(names)) for x in chunk.labels], np.int32))
         listed += chunk.listed
@@ -230,7 +253,9 @@ def plan_sources(
 ) -> Planned:
     """Extract what is missing, then plan the usable images as a block source."""
     summary = extract(sources, options, cache_dir, progress=progress)
-    planned = plan_rows(sources, EmbeddingCache(cache_dir), summary.fingerprint)
+    planned = plan_rows(
+        sources, EmbeddingCache(cache_dir), summary.fingerprint, fields=options.fields
+    )
     planned.summary = summary
     return planned
 

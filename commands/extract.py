@@ -26,21 +26,6 @@ __all__ = ["extract"]
     help="Do part I of N (job arrays); torchrun ranks split the work by themselves.",
 )
 @click.option(
-    "--label-field",
-    metavar="NAME",
-    help="Tar shards: take each sample's label from this field of its .json [default: .cls]; "
-    "tables: the label column [default: label].",
-)
-@click.option(
-    "--caption-field",
-    metavar="NAME",
-    help="Tar shards: take each sample's caption from this field of its .json [default: .txt]; "
-    "tables: the caption column [default: caption].",
-)
-@click.option("--path-field", metavar="NAME", help="Tables: the image path column [default: path].")
-@click.option("--url-field", metavar="NAME", help="Tables: the image URL column [default: url].")
-@click.option("--id-field", metavar="NAME", help="Tables: the row id column [default: id].")
-@click.option(
     "--url-timeout",
     type=click.FloatRange(min=0.1),
     default=10.0,
@@ -74,11 +59,6 @@ def extract(
     sources: tuple[str, ...],
     retry_failed: bool,
     part: str | None,
-    label_field: str | None,
-    caption_field: str | None,
-    path_field: str | None,
-    url_field: str | None,
-    id_field: str | None,
     url_timeout: float,
     url_retries: int,
     url_per_host: int,
@@ -97,10 +77,8 @@ def extract(
     from headstart.extract import extract as run_extract
     from headstart.extract.download import DownloadLimits
     from headstart.extract.parts import parse_part
-    from headstart.extract.samples import SampleFields
     from headstart.sizes import parse_size
 
-    fields = SampleFields(label_field, caption_field, path_field, url_field, id_field)
     downloads = DownloadLimits(
         connect_timeout=url_timeout,
         read_timeout=url_timeout,
@@ -119,7 +97,6 @@ def extract(
             options,
             cache_dir,
             progress=not quiet,
-            fields=fields,
             downloads=downloads,
         )
     finally:

@@ -210,7 +210,7 @@ def train(sources, heads, out: str, quiet: bool, **params) -> None:
 @memory_option
 @runtime_options
 def evaluate(
-    head_dir, sources, json_out, max_memory, cache_dir, device, batch_size, workers, quiet
+    head_dir, sources, json_out, max_memory, cache_dir, device, batch_size, workers, quiet, fields
 ) -> None:
     """Metrics and a per-class report of the head in HEAD_DIR on labelled SOURCES."""
     from headstart.classify.budget import return_freed_blocks
@@ -221,7 +221,7 @@ def evaluate(
         head_dir,
         sources,
         cache_dir,
-        runtime=runtime(device, batch_size, workers),
+        runtime=runtime(device, batch_size, workers, fields),
         progress=not quiet,
         max_memory=max_memory,
     )
@@ -266,7 +266,7 @@ def evaluate(
 @memory_option
 @runtime_options
 def predict(
-    head_dir, sources, top_k, fmt, max_memory, cache_dir, device, batch_size, workers, quiet
+    head_dir, sources, top_k, fmt, max_memory, cache_dir, device, batch_size, workers, quiet, fields
 ) -> None:
     """Classify the images of SOURCES with the head in HEAD_DIR."""
     from headstart.classify.budget import return_freed_blocks
@@ -278,7 +278,7 @@ def predict(
         head_dir,
         sources,
         cache_dir,
-        runtime=runtime(device, batch_size, workers),
+        runtime=runtime(device, batch_size, workers, fields),
         progress=not quiet,
         max_memory=max_memory,
     )

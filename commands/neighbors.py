@@ -139,7 +139,9 @@ next(p for p in index_build.params if p.name == "model").required = False
     "into memory to grow it, and a budget that cannot hold it is refused.",
 )
 @runtime_options
-def index_add(index_dir, sources, max_memory, cache_dir, device, batch_size, workers, quiet):
+def index_add(
+    index_dir, sources, max_memory, cache_dir, device, batch_size, workers, quiet, fields
+):
     """Add the images of SOURCES that INDEX_DIR does not hold yet, without a rebuild.
 
     They are embedded as the index's images were (only what the cache lacks). Killed at any
@@ -152,7 +154,7 @@ def index_add(index_dir, sources, max_memory, cache_dir, device, batch_size, wor
         index_dir,
         sources,
         cache_dir,
-        runtime=runtime(device, batch_size, workers),
+        runtime=runtime(device, batch_size, workers, fields),
         max_memory=parse_size(max_memory) if max_memory else None,
         progress=not quiet,
     )
@@ -231,6 +233,7 @@ def knn(
     batch_size,
     workers,
     quiet,
+    fields,
 ) -> None:
     """Nearest neighbors in INDEX_DIR of QUERIES (images, folders), of --key values or of
     --text queries."""
@@ -265,7 +268,7 @@ def knn(
             sources=queries,
             keys=keys,
             k=k,
-            runtime=runtime(device, batch_size, workers),
+            runtime=runtime(device, batch_size, workers, fields),
             progress=not quiet,
         )
     if texts:

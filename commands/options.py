@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import click
 
 from headstart.classify.settings import TrainOptions
 from headstart.device import AUTO, PRECISIONS
 from headstart.extract.options import ExtractOptions
+from headstart.extract.samples import SampleFields
 
 __all__ = [
     "CACHE_ENV",
@@ -57,6 +59,31 @@ def _triple(ctx: click.Context, param: click.Parameter, text: str | None):
     if len(values) != 3:
         raise click.BadParameter(f"expected three comma-separated numbers, got {text!r}")
     return values  # type: ignore[return-value]
+
+
+# Where labels and captions of tar samples, and the columns of tables, are read from: given to
+# extract and again, alike, to every command that reads those sources back.
+SOURCE_FIELD_OPTIONS = [
+    click.option(
+        "--label-field",
+        metavar="NAME",
+        help="Tar shards: take each sample's label from this field of its .json [default: "
+        ".cls]; tables: the label column [default: label].",
+    ),
+    click.option(
+        "--caption-field",
+        metavar="NAME",
+        help="Tar shards: take each sample's caption from this field of its .json [default: "
+        ".txt]; tables: the caption column [default: caption].",
+    ),
+    click.option(
+        "--path-field", metavar="NAME", help="Tables: the image path column [default: path]."
+    ),
+    click.option(
+        "--url-field", metavar="NAME", help="Tables: the image URL column [default: url]."
+    ),
+    click.option("--id-field", metavar="NAME", help="Tables: the row id column [default: id]."),
+]
 
 
 def embedding_options(command):
@@ -134,6 +161,7 @@ def embedding_options(command):
             is_flag=True,
             help="If pretrained weights cannot be had, say so and use random init.",
         ),
+        *SOURCE_FIELD_OPTIONS,
     ]
     for option in reversed(options):
         command = option(command)
@@ -164,17 +192,42 @@ def extract_options(params: dict, **extra):
         params.pop("std"),
         params.pop("interpolation"),
     )
+    fields = source_fields(params)
     cache_dir = params.pop("cache_dir")
-    return ExtractOptions(preprocess=preprocess, **params, **extra), cache_dir
+    return ExtractOptions(preprocess=preprocess, fields=fields, **params, **extra), cache_dir
 
 
-def runtime(device: str, batch_size: int | None, workers: int | None) -> dict:
-    """Options that change how fast images are embedded, never the vectors."""
-    return {"device": device, "batch_size": batch_size, "workers": workers}
+def runtime(
+    device: str, batch_size: int | None, workers: int | None, fields: SampleFields | None = None
+) -> dict:
+    """Options that change how fast images are embedded, never the vectors; and ``fields``,
+    how the sources' labels and captions are read."""
+    chosen = {"device": device, "batch_size": batch_size, "workers": workers}
+    return chosen | ({"fields": fields} if fields is not None else {})
+
+
+def source_fields(params: dict) -> SampleFields:
+    """The :data:`SOURCE_FIELD_OPTIONS` values, out of ``params``."""
+    from headstart.extract.samples import SampleFields
+
+    names = ("label_field", "caption_field", "path_field", "url_field", "id_field")
+    return SampleFields(*(params.pop(name) for name in names))
+
+
+def _with_source_fields(command):
+    """``command`` called with ``fields`` (a SampleFields) in place of the five field options."""
+
+    @functools.wraps(command)
+    def called(*args, **params):
+        return command(*args, fields=source_fields(params), **params)
+
+    return called
 
 
 def runtime_options(command):
-    """Device, batch and decoding options for commands that embed like a saved head or index."""
+    """Device, batch and decoding options for commands that embed like a saved head or index,
+    and the fields their sources' labels and captions are read from (passed as ``fields``)."""
+    command = _with_source_fields(command)
     options = [
         click.option(
             "--cache", "cache_dir", envvar=CACHE_ENV, default=DEFAULT_CACHE, help=CACHE_HELP
@@ -183,6 +236,7 @@ def runtime_options(command):
         click.option("-b", "--batch-size", type=click.IntRange(min=1)),
         click.option("-j", "--workers", type=click.IntRange(min=0), help="Decoding processes."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+        *SOURCE_FIELD_OPTIONS,
     ]
     for option in reversed(options):
         command = option(command)

@@ -73,6 +73,7 @@ def report(
     batch_size,
     workers,
     quiet,
+    fields,
 ) -> None:
     """One self-contained HTML page (works offline) about the head in HEAD_DIR, or about a
     fine-tuning run directory: its leaderboard or learning curves and, evaluated on labelled
@@ -93,7 +94,7 @@ def report(
         sources,
         out,
         cache_dir,
-        runtime=runtime(device, batch_size, workers),
+        runtime=runtime(device, batch_size, workers, fields),
         projection=projection,
         progress=not quiet,
     )

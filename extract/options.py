@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from headstart.device import AUTO
 from headstart.extract.parts import Partition
+from headstart.extract.samples import SampleFields
 
 __all__ = ["ExtractOptions", "PreprocessOverrides"]
 
@@ -46,3 +47,6 @@ class ExtractOptions:
     retry_failed: bool = False
     fallback_random: bool = False
     part: Partition | None = None
+    # Where tar samples' labels and captions, and tables' columns, are read from: not the
+    # vectors, so not the fingerprint; every command that reads sources reads them alike.
+    fields: SampleFields = field(default_factory=SampleFields)

@@ -127,8 +127,9 @@ def extract(
 
     Sources are folders, manifests, image files, tar shards (see
     :mod:`~headstart.extract.shards`) and tables of paths or URLs (see
-    :mod:`~headstart.extract.tables`); ``fields`` says where a tar sample's label and caption
-    come from (default: its ``.cls`` and ``.txt``) and names a table's columns; ``downloads``
+    :mod:`~headstart.extract.tables`); ``fields`` (default: ``options.fields``) says where a
+    tar sample's label and caption come from (default: its ``.cls`` and ``.txt``) and names a
+    table's columns; ``downloads``
     bounds the downloads of URLs.
 
     Example:
@@ -138,7 +139,7 @@ def extract(
         (120, 0, 1)
     """
     started = time.perf_counter()
-    fields = fields or SampleFields()
+    fields = fields or options.fields
     # Tables are opened (their columns checked) before anything else: a missing column
     # fails the run at once.
     columns = TableColumns.from_fields(fields)

@@ -88,7 +88,7 @@ def build_index_from_sources(
     # The item table is written first, under a private name; save_index moves it into place.
     items_path = Path(out) / f"{TEMPORARY_PREFIX}{os.getpid()}-{Layout().items}"
     try:
-        listing = ItemListing(sources, cache, store)
+        listing = ItemListing(sources, cache, store, embed.fields)
         write_items(items_path, listing.rows())
         if not listing.keys.count:
             raise HeadstartError(f"none of the images in {', '.join(sources)} could be embedded")
@@ -153,7 +153,7 @@ def add_sources_to_index(
     cache = EmbeddingCache(cache_dir)
     store = cache.open(summary.fingerprint)
     with NewItems(index_dir) as new:
-        new.collect(sources, cache, store, loaded.items)
+        new.collect(sources, cache, store, loaded.items, options.fields)
         loaded.items.close()
         added = add_to_index(
             index_dir,

@@ -18,6 +18,7 @@ import numpy as np
 from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.classify.blocks import KeyFile
 from headstart.classify.data import usable_chunks
+from headstart.extract.samples import SampleFields
 from headstart.search.items import ItemTable
 
 __all__ = ["ItemListing", "NewItems", "item_paths"]
@@ -30,14 +31,18 @@ class ItemListing:
     as they pass, appends their keys to :attr:`keys`."""
 
     def __init__(
-        self, sources: Sequence[str], cache: EmbeddingCache, store: FingerprintStore
+        self,
+        sources: Sequence[str],
+        cache: EmbeddingCache,
+        store: FingerprintStore,
+        fields: SampleFields | None = None,
     ) -> None:
-        self._sources, self._cache, self._store = sources, cache, store
+        self._sources, self._cache, self._store, self._fields = sources, cache, store, fields
         self.keys = KeyFile(cache.root)
         self.listed = 0  # images listed, usable or not
 
     def rows(self) -> Iterator[tuple[str, str | None, str]]:
-        for chunk in usable_chunks(self._sources, self._cache, self._store):
+        for chunk in usable_chunks(self._sources, self._cache, self._store, fields=self._fields):
             self.keys.append(chunk.keys)
             self.listed += chunk.listed
             texts = (key.decode() for key in chunk.keys)
@@ -82,10 +87,11 @@ class NewItems:
         cache: EmbeddingCache,
         store: FingerprintStore,
         indexed: ItemTable,
+        fields: SampleFields | None = None,
     ) -> None:
-        """List ``sources`` and keep those of their images ``indexed`` lacks; then write their
-        keys, in listing order, to :attr:`keys`."""
-        for chunk in usable_chunks(sources, cache, store):
+        """List ``sources`` (read as ``fields`` say) and keep those of their images ``indexed``
+        lacks; then write their keys, in listing order, to :attr:`keys`."""
+        for chunk in usable_chunks(sources, cache, store, fields=fields):
             self.listed += chunk.listed
             self.usable += len(chunk.keys)
             texts = [key.decode() for key in chunk.keys]

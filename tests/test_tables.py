@@ -114,6 +114,28 @@ def test_heads_train_and_evaluate_on_a_table_with_its_labels(tmp_path: Path) -> 
     assert built.exit_code == 0 and "indexed 12 vectors" in built.output, built.output
 
 
+def test_every_verb_reads_a_table_by_the_columns_it_is_given(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rows = [{"file": r["path"], "species": r["label"]} for r in rows_of(12, data)]
+    table = write_table(data / "train.jsonl", rows)
+    cache, named = tmp_path / "cache", ("--path-field", "file", "--label-field", "species")
+    trained = run("train", table, *TINY, *named, "--cache", cache, "--head", "ncm", "-o",
+                  tmp_path / "h")  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert sorted(json.loads((tmp_path / "h" / "head.json").read_text())["classes"]) == [
+        "cat", "dog", "owl"
+    ]  # fmt: skip
+    evaluated = run("evaluate", tmp_path / "h", table, *named, "--cache", cache, "--json",
+                    tmp_path / "e")  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads((tmp_path / "e").read_text())["n"] == 12
+    # Without the names, the table has no image column: one line, before any work.
+    unnamed = run("evaluate", tmp_path / "h", table, "--cache", cache)
+    assert unnamed.exit_code == 1 and "no 'path' or 'url' column" in unnamed.output
+    built = run("index", "build", table, *TINY, *named, "--cache", cache, "-o", tmp_path / "i")
+    assert built.exit_code == 0 and "indexed 12 vectors" in built.output, built.output
+
+
 def test_column_names_are_options_and_a_missing_column_is_one_line(tmp_path: Path) -> None:
     data = tmp_path / "data"
     rows = [
