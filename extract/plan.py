@@ -6,9 +6,10 @@ new or changed files, and files embedded only under other fingerprints. Files th
 and have not changed are skipped unless a retry is asked for.
 
 Tar shards are planned whole: a shard the catalog records as read, at its current signature
-and with the same label and caption fields, whose samples' keys the store all holds, is not
-opened; any other is read again from its start (the keys the store holds are not embedded
-again). Its failures are skipped as a file's are, unless a retry is asked for.
+and with the label and caption fields given (a field not given takes the recorded one), whose
+samples' keys the store all holds, is not opened; any other is read again from its start (the
+keys the store holds are not embedded again). Its failures are skipped as a file's are,
+unless a retry is asked for.
 """
 
 from __future__ import annotations
@@ -160,14 +161,14 @@ def plan_shards(
     the others. What a shard to read had recorded is dropped now: reading it records it anew.
     """
     to_read: list[ShardRef] = []
-    described = fields.describe()
     for number, ref in enumerate(shards):
         if partition is not None and number % partition.count != partition.index:
             continue
         record = catalog.lookup_shard(ref.path)
         if (
             record is not None
-            and (record.size, record.mtime_ns, record.fields) == (ref.size, ref.mtime_ns, described)
+            and (record.size, record.mtime_ns) == (ref.size, ref.mtime_ns)
+            and fields.agree_with(record.fields)
             and not (retry_failed and record.failures)
             and _all_stored(catalog.shard_keys(ref.path), cached)
         ):

@@ -68,6 +68,17 @@ class SampleFields:
         columns play no part in reading a shard)."""
         return json.dumps([self.label_field, self.caption_field])
 
+    def agree_with(self, recorded: str) -> bool:
+        """Whether a shard read under ``recorded`` (a :meth:`describe` text) holds what these
+        fields would read: each field given is the one it was read under; a field not given
+        takes what was recorded, so ``train`` without ``--caption-field`` neither reads a
+        shard again nor drops the captions ``extract --caption-field`` kept."""
+        try:
+            label, caption = json.loads(recorded)
+        except (TypeError, ValueError):
+            return False
+        return self.label_field in (None, label) and self.caption_field in (None, caption)
+
 
 @dataclass
 class TarSample:

@@ -201,6 +201,14 @@ def test_json_fields_give_labels_and_captions(tmp_path: Path, monkeypatch) -> No
         ("cat", "a pet 2"),
     ]
 
+    # No fields given (as train or index build would run it): the shard stands as it was read.
+    plain = run(*args, "--label-field", "label")
+    assert "listed 3 · embedded 0 · from cache 3" in plain.output, plain.output
+    with EmbeddingCache(cache).catalog() as catalog:
+        (rows,) = iter_labelled([str(shard)], catalog)
+        assert catalog.lookup_shard(str(shard)).fields == '["label", "caption"]'
+    assert [r.caption for r in rows] == ["a pet 0", "a pet 1", "a pet 2"]
+
     # Other fields: the shard is read again for its labels; nothing is decoded or embedded.
     from headstart.extract import shard_reader
 
