@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	# Pinned here (not in pyproject) so other machines can bring their own CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev-s3]'
 	# autofaiss and embedding-reader (the clip-retrieval export tests) pin numpy<2, pandas<3
 	# and faiss-cpu, which would replace the numpy 2, pandas 3 and faiss-gpu everything else
 	# here runs on; they work with those, so they come without their pins.
