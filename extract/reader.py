@@ -191,8 +191,13 @@ def iter_batches(
         signal.signal(signal.SIGCHLD, signal.SIG_DFL if previous is None else previous)
     try:
         yield from batches
-    except RuntimeError as exc:
-        if "DataLoader worker" not in str(exc):
+    except (RuntimeError, ConnectionResetError, EOFError) as exc:
+        # A worker killed in the middle of sending a batch can also break the pipe the batch
+        # travels through, before torch has noticed the death.
+        dead_worker = "DataLoader worker" in str(exc) or (
+            loader.num_workers and not isinstance(exc, RuntimeError)
+        )
+        if not dead_worker:
             raise
         raise HeadstartError(
             f"a data loading worker process stopped ({first_line(exc).strip()}); {kept} "
