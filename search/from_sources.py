@@ -84,6 +84,7 @@ def build_index_from_sources(
     started = time.perf_counter()
     cache = EmbeddingCache(cache_dir)
     store = cache.open(summary.fingerprint)
+    made = not Path(out).exists()  # removed again if the build stops before it is saved
     Path(out).mkdir(parents=True, exist_ok=True)
     # The item table is written first, under a private name; save_index moves it into place.
     items_path = Path(out) / f"{TEMPORARY_PREFIX}{os.getpid()}-{Layout().items}"
@@ -112,8 +113,11 @@ def build_index_from_sources(
             items=items_path,
             thumbnails=thumbnail_summary,
         )
-    finally:
+    except BaseException:
         items_path.unlink(missing_ok=True)
+        if made and not any(Path(out).iterdir()):
+            Path(out).rmdir()
+        raise
     elapsed = time.perf_counter() - started
     return BuiltIndex(
         Path(out),
