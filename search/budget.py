@@ -15,6 +15,7 @@ from headstart.search.spec import COMPRESSED_KINDS, LIST_GROWTH, IndexSpec
 from headstart.sizes import format_size
 
 __all__ = [
+    "TRAIN_WORKSPACE",
     "BuildPlan",
     "check_least_budget",
     "default_budget",
@@ -27,6 +28,10 @@ _MAX_BLOCK_ROWS = 65_536
 _MIN_BLOCK_ROWS = 1_024
 _BLOCK_SHARE = 8  # a block of vectors takes at most this fraction of the budget
 _LEAST_DIM = 512  # the narrowest embeddings the least block is sized for
+# k-means' own buffers beside its sample: FAISS computes distances 4,096 queries by 1,024
+# centroids at a time (16 MB of float32). A 32k-vector build under a tight budget peaked
+# 28 MB past a plan that left them out (and normalised its sample in a second copy).
+TRAIN_WORKSPACE = 16 << 20
 _ID_BYTES = 8  # FAISS keeps an int64 id per vector in each inverted list
 
 
@@ -110,11 +115,11 @@ def plan_build(spec: IndexSpec, n: int, d: int, budget: int) -> BuildPlan:
     # Training happens before any vector is added: the sample shares the budget with a block.
     # SQ and PQ train their codes on the sample's residuals, which FAISS holds beside it.
     train_row = row * (2 if spec.kind in COMPRESSED_KINDS else 1)
-    room = budget - block_rows * row
+    room = budget - block_rows * row - (TRAIN_WORKSPACE if advised else 0)
     train_rows = min(n, advised, max(room // train_row, 0)) if advised else 0
     needed = resident + block_rows * row
     if needed > budget or (advised and train_rows < min(n, least)):
-        least_bytes = max(needed, min(n, least) * train_row + block_rows * row)
+        least_bytes = max(needed, min(n, least) * train_row + block_rows * row + TRAIN_WORKSPACE)
         raise HeadstartError(
             f"indexing {n} vectors of {d} dimensions as {spec.describe()} needs about "
             f"{format_size(least_bytes)}; the budget is {format_size(budget)}: give a larger "

@@ -37,7 +37,11 @@ class Vectors:
         if isinstance(self._source, np.ndarray):
             return l2_normalize(self._source[rows])
         keys = self._keys.at(rows) if isinstance(self._keys, KeyFile) else self._keys[rows]
-        return l2_normalize(self._source.get(keys))
+        # The store hands over a float32 array of its own: normalised where it lies, so a
+        # training sample takes its own bytes once, not twice.
+        X = self._source.get(keys)
+        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        return X
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
         for start in range(0, self.count, self.block_rows):

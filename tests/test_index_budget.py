@@ -8,7 +8,7 @@ import pytest
 from helpers import FAST_ARGS, make_colour_folder, run_cli
 
 from headstart.errors import HeadstartError
-from headstart.search.budget import plan_build, resident_bytes
+from headstart.search.budget import TRAIN_WORKSPACE, plan_build, resident_bytes
 from headstart.search.build import build_index
 from headstart.search.spec import choose_spec
 
@@ -39,7 +39,7 @@ def test_auto_chooses_a_build_that_fits_its_budget(n: int, d: int, budget: int) 
 def test_a_budget_caps_the_training_sample_not_the_index(tmp_path: Path) -> None:
     X = np.random.default_rng(0).normal(size=(20_000, 64)).astype(np.float32)
     spec = choose_spec(20_000, 64, "ivfsq")  # nlist 512: FAISS advises 19,968 training vectors
-    budget = resident_bytes(spec, 20_000, 64) + 3 * MB
+    budget = resident_bytes(spec, 20_000, 64) + TRAIN_WORKSPACE + 3 * MB
     plan = plan_build(spec, 20_000, 64, budget)
     assert spec.nlist <= plan.train_rows < 39 * spec.nlist
     index, _, recall = build_index(X, spec, plan=plan, target_recall=0.5)
