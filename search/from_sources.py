@@ -12,9 +12,9 @@ from pathlib import Path
 
 from headstart.atomic import TEMPORARY_PREFIX
 from headstart.cache.fingerprint import Fingerprint
-from headstart.cache.store import EmbeddingCache
+from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.errors import HeadstartError
-from headstart.extract import ExtractOptions, extract, options_for_fingerprint
+from headstart.extract import ExtractOptions, ExtractSummary, extract, options_for_fingerprint
 from headstart.search.budget import (
     check_least_budget,
     default_budget,
@@ -80,10 +80,8 @@ def build_index_from_sources(
     """
     budget = max_memory if max_memory is not None else default_budget()
     check_least_budget(budget)
-    summary = extract(sources, embed, cache_dir, progress=progress)
+    summary, cache, store = _extracted(sources, embed, cache_dir, progress)
     started = time.perf_counter()
-    cache = EmbeddingCache(cache_dir)
-    store = cache.open(summary.fingerprint)
     made = not Path(out).exists()  # removed again if the build stops before it is saved
     Path(out).mkdir(parents=True, exist_ok=True)
     # The item table is written first, under a private name; save_index moves it into place.
@@ -153,9 +151,7 @@ def add_sources_to_index(
     does not hold yet (by content key) to the index in ``index_dir``."""
     loaded = load_index(index_dir)  # mapped: only its fingerprint and items are needed here
     options = options_for_fingerprint(loaded.fingerprint, **(runtime or {}))
-    summary = extract(sources, options, cache_dir, progress=progress)
-    cache = EmbeddingCache(cache_dir)
-    store = cache.open(summary.fingerprint)
+    _, cache, store = _extracted(sources, options, cache_dir, progress)
     with NewItems(index_dir) as new:
         new.collect(sources, cache, store, loaded.items, options.fields)
         loaded.items.close()
@@ -211,6 +207,18 @@ def build_index_from_embeddings(
     )
     elapsed = time.perf_counter() - started
     return BuiltIndex(Path(out), spec, recall, vectors.count, elapsed, 0, None)
+
+
+def _extracted(
+    sources: Sequence[str],
+    options: ExtractOptions,
+    cache_dir: str | os.PathLike[str],
+    progress: bool,
+) -> tuple[ExtractSummary, EmbeddingCache, FingerprintStore]:
+    """Embed what the cache lacks of ``sources``; the run's summary, the cache and its store."""
+    summary = extract(sources, options, cache_dir, progress=progress)
+    cache = EmbeddingCache(cache_dir)
+    return summary, cache, cache.open(summary.fingerprint)
 
 
 def _trained(directory: str | os.PathLike[str], fingerprint: Fingerprint | None):

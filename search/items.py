@@ -29,7 +29,7 @@ from pathlib import Path
 from headstart.atomic import atomic_path
 from headstart.errors import HeadstartError
 
-__all__ = ["Item", "ItemTable", "items_from_csv", "write_items"]
+__all__ = ["Item", "ItemTable", "blob_to_text", "items_from_csv", "text_to_blob", "write_items"]
 
 _BLOCK = 65_536  # rows a transaction when writing, and at most this many in memory
 _QUERY_ROWS = 500  # rows a SELECT asks for by id (under SQLite's bound-variable limit)
@@ -44,11 +44,13 @@ class Item:
     key: str
 
 
-def _to_bytes(text: str) -> bytes:
+def text_to_blob(text: str) -> bytes:
+    """A path or label as stored: UTF-8, odd bytes kept by ``surrogateescape``."""
     return text.encode("utf-8", "surrogateescape")
 
 
-def _to_text(data: bytes) -> str:
+def blob_to_text(data: bytes) -> str:
+    """What :func:`text_to_blob` stored, exactly as it was."""
     return data.decode("utf-8", "surrogateescape")
 
 
@@ -84,7 +86,7 @@ def write_items(
                 connection.executemany(
                     "INSERT INTO items VALUES (?, ?, ?, ?)",
                     (
-                        (rows + i, _to_bytes(p), None if lab is None else _to_bytes(lab), k)
+                        (rows + i, text_to_blob(p), None if lab is None else text_to_blob(lab), k)
                         for i, (p, lab, k) in enumerate(block)
                     ),
                 )
@@ -180,4 +182,4 @@ class ItemTable:
 
 
 def _item(path: bytes, label: bytes | None, key: str) -> Item:
-    return Item(_to_text(path), None if label is None else _to_text(label), key)
+    return Item(blob_to_text(path), None if label is None else blob_to_text(label), key)

@@ -19,7 +19,7 @@ from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.classify.blocks import KeyFile
 from headstart.classify.data import usable_chunks
 from headstart.extract.samples import SampleFields
-from headstart.search.items import ItemTable
+from headstart.search.items import ItemTable, blob_to_text, text_to_blob
 
 __all__ = ["ItemListing", "NewItems", "item_paths"]
 
@@ -99,7 +99,7 @@ class NewItems:
             self._db.executemany(
                 "INSERT OR IGNORE INTO new (path, label, key) VALUES (?, ?, ?)",
                 (
-                    (_blob(path), None if label is None else _blob(label), key)
+                    (text_to_blob(path), None if label is None else text_to_blob(label), key)
                     for path, label, key in zip(chunk.paths, chunk.labels, texts, strict=True)
                     if key not in known
                 ),
@@ -113,7 +113,7 @@ class NewItems:
         """The new images' (path, label, key), in the order of :attr:`keys`."""
         for block in self._blocks("SELECT path, label, key FROM new"):
             for path, label, key in block:
-                yield _text(path), None if label is None else _text(label), key
+                yield blob_to_text(path), None if label is None else blob_to_text(label), key
 
     def _blocks(self, select: str) -> Iterator[list[tuple]]:
         # Its own cursor, by row ranges: a rows() generator and a key pass never share one.
@@ -132,11 +132,3 @@ def item_paths(items_path: str | os.PathLike[str], start: int = 0) -> Iterator[s
             yield from (item.path for item in block)
     finally:
         table.close()
-
-
-def _blob(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", "surrogateescape")
