@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from headstart.extract.decode import decode_image, decode_pixels
-from headstart.extract.preprocess import Preprocess, to_uint8_tensor
+from headstart.models.decode import decode_image, decode_pixels
+from headstart.models.preprocess import Preprocess, to_uint8_tensor
 
 SIZES = ((224, 224), (500, 375), (1600, 1200), (3200, 2400))
 

@@ -51,9 +51,9 @@ from headstart.extract import (
     get_backbone,
     resolve_recipe,
 )
-from headstart.extract.decode import decode_image
-from headstart.extract.features import build_feature_model
-from headstart.extract.preprocess import normalize, to_uint8_tensor
+from headstart.models.decode import decode_image
+from headstart.models.features import build_feature_model
+from headstart.models.preprocess import normalize, to_uint8_tensor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini"
 BATCH = 32

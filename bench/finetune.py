@@ -26,12 +26,12 @@ import torchvision
 from torch import nn
 
 from headstart.extract import ExtractOptions, resolve_recipe
-from headstart.extract.features import build_feature_model
-from headstart.extract.preprocess import normalize
 from headstart.finetune.data import LabelledImages
 from headstart.finetune.loop import Trainer
 from headstart.finetune.network import ClassifierNetwork, training_memory_format
 from headstart.finetune.settings import LoopSettings
+from headstart.models.features import build_feature_model
+from headstart.models.preprocess import normalize
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette-mini" / "train"
 

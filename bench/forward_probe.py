@@ -1,6 +1,6 @@
 """Watch headstart's forward pass from a benchmark: how it was built, how each batch went.
 
-:class:`ForwardRecord` holds what one :class:`~headstart.extract.mapper.Embedder` did: its
+:class:`ForwardRecord` holds what one :class:`~headstart.models.embedder.Embedder` did: its
 precision, memory format, whether batches ran compiled, the torch thread count of the calling
 thread at each batch, and the time each batch took (on CPU, where ``submit`` returns with the
 vectors done; on CUDA it would time the launch only). :func:`recording` puts a recording
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from headstart.extract import mapper
-from headstart.extract.mapper import Embedder, PendingEmbedding
+from headstart.models import embedder as embedder_module
+from headstart.models.embedder import Embedder, PendingEmbedding
 
 __all__ = ["ForwardRecord", "memory_format", "recording", "recording_embedder"]
 
@@ -112,9 +112,9 @@ def recording_embedder(record: ForwardRecord) -> type[Embedder]:
 def recording(record: ForwardRecord) -> Iterator[None]:
     """Within the block, ``extract()`` builds its Embedder as a recording one (the runner
     imports the class from its module when a run starts embedding)."""
-    original = mapper.Embedder
-    mapper.Embedder = recording_embedder(record)
+    original = embedder_module.Embedder
+    embedder_module.Embedder = recording_embedder(record)
     try:
         yield
     finally:
-        mapper.Embedder = original
+        embedder_module.Embedder = original

@@ -57,11 +57,12 @@ from PIL import Image  # noqa: E402
 
 from headstart.cache import EmbeddingCache  # noqa: E402
 from headstart.errors import HeadstartError, first_line  # noqa: E402
-from headstart.extract import ExtractOptions, extract, get_backbone  # noqa: E402
-from headstart.extract.decode import decode_image  # noqa: E402
-from headstart.extract.features import build_feature_model  # noqa: E402
-from headstart.extract.mapper import Embedder  # noqa: E402
-from headstart.extract.preprocess import Preprocess, to_uint8_tensor  # noqa: E402
+from headstart.extract import ExtractOptions, extract  # noqa: E402
+from headstart.models import get_backbone  # noqa: E402
+from headstart.models.decode import decode_image  # noqa: E402
+from headstart.models.embedder import Embedder  # noqa: E402
+from headstart.models.features import build_feature_model  # noqa: E402
+from headstart.models.preprocess import Preprocess, to_uint8_tensor  # noqa: E402
 
 if TYPE_CHECKING:
     from headstart.classify.zeroshot import ZeroShotHead
@@ -212,11 +213,11 @@ def finetune_check(smoke: bool) -> bool:
     from torch import nn
 
     from headstart.extract import resolve_recipe
-    from headstart.extract.preprocess import normalize
     from headstart.finetune.data import LabelledImages
     from headstart.finetune.loop import Trainer
     from headstart.finetune.network import ClassifierNetwork, training_memory_format
     from headstart.finetune.settings import LoopSettings
+    from headstart.models.preprocess import normalize
 
     size, batch, steps = (64, 8, 2) if smoke else (224, 64, 15)
     recipe = resolve_recipe(ExtractOptions("resnet18", "none"))

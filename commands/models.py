@@ -16,7 +16,7 @@ def models(pattern: str | None, source: str | None) -> None:
     """List model names (optionally matching a glob PATTERN such as 'resnet*')."""
     import fnmatch
 
-    from headstart.extract import list_backbones
+    from headstart.models import list_backbones
 
     for name in list_backbones(source):
         short = name.split(":", 1)[1] if name.startswith("torchvision:") else name
@@ -35,8 +35,8 @@ def models(pattern: str | None, source: str | None) -> None:
 def layers(model: str, classifier: str | None, crop: int | None) -> None:
     """List the graph nodes of MODEL that --layer accepts, then (on stderr) which module is
     cut off as its classifier to reach the default embedding."""
-    from headstart.extract import get_backbone
-    from headstart.extract.features import classifier_summary, layer_names
+    from headstart.models import get_backbone
+    from headstart.models.features import classifier_summary, layer_names
 
     backbone = get_backbone(model, "none")
     for name in layer_names(backbone):

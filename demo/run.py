@@ -48,8 +48,8 @@ class Backbone:
 
 
 def torchvision_weights_available() -> bool:
-    from headstart.extract import get_backbone
-    from headstart.extract.backbones import WeightsUnavailable
+    from headstart.models import get_backbone
+    from headstart.models.backbones import WeightsUnavailable
 
     try:
         get_backbone("resnet18", "DEFAULT").weights.ensure_available()

@@ -2,7 +2,7 @@
 
 The pipeline's stages each have a module: :mod:`~headstart.extract.sources` (what to embed),
 :mod:`~headstart.extract.plan` (what is missing), :mod:`~headstart.extract.reader` (read, hash,
-decode), :mod:`~headstart.extract.mapper` (forward pass), and the cache's writer;
+decode), :mod:`~headstart.models.embedder` (forward pass), and the cache's writer;
 :mod:`~headstart.extract.runner` connects them. :mod:`~headstart.extract.recipe` resolves a request
 (or a fingerprint) into the model that runs.
 
@@ -19,12 +19,6 @@ from typing import TYPE_CHECKING
 # Names load on first use (PEP 562): `from headstart.extract import ExtractOptions` must not
 # import torch, so that an unchanged rerun can finish without it.
 _EXPORTS = {
-    "Backbone": "backbones",
-    "BackboneWeights": "backbones",
-    "WeightsUnavailable": "backbones",
-    "get_backbone": "backbones",
-    "list_backbones": "backbones",
-    "Preprocess": "preprocess",
     "PreprocessOverrides": "options",
     "ExtractOptions": "options",
     "ExtractSummary": "runner",
@@ -38,15 +32,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from headstart.extract.backbones import (
-        Backbone,
-        BackboneWeights,
-        WeightsUnavailable,
-        get_backbone,
-        list_backbones,
-    )
     from headstart.extract.options import ExtractOptions, PreprocessOverrides
-    from headstart.extract.preprocess import Preprocess
     from headstart.extract.recipe import (
         Recipe,
         options_for_fingerprint,
@@ -66,19 +52,13 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "Backbone",
-    "BackboneWeights",
     "ExtractOptions",
     "ExtractSummary",
     "ImageItem",
-    "Preprocess",
     "PreprocessOverrides",
     "Recipe",
-    "WeightsUnavailable",
     "extract",
-    "get_backbone",
     "iter_images",
-    "list_backbones",
     "options_for_fingerprint",
     "recipe_for_fingerprint",
     "resolve_recipe",

@@ -11,20 +11,9 @@ from dataclasses import dataclass, field
 from headstart.device import AUTO
 from headstart.extract.parts import Partition
 from headstart.extract.samples import SampleFields
+from headstart.models.overrides import PreprocessOverrides
 
 __all__ = ["ExtractOptions", "PreprocessOverrides"]
-
-
-@dataclass(frozen=True)
-class PreprocessOverrides:
-    """What the user set explicitly; ``None`` leaves the field to the weights or the default."""
-
-    resize_size: int | None = None
-    crop_size: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    interpolation: str | None = None
-    resize_mode: str | None = None
 
 
 @dataclass(frozen=True)

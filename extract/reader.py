@@ -21,11 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 from headstart.cache.catalog import FailureRecord, FileRecord, SampleRecord, ShardRecord
 from headstart.cache.keys import content_key
 from headstart.errors import HeadstartError, first_line
-from headstart.extract.decode import DecodeError, decode_pixels
 from headstart.extract.files import UnreadableFile, read_file
 from headstart.extract.parts import Partition
-from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.worklist import WorkList
+from headstart.models.decode import DecodeError, decode_pixels
+from headstart.models.preprocess import Preprocess, to_uint8_tensor
 
 __all__ = [
     "DecodedBatch",

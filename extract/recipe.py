@@ -4,7 +4,7 @@ precision, and the fingerprint that names the vectors they make.
 This is the one place a request becomes a model: ``extract`` resolves its options here, and the
 service, fine-tuning, the heads' ``evaluate``/``predict`` and text encoding rebuild the model of
 a fingerprint through :func:`recipe_for_fingerprint`, resolving it once. Loading weights and
-running the model happen later (:func:`headstart.extract.mapper.build_embedder`).
+running the model happen later (:func:`headstart.models.embedder.build_embedder`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from headstart.extract.options import ExtractOptions, PreprocessOverrides
 if TYPE_CHECKING:
     import torch
 
-    from headstart.extract.backbones import Backbone
-    from headstart.extract.preprocess import Preprocess
+    from headstart.models.backbones import Backbone
+    from headstart.models.preprocess import Preprocess
 
 # torch and the model libraries are imported inside the functions that need them: a rerun
 # whose recipe is remembered never resolves one, and never imports them.
@@ -63,8 +63,8 @@ def resolve_recipe(options: ExtractOptions) -> Recipe:
     switches to random initialisation (and a fingerprint saying so).
     """
     from headstart.device import resolve_device, resolve_precision
-    from headstart.extract.features import with_classifier
-    from headstart.extract.preprocess import resolve_preprocess
+    from headstart.models.features import with_classifier
+    from headstart.models.preprocess import resolve_preprocess
 
     backbone, fallback_reason, inputs = _chosen_backbone(options)
     device = resolve_device(options.device)
@@ -94,7 +94,7 @@ def _chosen_backbone(
 ) -> tuple[Backbone, str | None, tuple[str, ...] | None]:
     """The requested backbone, or with ``fallback_random`` and its weights out of reach the
     randomly initialised one and why; and the files that decided (see :func:`_files_read`)."""
-    from headstart.extract.backbones import WeightsUnavailable, get_backbone
+    from headstart.models.backbones import WeightsUnavailable, get_backbone
 
     backbone = get_backbone(options.model, options.weights)
     inputs = _files_read(backbone, options.fallback_random)
@@ -110,8 +110,8 @@ def _recipe_of(
     backbone: Backbone, layer: str | None, preprocess: Preprocess, precision: str
 ) -> dict[str, object]:
     """What decides the numbers: the fingerprint's recipe."""
-    from headstart.extract.classifier import NO_CLASSIFIER
-    from headstart.extract.features import POOLING
+    from headstart.models.classifier import NO_CLASSIFIER
+    from headstart.models.features import POOLING
 
     recipe: dict[str, object] = {
         "format": RECIPE_FORMAT,
@@ -153,7 +153,7 @@ def recipe_for_fingerprint(fingerprint: Fingerprint, **runtime: object) -> Recip
 
 
 def _rebuilt(fingerprint: Fingerprint, runtime: dict) -> tuple[ExtractOptions, Recipe]:
-    from headstart.extract.preprocess import Preprocess
+    from headstart.models.preprocess import Preprocess
 
     recipe, source = fingerprint.recipe, fingerprint.source
     if "model" not in source:

@@ -1,4 +1,4 @@
-"""The runner: sources -> plan -> reader -> mapper -> writer, with the catalog kept up to date.
+"""The runner: sources -> plan -> reader -> embedder -> writer, with the catalog kept up to date.
 
 Whatever happens, rows already computed are published before :func:`extract` returns or raises
 (Ctrl-C included), and the catalog is committed batch by batch, so a rerun embeds only what is
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     import torch
     from tqdm import tqdm
 
-    from headstart.extract.mapper import Embedder, PendingEmbedding
     from headstart.extract.reader import DecodedBatch
+    from headstart.models.embedder import Embedder, PendingEmbedding
 
 # torch and the model libraries are imported where a model is resolved or run, not here: an
 # unchanged rerun whose recipe is remembered plans, finds nothing to embed and never needs them.
@@ -393,7 +393,7 @@ def _embed_timed(run: _RunContext, planned: _Planned) -> None:
 
 
 def _embed(run: _RunContext, planned: _Planned) -> None:
-    """Reader -> mapper -> writer over the work list, one batch in flight while the next is
+    """Reader -> embedder -> writer over the work list, one batch in flight while the next is
     read. Rows already embedded are stored whatever happens, Ctrl-C included."""
     started = time.perf_counter()
     summary, clock = planned.summary, StageClock(planned.summary.stage_seconds)
@@ -424,9 +424,9 @@ def _embed(run: _RunContext, planned: _Planned) -> None:
 def _start_embedder(run: _RunContext, store: FingerprintStore) -> Embedder:
     """Build the model and make room for its embeddings."""
     # The module, not the function: benchmarks swap in a recording Embedder there.
-    from headstart.extract import mapper
+    from headstart.models import embedder as embedder_module
 
-    embedder = mapper.build_embedder(run.recipe, compile=bool(run.options.compile))
+    embedder = embedder_module.build_embedder(run.recipe, compile=bool(run.options.compile))
     # Only once the model is built: weights that cannot be had leave no empty fingerprint.
     store.cache.create(run.recipe.fingerprint)
     return embedder

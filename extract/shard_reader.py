@@ -25,8 +25,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from headstart.cache.catalog import FailureRecord, SampleRecord, ShardRecord, member_name
 from headstart.cache.keys import KEY_DTYPE, content_key
 from headstart.cache.store import FingerprintStore
-from headstart.extract.decode import DecodeError
-from headstart.extract.preprocess import Preprocess
 from headstart.extract.reader import DecodedItem, make_loader, model_pixels
 from headstart.extract.samples import (
     SampleFault,
@@ -37,6 +35,8 @@ from headstart.extract.samples import (
     label_and_caption,
 )
 from headstart.extract.shards import ShardRef, open_shard, shard_signature
+from headstart.models.decode import DecodeError
+from headstart.models.preprocess import Preprocess
 
 __all__ = ["ShardDataset", "StoreProbe", "make_shard_loader"]
 

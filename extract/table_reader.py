@@ -21,14 +21,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from headstart.cache.catalog import FileRecord
 from headstart.cache.keys import content_key
 from headstart.cache.store import FingerprintStore
-from headstart.extract.decode import DecodeError
 from headstart.extract.download import Downloader, DownloadError, DownloadLimits
 from headstart.extract.files import UnreadableFile, read_file
-from headstart.extract.preprocess import Preprocess
 from headstart.extract.reader import DecodedItem, make_loader, model_pixels
 from headstart.extract.shard_reader import StoreProbe
 from headstart.extract.table_plan import RowList, failure_of, sample_of
 from headstart.extract.tables import TableRow
+from headstart.models.decode import DecodeError
+from headstart.models.preprocess import Preprocess
 
 __all__ = ["TableDataset", "make_table_loader"]
 

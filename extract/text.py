@@ -110,8 +110,8 @@ class TextEncoder:
     ) -> TextEncoder:
         """The text side of the model that made ``fingerprint``'s embeddings, rebuilt from its
         recipe; refuses an image-only fingerprint, or one that can no longer be reproduced."""
-        from headstart.extract._open_clip import image_text_model, tokenizer_for
         from headstart.extract.recipe import recipe_for_fingerprint
+        from headstart.models._open_clip import image_text_model, tokenizer_for
 
         reason = why_no_text(fingerprint)
         if reason is not None:

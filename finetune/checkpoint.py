@@ -14,7 +14,7 @@ import torch
 
 from headstart.atomic import atomic_path
 from headstart.errors import HeadstartError
-from headstart.extract.checkpoints import load_tensors_file
+from headstart.models.checkpoints import load_tensors_file
 
 __all__ = ["load_state", "save_state"]
 

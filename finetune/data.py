@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
-from headstart.extract.decode import DecodeError, decode_image
-from headstart.extract.preprocess import Preprocess, to_uint8_tensor
+from headstart.models.decode import DecodeError, decode_image
+from headstart.models.preprocess import Preprocess, to_uint8_tensor
 
 __all__ = ["AUGMENTATIONS", "EpochSampler", "LabelledImages", "make_loader"]
 

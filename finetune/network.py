@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
-from headstart.extract.preprocess import Preprocess, normalize
+from headstart.models.preprocess import Preprocess, normalize
 
 __all__ = [
     "ClassifierNetwork",
@@ -54,8 +54,8 @@ class ClassifierNetwork(nn.Module):
     def fold_batchnorm(self) -> bool:
         """Train through a view of ``features`` with every BatchNorm now in inference mode
         folded into its convolution (see :mod:`headstart.finetune.fold`); True if any was."""
-        from headstart.extract.features import PooledFeatures
         from headstart.finetune.fold import fold_frozen_batchnorm
+        from headstart.models.features import PooledFeatures
 
         features = self.features
         # The pooling step branches on the output's rank, which tracing cannot follow: fold

@@ -41,7 +41,6 @@ from headstart.classify.zeroshot import ZeroShotHead
 from headstart.device import resolve_device, resolve_precision
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, PreprocessOverrides, Recipe, resolve_recipe
-from headstart.extract.features import build_feature_model
 from headstart.finetune.checkpoint import load_state, save_state
 from headstart.finetune.data import LabelledImages
 from headstart.finetune.loop import BEST, CHECKPOINT, EpochRecord, Trainer
@@ -70,6 +69,7 @@ from headstart.finetune.start import (
     starting_head,
 )
 from headstart.finetune.wise import MixRecord, best_mix, mix_states, score_mixes, wise_document
+from headstart.models.features import build_feature_model
 
 __all__ = ["FinetuneResult", "finetune"]
 
@@ -190,7 +190,7 @@ def _network_from_probe(
     recipe: Recipe, head: Head, precision: str, unfreeze: UnfreezeSpec
 ) -> tuple[ClassifierNetwork, list[str]]:
     """Stage 2's network: the backbone, unfrozen as asked, with the probe as its classifier."""
-    features = build_feature_model(recipe.backbone).module
+    features = build_feature_model(recipe.backbone, recipe.layer).module
     is_zeroshot = isinstance(head, ZeroShotHead)
     network = ClassifierNetwork(
         features,

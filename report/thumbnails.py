@@ -14,9 +14,9 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from headstart.extract.decode import DecodeError
 from headstart.extract.samples import TarSample, iter_tar_samples
 from headstart.extract.shards import SHARD_SUFFIXES, open_shard
+from headstart.models.decode import DecodeError
 from headstart.pathnames import printable
 from headstart.search.thumbnails import THUMBNAIL_SIDE, make_thumbnail, thumbnail_of_file
 

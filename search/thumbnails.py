@@ -27,7 +27,7 @@ from PIL import Image
 
 from headstart.atomic import atomic_path
 from headstart.errors import HeadstartError
-from headstart.extract.decode import DecodeError, decode_image
+from headstart.models.decode import DecodeError, decode_image
 from headstart.pathnames import printable
 
 __all__ = [

@@ -22,10 +22,10 @@ from headstart.classify.persist import load_head
 from headstart.device import AUTO
 from headstart.errors import HeadstartError, first_line
 from headstart.extract import recipe_for_fingerprint
-from headstart.extract.decode import decode_pixels
-from headstart.extract.mapper import Embedder, build_embedder
-from headstart.extract.preprocess import Preprocess, to_uint8_tensor
 from headstart.extract.text import TextEncoder, why_no_text
+from headstart.models.decode import decode_pixels
+from headstart.models.embedder import Embedder, build_embedder
+from headstart.models.preprocess import Preprocess, to_uint8_tensor
 from headstart.pathnames import printable
 from headstart.search.exact import l2_normalize
 from headstart.search.loaded import LoadedIndex

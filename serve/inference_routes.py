@@ -12,7 +12,7 @@ import torch
 from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from headstart.extract.decode import DecodeError
+from headstart.models.decode import DecodeError
 from headstart.pathnames import printable
 from headstart.search.loaded import LoadedIndex
 from headstart.serve.dependencies import ReadyEngine, Service, authorised

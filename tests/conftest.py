@@ -26,7 +26,7 @@ def cache_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def forward_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the images that reach the model (every forward pass goes through submit)."""
-    from headstart.extract.mapper import Embedder
+    from headstart.models.embedder import Embedder
 
     seen = [0]
     original = Embedder.submit

@@ -9,9 +9,9 @@ from tiny_models import TinyNet
 from torchvision.models import resnet18
 
 from headstart.errors import HeadstartError
-from headstart.extract import WeightsUnavailable, get_backbone, list_backbones
-from headstart.extract.backbones import register_source
-from headstart.extract.features import build_feature_model, layer_names
+from headstart.models import WeightsUnavailable, get_backbone, list_backbones
+from headstart.models.backbones import register_source
+from headstart.models.features import build_feature_model, layer_names
 
 
 def _width_on_meta(name: str) -> tuple[int, int | None]:

@@ -9,8 +9,8 @@ from helpers import make_odd_images
 from PIL import Image, ImageDraw
 from torchvision import transforms
 
-from headstart.extract.decode import DecodeError, decode_image, decode_pixels
-from headstart.extract.preprocess import DEFAULT_PREPROCESS, to_uint8_tensor
+from headstart.models.decode import DecodeError, decode_image, decode_pixels
+from headstart.models.preprocess import DEFAULT_PREPROCESS, to_uint8_tensor
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from torchvision.models import resnet18
 from headstart.cache import EmbeddingCache
 from headstart.cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_SOME_FAILED, main
 from headstart.extract import ExtractOptions, PreprocessOverrides, extract
-from headstart.extract.mapper import Embedder
+from headstart.models.embedder import Embedder
 
 
 def run(*args: str) -> object:

@@ -155,7 +155,6 @@ def test_network_at_step_zero_answers_as_the_linear_head(
     from headstart.classify.data import embed_sources
     from headstart.classify.linear import LogisticRegressionHead
     from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
-    from headstart.extract.features import build_feature_model
     from headstart.finetune.data import LabelledImages
     from headstart.finetune.loop import Trainer
     from headstart.finetune.network import (
@@ -164,6 +163,7 @@ def test_network_at_step_zero_answers_as_the_linear_head(
         training_memory_format,
     )
     from headstart.finetune.settings import LoopSettings
+    from headstart.models.features import build_feature_model
 
     # As `headstart finetune` does it: the probe on embeddings made at ``precision``, then the
     # network (the folded probe on the backbone) answering at that same precision.
@@ -466,11 +466,11 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_step(pretrained, tmp_path:
     """A pass over more than 8 images "runs out of memory": the step is redone in smaller
     passes, and the weights end where one pass over the whole batch takes them."""
     from headstart.extract import ExtractOptions, PreprocessOverrides, resolve_recipe
-    from headstart.extract.features import build_feature_model
     from headstart.finetune.data import LabelledImages
     from headstart.finetune.loop import Trainer
     from headstart.finetune.network import ClassifierNetwork
     from headstart.finetune.settings import LoopSettings
+    from headstart.models.features import build_feature_model
 
     recipe = resolve_recipe(
         ExtractOptions(

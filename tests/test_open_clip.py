@@ -19,16 +19,7 @@ from PIL import Image
 from headstart.cache.store import EmbeddingCache
 from headstart.cache.texts import TextCache
 from headstart.errors import HeadstartError
-from headstart.extract import (
-    ExtractOptions,
-    WeightsUnavailable,
-    get_backbone,
-    options_for_fingerprint,
-    resolve_recipe,
-)
-from headstart.extract.backbones import RANDOM_INIT_SEED
-from headstart.extract.features import build_feature_model
-from headstart.extract.preprocess import Preprocess, normalize, to_uint8_tensor
+from headstart.extract import ExtractOptions, options_for_fingerprint, resolve_recipe
 from headstart.extract.text import (
     TextEncoder,
     can_embed_text,
@@ -36,6 +27,10 @@ from headstart.extract.text import (
     logit_scale,
     why_no_text,
 )
+from headstart.models import WeightsUnavailable, get_backbone
+from headstart.models.backbones import RANDOM_INIT_SEED
+from headstart.models.features import build_feature_model
+from headstart.models.preprocess import Preprocess, normalize, to_uint8_tensor
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -25,9 +25,9 @@ from headstart.cache import EmbeddingCache
 from headstart.cli import main
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, PreprocessOverrides
-from headstart.extract.classifier import find_classifier
-from headstart.extract.features import build_feature_model
 from headstart.extract.recipe import options_for_fingerprint, resolve_recipe
+from headstart.models.classifier import find_classifier
+from headstart.models.features import build_feature_model
 
 NETWORK_CODE = """
 import torch

@@ -4,7 +4,7 @@ from PIL import Image
 from torchvision.models import ResNet50_Weights, ViT_B_16_Weights
 
 from headstart.errors import HeadstartError
-from headstart.extract.preprocess import (
+from headstart.models.preprocess import (
     DEFAULT_PREPROCESS,
     Preprocess,
     PreprocessOverrides,

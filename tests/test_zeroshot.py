@@ -22,7 +22,7 @@ from headstart.classify.persist import load_head
 from headstart.classify.sweep import LeaderboardRow, refit
 from headstart.classify.zeroshot import ZeroShotHead, prompt_templates, zeroshot_head
 from headstart.errors import HeadstartError
-from headstart.extract.backbones import RANDOM_INIT_SEED
+from headstart.models.backbones import RANDOM_INIT_SEED
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
-from headstart.extract.preprocess import Preprocess
+from headstart.models.preprocess import Preprocess
 
 __all__ = [
     "Backbone",
@@ -188,4 +188,4 @@ def _is_dotted(name: str) -> bool:
 def _load_builtin_sources() -> None:
     # Imported here, not at module import: each source module registers itself, and timm and
     # open_clip are optional. Python's import cache makes this a no-op after the first call.
-    from headstart.extract import _local, _open_clip, _timm, _torchvision  # noqa: F401
+    from headstart.models import _local, _open_clip, _timm, _torchvision  # noqa: F401

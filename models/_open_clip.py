@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError, first_line
-from headstart.extract.backbones import (
+from headstart.models.backbones import (
     Backbone,
     BackboneWeights,
     WeightsUnavailable,
@@ -38,8 +38,8 @@ from headstart.extract.backbones import (
     register_source,
     seeded,
 )
-from headstart.extract.checkpoints import file_weights, is_weights_file, load_checkpoint
-from headstart.extract.preprocess import Preprocess
+from headstart.models.checkpoints import file_weights, is_weights_file, load_checkpoint
+from headstart.models.preprocess import Preprocess
 
 __all__ = [
     "ImageTower",

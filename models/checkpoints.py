@@ -19,9 +19,9 @@ from torch import nn
 
 from headstart.cache.keys import file_key
 from headstart.errors import HeadstartError
-from headstart.extract.backbones import BackboneWeights
-from headstart.extract.classifier import CLASSIFIER_NAMES
-from headstart.extract.preprocess import Preprocess
+from headstart.models.backbones import BackboneWeights
+from headstart.models.classifier import CLASSIFIER_NAMES
+from headstart.models.preprocess import Preprocess
 
 __all__ = [
     "apply_checkpoint",

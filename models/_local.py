@@ -24,8 +24,8 @@ from torch import nn
 
 from headstart.cache.keys import file_key
 from headstart.errors import HeadstartError, first_line
-from headstart.extract.backbones import Backbone, BackboneWeights, register_source, seeded
-from headstart.extract.checkpoints import file_weights, is_weights_file
+from headstart.models.backbones import Backbone, BackboneWeights, register_source, seeded
+from headstart.models.checkpoints import file_weights, is_weights_file
 
 __all__ = ["PythonFactorySource", "TorchScriptSource"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from headstart.errors import HeadstartError, first_line
-from headstart.extract.backbones import (
+from headstart.models.backbones import (
     Backbone,
     BackboneWeights,
     WeightsUnavailable,
@@ -21,8 +21,8 @@ from headstart.extract.backbones import (
     register_source,
     seeded,
 )
-from headstart.extract.checkpoints import file_weights, is_weights_file
-from headstart.extract.preprocess import preprocess_from_timm
+from headstart.models.checkpoints import file_weights, is_weights_file
+from headstart.models.preprocess import preprocess_from_timm
 
 __all__ = ["TimmSource"]
 

@@ -6,9 +6,9 @@ from tiny_models import TinyNet
 from torch import nn
 
 from headstart.errors import HeadstartError
-from headstart.extract.features import PooledFeatures
-from headstart.extract.mapper import Embedder
-from headstart.extract.preprocess import DEFAULT_PREPROCESS, normalize
+from headstart.models.embedder import Embedder
+from headstart.models.features import PooledFeatures
+from headstart.models.preprocess import DEFAULT_PREPROCESS, normalize
 
 
 class OutOfMemoryAbove(nn.Module):

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
 from headstart.errors import HeadstartError, first_line
-from headstart.extract.backbones import (
+from headstart.models.backbones import (
     Backbone,
     BackboneWeights,
     WeightsUnavailable,
@@ -24,8 +24,8 @@ from headstart.extract.backbones import (
     register_source,
     seeded,
 )
-from headstart.extract.checkpoints import file_weights, is_weights_file
-from headstart.extract.preprocess import Preprocess, preprocess_from_torchvision
+from headstart.models.checkpoints import file_weights, is_weights_file
+from headstart.models.preprocess import Preprocess, preprocess_from_torchvision
 
 __all__ = ["TorchvisionSource"]
 

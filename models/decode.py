@@ -80,7 +80,7 @@ def decode_image(data: bytes, min_side: int) -> Image.Image:
 
 def decode_pixels(data: bytes, min_side: int) -> Image.Image | torch.Tensor:
     """Like :func:`decode_image`, but a plain JPEG comes back as a (3, H, W) uint8 tensor
-    decoded by libjpeg-turbo; :func:`~headstart.extract.preprocess.to_uint8_tensor` takes
+    decoded by libjpeg-turbo; :func:`~headstart.models.preprocess.to_uint8_tensor` takes
     either.
 
     Example:

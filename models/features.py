@@ -17,15 +17,15 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
-from headstart.extract.backbones import Backbone
-from headstart.extract.checkpoints import apply_checkpoint
-from headstart.extract.classifier import (
+from headstart.models.backbones import Backbone
+from headstart.models.checkpoints import apply_checkpoint
+from headstart.models.classifier import (
     NO_CLASSIFIER,
     cut_classifier,
     describe_classifier,
     find_classifier,
 )
-from headstart.extract.preprocess import DEFAULT_PREPROCESS
+from headstart.models.preprocess import DEFAULT_PREPROCESS
 
 __all__ = [
     "POOLING",
@@ -92,12 +92,12 @@ def build_feature_model(backbone: Backbone, layer: str | None = None) -> Feature
             model, expected_dim = cut.model, cut.in_features
             ignored.append(f"{name}.")
     elif backbone.family == "timm":
-        from headstart.extract._timm import classifier_prefixes
+        from headstart.models._timm import classifier_prefixes
 
         ignored.extend(classifier_prefixes(model))
         expected_dim = int(getattr(model, "num_features", 0)) or None
     elif backbone.family == "open_clip":
-        from headstart.extract._open_clip import text_prefixes
+        from headstart.models._open_clip import text_prefixes
 
         ignored.extend(text_prefixes(model))  # a whole-model checkpoint holds the text tower
         expected_dim = int(getattr(model, "num_features", 0)) or None

@@ -1,4 +1,4 @@
-"""The mapper: uint8 image batches in, float32 embeddings out, on one device.
+"""The embedder: uint8 image batches in, float32 embeddings out, on one device.
 
 Everything that makes a frozen forward pass fast lives here: inference mode, channels-last
 memory, autocast at the chosen precision, optional ``torch.compile`` with weight freezing (CPU
@@ -19,7 +19,7 @@ from torch import nn
 
 from headstart.device import autocast
 from headstart.errors import HeadstartError, first_line
-from headstart.extract.preprocess import Preprocess, normalize
+from headstart.models.preprocess import Preprocess, normalize
 
 if TYPE_CHECKING:
     from headstart.extract.recipe import Recipe
@@ -166,7 +166,7 @@ def build_embedder(recipe: Recipe, *, compile: bool = False) -> Embedder:
     Example:
         >>> embedder = build_embedder(resolve_recipe(ExtractOptions("resnet18")))  # doctest: +SKIP
     """
-    from headstart.extract.features import build_feature_model
+    from headstart.models.features import build_feature_model
 
     features = build_feature_model(recipe.backbone, recipe.layer)
     return Embedder(

@@ -26,7 +26,7 @@ from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as F2
 
 from headstart.errors import HeadstartError
-from headstart.extract.options import PreprocessOverrides
+from headstart.models.overrides import PreprocessOverrides
 
 __all__ = [
     "DEFAULT_PREPROCESS",
