@@ -9,7 +9,7 @@ import click
 
 from headstart.classify.settings import TrainOptions
 from headstart.device import AUTO, PRECISIONS
-from headstart.extract.options import ExtractOptions
+from headstart.extract.options import DECODE_PLACES, ExtractOptions
 from headstart.extract.samples import SampleFields
 
 __all__ = [
@@ -128,6 +128,14 @@ def embedding_options(command):
             "--std", callback=_triple, help="Normalisation std: three comma-separated values."
         ),
         click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"])),
+        click.option(
+            "--decode",
+            type=click.Choice(DECODE_PLACES),
+            default=default_of(ExtractOptions, "decode"),
+            show_default=True,
+            help="Where JPEGs are decoded: on the model's device (nvJPEG on CUDA, in batches) or "
+            "by the reading workers; auto: on a GPU that can.",
+        ),
         click.option(
             "--compile/--no-compile",
             default=None,

@@ -24,13 +24,15 @@ from headstart.errors import HeadstartError, first_line
 from headstart.extract.files import UnreadableFile, read_file
 from headstart.extract.parts import Partition
 from headstart.extract.worklist import WorkList
-from headstart.models.decode import DecodeError, decode_pixels
+from headstart.models.decode import DecodeError, EncodedJpeg, decode_pixels, jpeg_for_device
 from headstart.models.preprocess import Preprocess, to_uint8_tensor
 
 __all__ = [
     "DecodedBatch",
     "DecodedItem",
+    "DeferredJpeg",
     "ImageFileDataset",
+    "decode_item",
     "iter_batches",
     "make_loader",
     "model_pixels",
@@ -42,15 +44,30 @@ class DecodedItem:
     """One work item after reading: a file (or tar sample) record and pixels, a failure, or
     neither (the file belongs to another part); or the end of a tar shard (``shard``).
     ``streamed``: the item was found while reading a shard rather than listed beforehand.
-    ``decode_seconds``: decoding and resizing it took."""
+    ``decode_seconds``: decoding and resizing it took. ``pixels`` is an :class:`EncodedJpeg`
+    when JPEGs are decoded on the model's device; ``undecodable`` is then the failure recorded
+    if it proves not to decode there or on the CPU."""
 
     file: FileRecord | None = None
-    pixels: torch.Tensor | None = None
+    pixels: torch.Tensor | EncodedJpeg | None = None
     failure: FailureRecord | None = None
     decode_seconds: float = 0.0
     sample: SampleRecord | None = None
     shard: ShardRecord | None = None
     streamed: bool = False
+    undecodable: FailureRecord | None = None
+
+
+@dataclass
+class DeferredJpeg:
+    """A batch item left encoded: the ``position``-th of its keys, its file and/or sample
+    record, and the failure to record if it does not decode."""
+
+    position: int
+    jpeg: EncodedJpeg
+    file: FileRecord | None
+    sample: SampleRecord | None
+    undecodable: FailureRecord
 
 
 @dataclass
@@ -60,7 +77,10 @@ class DecodedBatch:
     already (not decoded); ``failures`` are the items that did not decode; ``others``
     counts files left to the part that owns their key; ``shards`` are the tar shards whose last
     items this batch carries; ``streamed`` counts items found by reading shards;
-    ``decode_seconds`` is the time its items took to decode and resize, added up."""
+    ``decode_seconds`` is the time its items took to decode and resize, added up.
+    ``deferred`` items are JPEGs left encoded for the model's device: ``pixels`` then holds
+    the other items only, until :func:`~headstart.extract.deferred.decode_deferred` fills
+    them in."""
 
     pixels: torch.Tensor
     files: list[FileRecord] = field(default_factory=list)
@@ -73,6 +93,7 @@ class DecodedBatch:
     streamed: int = 0
     stored: int = 0
     paired: int = 0  # table rows of a local file: recorded both as a file and as a sample
+    deferred: list[DeferredJpeg] = field(default_factory=list)
 
     @property
     def item_count(self) -> int:
@@ -82,7 +103,11 @@ class DecodedBatch:
 
     def pin_memory(self) -> DecodedBatch:
         # DataLoader's pin-memory thread calls this on custom batch types.
-        return replace(self, pixels=self.pixels.pin_memory())
+        deferred = [
+            replace(item, jpeg=replace(item.jpeg, data=item.jpeg.data.pin_memory()))
+            for item in self.deferred
+        ]
+        return replace(self, pixels=self.pixels.pin_memory(), deferred=deferred)
 
 
 class ImageFileDataset(Dataset):
@@ -93,11 +118,17 @@ class ImageFileDataset(Dataset):
     """
 
     def __init__(
-        self, work: WorkList, preprocess: Preprocess, partition: Partition | None = None
+        self,
+        work: WorkList,
+        preprocess: Preprocess,
+        partition: Partition | None = None,
+        *,
+        defer_jpegs: bool = False,
     ) -> None:
         self.work = work
         self.preprocess = preprocess
         self.partition = partition
+        self.defer_jpegs = defer_jpegs
 
     def __len__(self) -> int:
         return len(self.work)
@@ -115,29 +146,62 @@ class ImageFileDataset(Dataset):
         if self.partition is not None and not self.partition.owns_key(key):
             return DecodedItem()
         record = FileRecord(item.path, st.st_size, st.st_mtime_ns, key, item.label)
-        began = time.perf_counter()
-        try:
-            pixels = model_pixels(data, self.preprocess)
-        except DecodeError as exc:
-            failure = FailureRecord(item.path, st.st_size, st.st_mtime_ns, str(exc), item.label)
-            return DecodedItem(failure=failure, decode_seconds=time.perf_counter() - began)
-        return DecodedItem(file=record, pixels=pixels, decode_seconds=time.perf_counter() - began)
+        failure = FailureRecord(item.path, st.st_size, st.st_mtime_ns, "", item.label)
+        return decode_item(data, self.preprocess, self.defer_jpegs, failure, file=record)
 
 
-def model_pixels(data: bytes, preprocess: Preprocess) -> torch.Tensor:
+def decode_item(
+    data: bytes,
+    preprocess: Preprocess,
+    defer_jpegs: bool,
+    failure: FailureRecord,
+    *,
+    file: FileRecord | None = None,
+    sample: SampleRecord | None = None,
+    streamed: bool = False,
+) -> DecodedItem:
+    """The item of a file and/or sample record with ``data`` decoded, timed; if it does not
+    decode, ``failure`` with the reason. Every reader makes its items here."""
+    began = time.perf_counter()
+    try:
+        pixels = model_pixels(data, preprocess, defer_jpegs)
+    except DecodeError as exc:
+        failed = failure._replace(reason=str(exc))
+        seconds = time.perf_counter() - began
+        return DecodedItem(failure=failed, decode_seconds=seconds, streamed=streamed)
+    seconds = time.perf_counter() - began
+    return DecodedItem(
+        file=file,
+        sample=sample,
+        pixels=pixels,
+        decode_seconds=seconds,
+        streamed=streamed,
+        undecodable=failure,
+    )
+
+
+def model_pixels(
+    data: bytes, preprocess: Preprocess, defer_jpegs: bool = False
+) -> torch.Tensor | EncodedJpeg:
     """Image bytes as the uint8 pixels the model is given, however they were read (a file or
-    a tar member): the same bytes, the same key, the same pixels. Raises DecodeError."""
+    a tar member): the same bytes, the same key, the same pixels. Raises DecodeError.
+
+    With ``defer_jpegs``, a JPEG the model's device decodes comes back still encoded."""
+    if defer_jpegs and (jpeg := jpeg_for_device(data)) is not None:
+        return jpeg
     return to_uint8_tensor(decode_pixels(data, min_side=preprocess.resize_size), preprocess)
 
 
 def collate(items: list[DecodedItem]) -> DecodedBatch:
     good = [item for item in items if item.pixels is not None]
     failures = [item.failure for item in items if item.failure is not None]
-    pixels = (
-        torch.stack([item.pixels for item in good])
-        if good
-        else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
-    )
+    decoded = [item.pixels for item in good if isinstance(item.pixels, torch.Tensor)]
+    pixels = torch.stack(decoded) if decoded else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
+    deferred = [
+        DeferredJpeg(position, item.pixels, item.file, item.sample, item.undecodable)
+        for position, item in enumerate(good)
+        if isinstance(item.pixels, EncodedJpeg)
+    ]
     others = sum(
         item.file is None and item.sample is None and item.failure is None and item.shard is None
         for item in items
@@ -155,6 +219,7 @@ def collate(items: list[DecodedItem]) -> DecodedBatch:
         streamed=sum(item.streamed for item in items),
         stored=sum(item.sample is not None and item.pixels is None for item in items),
         paired=sum(item.file is not None and item.sample is not None for item in good),
+        deferred=deferred,
     )
 
 

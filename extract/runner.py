@@ -26,6 +26,7 @@ from headstart.cache.keys import KEY_DTYPE, KeyMembership
 from headstart.cache.maintenance import compact_small_shards
 from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.cache.writer import ShardWriter
+from headstart.errors import HeadstartError
 from headstart.extract.download import DownloadLimits
 from headstart.extract.memo import RecipeMemo, RememberedRecipe, request_key
 from headstart.extract.options import ExtractOptions
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from headstart.extract.reader import DecodedBatch
+    from headstart.models.device_decode import DeviceJpegDecoder
     from headstart.models.embedder import Embedder, PendingEmbedding
 
 # torch and the model libraries are imported where a model is resolved or run, not here: an
@@ -71,7 +73,8 @@ class ExtractSummary:
     Tar shards are listed as they are read, each by the part that reads it: of ``listed``,
     ``listed_in_shards`` are their items.
     ``stage_seconds`` says where the embedding went (see :mod:`.stages`): read, decode (summed
-    over the ``loader_workers`` worker processes), forward and write.
+    over the ``loader_workers`` worker processes), forward and write. ``decoded_on_device``
+    counts the JPEGs decoded where the model runs (``--decode``), the rest by the workers.
     """
 
     fingerprint: Fingerprint
@@ -88,6 +91,7 @@ class ExtractSummary:
     startup_images: int = 0
     compiled: bool = False
     compile_seconds: float = 0.0
+    decoded_on_device: int = 0
     failure_examples: list[FailureRecord] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     loader_workers: int = 0
@@ -206,7 +210,15 @@ def _extract(
             memo.remember(key, recipe.remembered(), list(recipe.inputs))
         if planned.pending:
             _embed_timed(
-                _RunContext(recipe, options, catalog, partition, progress and leader, inputs),
+                _RunContext(
+                    recipe,
+                    options,
+                    catalog,
+                    partition,
+                    progress and leader,
+                    inputs,
+                    _jpeg_decoder(recipe, options.decode),
+                ),
                 planned,
             )
             compacted = compact_small_shards(cache, planned.store.fingerprint)
@@ -365,6 +377,7 @@ class _RunContext:
     partition: Partition | None
     progress: bool
     inputs: _Inputs
+    jpeg_decoder: DeviceJpegDecoder | None = None
 
     @property
     def on_cuda(self) -> bool:
@@ -390,6 +403,8 @@ def _embed_timed(run: _RunContext, planned: _Planned) -> None:
     _embed(run, planned)
     summary.embed_seconds = time.perf_counter() - began
     log.info("%s", describe_stages(summary.stage_seconds, summary.loader_workers))
+    if run.jpeg_decoder is not None:
+        log.info("%d JPEGs decoded on %s", summary.decoded_on_device, run.recipe.device)
 
 
 def _embed(run: _RunContext, planned: _Planned) -> None:
@@ -400,6 +415,8 @@ def _embed(run: _RunContext, planned: _Planned) -> None:
     summary.loader_workers = run.workers
     summary.compiled = bool(run.options.compile)  # explicit: compiled at startup
     embedder = _start_embedder(run, planned.store)
+    from headstart.extract.deferred import decode_deferred  # imports torch, as the model did
+
     expected = planned.expected_images()
     mapper = _Mapper(embedder, _compile_policy(run, expected), summary, clock)
     writer = _InFlight(_shard_writer(run, planned.store), clock)
@@ -407,6 +424,10 @@ def _embed(run: _RunContext, planned: _Planned) -> None:
     with _progress_bar(run, total) as bar:
         try:
             for batch in _read_batches(run, planned, clock):
+                if run.jpeg_decoder is not None:
+                    summary.decoded_on_device += len(batch.deferred)
+                    with clock.timing("decode"):
+                        batch = decode_deferred(batch, run.jpeg_decoder)
                 keys, pixels = _admit(batch, run.catalog, planned, clock)
                 if len(keys):
                     writer.push(mapper.submit(pixels), keys)
@@ -430,6 +451,25 @@ def _start_embedder(run: _RunContext, store: FingerprintStore) -> Embedder:
     # Only once the model is built: weights that cannot be had leave no empty fingerprint.
     store.cache.create(run.recipe.fingerprint)
     return embedder
+
+
+def _jpeg_decoder(recipe: Recipe, place: str) -> DeviceJpegDecoder | None:
+    """The decoder of JPEGs on the model's device, where ``--decode`` puts them there: always
+    for ``device``, on a GPU that can for ``auto``; None leaves them to the reading workers."""
+    if place == "cpu" or (place == "auto" and recipe.device.type != "cuda"):
+        return None
+    from headstart.models.device_decode import DeviceJpegDecoder, device_decoding_works
+
+    problem = device_decoding_works(recipe.device)
+    if problem is not None:
+        if place == "device":
+            raise HeadstartError(
+                f"--decode device: JPEGs cannot be decoded on {recipe.device}: {problem}; "
+                "use --decode cpu"
+            )
+        log.warning("JPEGs decode on the CPU: %s cannot (%s)", recipe.device, problem)
+        return None
+    return DeviceJpegDecoder(recipe.preprocess, recipe.device)
 
 
 def _compile_policy(run: _RunContext, total: int) -> CompilePolicy | None:
@@ -461,9 +501,12 @@ def _read_batches(run: _RunContext, planned: _Planned, clock: StageClock) -> Ite
     from headstart.extract.reader import ImageFileDataset, iter_batches, make_loader
     from headstart.extract.shard_reader import make_shard_loader
 
+    defer_jpegs = run.jpeg_decoder is not None
     loaders = []
     if len(planned.work):
-        dataset = ImageFileDataset(planned.work, run.recipe.preprocess, run.partition)
+        dataset = ImageFileDataset(
+            planned.work, run.recipe.preprocess, run.partition, defer_jpegs=defer_jpegs
+        )
         loaders.append(
             make_loader(
                 dataset, batch_size=run.batch_size, workers=run.workers, pin_memory=run.on_cuda
@@ -479,6 +522,7 @@ def _read_batches(run: _RunContext, planned: _Planned, clock: StageClock) -> Ite
                 batch_size=run.batch_size,
                 workers=run.workers,
                 pin_memory=run.on_cuda,
+                defer_jpegs=defer_jpegs,
             )
         )
     if planned.rows is not None and len(planned.rows):
@@ -493,6 +537,7 @@ def _read_batches(run: _RunContext, planned: _Planned, clock: StageClock) -> Ite
                 batch_size=run.batch_size,
                 workers=run.workers,
                 pin_memory=run.on_cuda,
+                defer_jpegs=defer_jpegs,
             )
         )
     for loader in loaders:
@@ -519,7 +564,7 @@ def _admit(
     fresh = fresh_rows(keys, planned.seen)
     summary.from_cache += int((~fresh).sum())
     planned.seen.add(keys[fresh])
-    return keys[fresh], batch.pixels[torch.from_numpy(fresh)]
+    return keys[fresh], batch.pixels[torch.from_numpy(fresh).to(batch.pixels.device)]
 
 
 def _end_startup(summary: ExtractSummary, started: float) -> None:

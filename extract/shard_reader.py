@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from headstart.cache.catalog import FailureRecord, SampleRecord, ShardRecord, member_name
 from headstart.cache.keys import KEY_DTYPE, content_key
 from headstart.cache.store import FingerprintStore
-from headstart.extract.reader import DecodedItem, make_loader, model_pixels
+from headstart.extract.reader import DecodedItem, decode_item, make_loader
 from headstart.extract.samples import (
     SampleFault,
     SampleFields,
@@ -35,7 +34,6 @@ from headstart.extract.samples import (
     label_and_caption,
 )
 from headstart.extract.shards import ShardRef, open_shard, shard_signature
-from headstart.models.decode import DecodeError
 from headstart.models.preprocess import Preprocess
 
 __all__ = ["ShardDataset", "StoreProbe", "make_shard_loader"]
@@ -80,11 +78,14 @@ class ShardDataset(IterableDataset):
         preprocess: Preprocess,
         fields: SampleFields,
         stored: StoreProbe | None = None,
+        *,
+        defer_jpegs: bool = False,
     ) -> None:
         self.shards = list(shards)
         self.preprocess = preprocess
         self.fields = fields
         self.stored = stored
+        self.defer_jpegs = defer_jpegs
 
     def __iter__(self) -> Iterator[DecodedItem]:
         worker = get_worker_info()
@@ -144,15 +145,10 @@ class ShardDataset(IterableDataset):
         )
         if self.stored is not None and record.key in self.stored:
             return DecodedItem(sample=record, streamed=True)  # recorded, not embedded again
-        began = time.perf_counter()
-        try:
-            pixels = model_pixels(data, self.preprocess)
-        except DecodeError as exc:
-            failure = FailureRecord(record.name, ref.size, ref.mtime_ns, str(exc), label)
-            seconds = time.perf_counter() - began
-            return DecodedItem(failure=failure, decode_seconds=seconds, streamed=True)
-        seconds = time.perf_counter() - began
-        return DecodedItem(sample=record, pixels=pixels, decode_seconds=seconds, streamed=True)
+        failure = FailureRecord(record.name, ref.size, ref.mtime_ns, "", label)
+        return decode_item(
+            data, self.preprocess, self.defer_jpegs, failure, sample=record, streamed=True
+        )
 
 
 def make_shard_loader(
@@ -164,11 +160,12 @@ def make_shard_loader(
     batch_size: int,
     workers: int,
     pin_memory: bool,
+    defer_jpegs: bool = False,
 ) -> DataLoader:
     """Batches of the shards' samples, decoded by up to ``workers`` processes (no more than
     there are shards: a worker streams whole shards); what ``store`` holds is not decoded."""
     return make_loader(
-        ShardDataset(shards, preprocess, fields, StoreProbe(store)),
+        ShardDataset(shards, preprocess, fields, StoreProbe(store), defer_jpegs=defer_jpegs),
         batch_size=batch_size,
         workers=min(workers, len(shards)),
         pin_memory=pin_memory,

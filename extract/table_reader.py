@@ -12,7 +12,6 @@ reason, a file that cannot be read, bytes that are not an image) becomes a
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -23,11 +22,10 @@ from headstart.cache.keys import content_key
 from headstart.cache.store import FingerprintStore
 from headstart.extract.download import Downloader, DownloadError, DownloadLimits
 from headstart.extract.files import UnreadableFile, read_file
-from headstart.extract.reader import DecodedItem, make_loader, model_pixels
+from headstart.extract.reader import DecodedItem, decode_item, make_loader
 from headstart.extract.shard_reader import StoreProbe
 from headstart.extract.table_plan import RowList, failure_of, sample_of
 from headstart.extract.tables import TableRow
-from headstart.models.decode import DecodeError
 from headstart.models.preprocess import Preprocess
 
 __all__ = ["TableDataset", "make_table_loader"]
@@ -52,11 +50,14 @@ class TableDataset(IterableDataset):
         preprocess: Preprocess,
         limits: DownloadLimits,
         stored: StoreProbe | None = None,
+        *,
+        defer_jpegs: bool = False,
     ) -> None:
         self.rows = rows
         self.preprocess = preprocess
         self.limits = limits
         self.stored = stored
+        self.defer_jpegs = defer_jpegs
 
     def __iter__(self) -> Iterator[DecodedItem]:
         worker = get_worker_info()
@@ -94,15 +95,11 @@ class TableDataset(IterableDataset):
         sample = sample_of(row, key)
         if row.is_url and self.stored is not None and key in self.stored:
             return DecodedItem(sample=sample)  # recorded, not decoded again
-        began = time.perf_counter()
-        try:
-            pixels = model_pixels(data, self.preprocess)
-        except DecodeError as exc:
-            failure = failure_of(row, str(exc), size, mtime_ns)
-            return DecodedItem(failure=failure, decode_seconds=time.perf_counter() - began)
-        seconds = time.perf_counter() - began
         file = None if row.is_url else FileRecord(row.target, size, mtime_ns, key, row.label)
-        return DecodedItem(file=file, sample=sample, pixels=pixels, decode_seconds=seconds)
+        failure = failure_of(row, "", size, mtime_ns)
+        return decode_item(
+            data, self.preprocess, self.defer_jpegs, failure, file=file, sample=sample
+        )
 
 
 def make_table_loader(
@@ -114,10 +111,11 @@ def make_table_loader(
     batch_size: int,
     workers: int,
     pin_memory: bool,
+    defer_jpegs: bool = False,
 ) -> DataLoader:
     """Batches of the pending rows, fetched and decoded by up to ``workers`` processes."""
     return make_loader(
-        TableDataset(rows, preprocess, limits, StoreProbe(store)),
+        TableDataset(rows, preprocess, limits, StoreProbe(store), defer_jpegs=defer_jpegs),
         batch_size=batch_size,
         workers=min(workers, max(1, len(rows) // _WORKER_RUN)) if workers else 0,
         pin_memory=pin_memory,

@@ -11,18 +11,30 @@ decode-and-resize at 224-1600 px photos, with the same pixels (0.001/255 apart; 
 ``bench/decode_cpu.py``). Where draft applies Pillow is faster, so it keeps those; and it keeps
 every awkward file (CMYK, EXIF-rotated, damaged, not a JPEG), whose handling and failure
 reasons are Pillow's.
+
+When JPEGs are decoded on the model's device (:mod:`~headstart.models.device_decode`), the
+reading process only checks the header: :func:`jpeg_for_device` leaves a baseline JPEG encoded,
+and everything else is decoded here as above.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DecodeError", "decode_image", "decode_pixels", "to_rgb"]
+__all__ = [
+    "DecodeError",
+    "EncodedJpeg",
+    "decode_image",
+    "decode_pixels",
+    "jpeg_for_device",
+    "to_rgb",
+]
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -40,6 +52,17 @@ _MIN_REDUCTION_MARGIN = 2.75
 
 class DecodeError(Exception):
     """The bytes are not a usable image; ``str(error)`` is the reason recorded in the ledger."""
+
+
+@dataclass
+class EncodedJpeg:
+    """A JPEG left encoded for a batch decoder on the model's device: its bytes as a 1-D uint8
+    tensor (pinned and shared between processes like pixels are) and its size from the header,
+    which bounds the memory a batch decodes into."""
+
+    data: torch.Tensor
+    width: int
+    height: int
 
 
 def decode_image(data: bytes, min_side: int) -> Image.Image:
@@ -97,20 +120,38 @@ def decode_pixels(data: bytes, min_side: int) -> Image.Image | torch.Tensor:
 def _plain_jpeg(data: bytes, min_side: int) -> bool:
     """A JPEG that libjpeg-turbo decodes to the pixels Pillow would (RGB or greyscale, no
     rotation to apply) and that is not large enough for a DCT-reduced decode."""
+    header = _upright_jpeg_header(data)
+    return header is not None and _draft_scale(header.size, min_side) == 1
+
+
+def jpeg_for_device(data: bytes) -> EncodedJpeg | None:
+    """``data`` left encoded when a device decoder gives Pillow's pixels for it: a baseline
+    JPEG, RGB or greyscale, upright, at any size (a full decode there costs less than a reduced
+    one here). None for every other file, which :func:`decode_pixels` decodes: progressive and
+    CMYK JPEGs, rotated ones, damaged headers, other formats."""
+    header = _upright_jpeg_header(data)
+    if header is None or header.info.get("progressive") or header.info.get("progression"):
+        return None
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return EncodedJpeg(encoded, header.width, header.height)
+
+
+def _upright_jpeg_header(data: bytes) -> Image.Image | None:
+    """The header (only) of an RGB or greyscale JPEG with no rotation to apply; else None."""
     if not data.startswith(b"\xff\xd8"):
-        return False
+        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             header = Image.open(io.BytesIO(data))  # reads the header only
-            return (
+            plain = (
                 header.format == "JPEG"
                 and header.mode in ("RGB", "L")
-                and _draft_scale(header.size, min_side) == 1
                 and header.getexif().get(_EXIF_ORIENTATION, 1) == 1
             )
         except Exception:  # a damaged header: Pillow's path reports it
-            return False
+            return None
+    return header if plain else None
 
 
 def _decode_with_turbo(data: bytes) -> torch.Tensor:

@@ -36,6 +36,7 @@ __all__ = [
     "normalize",
     "preprocess_from_timm",
     "preprocess_from_torchvision",
+    "resize_and_crop_float",
     "resolve_preprocess",
     "to_uint8_tensor",
 ]
@@ -190,18 +191,40 @@ def to_uint8_tensor(image: Image.Image | torch.Tensor, preprocess: Preprocess) -
     else:
         width, height = image.size
         functional = F
-    side = preprocess.resize_size
-    if preprocess.resize_mode == "squash":
-        size = [side, side]
-    elif preprocess.resize_mode == "longest":
-        scale = max(width, height) / side
-        size = [max(1, round(height / scale)), max(1, round(width / scale))]
-    else:
-        size = [side]
-    interpolation = _INTERPOLATIONS[preprocess.interpolation]
-    image = functional.resize(image, size, interpolation=interpolation, antialias=True)
+    image = functional.resize(
+        image,
+        _resized_shape(width, height, preprocess),
+        interpolation=_INTERPOLATIONS[preprocess.interpolation],
+        antialias=True,
+    )
     image = functional.center_crop(image, [preprocess.crop_size])  # pads with black if small
     return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+
+
+def resize_and_crop_float(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """:func:`to_uint8_tensor` for a (3, H, W) uint8 tensor on any device, resized in float32
+    and rounded back: torch's antialiased uint8 kernels exist on the CPU only, so this is the
+    arithmetic a GPU runs, and the same code on the CPU is what tests check it by."""
+    height, width = image.shape[-2:]
+    resized = F2.resize(
+        image.float(),
+        _resized_shape(width, height, preprocess),
+        interpolation=_INTERPOLATIONS[preprocess.interpolation],
+        antialias=True,
+    )
+    pixels = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return F2.center_crop(pixels, [preprocess.crop_size])
+
+
+def _resized_shape(width: int, height: int, preprocess: Preprocess) -> list[int]:
+    """The size argument of ``resize``: the shorter side, a square, or the longer side."""
+    side = preprocess.resize_size
+    if preprocess.resize_mode == "squash":
+        return [side, side]
+    if preprocess.resize_mode == "longest":
+        scale = max(width, height) / side
+        return [max(1, round(height / scale)), max(1, round(width / scale))]
+    return [side]
 
 
 def normalize(pixels: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 TESTS = Path(__file__).parent
 TINY_MODELS = TESTS / "tiny_models.py"
@@ -212,3 +213,33 @@ def serving_in_thread(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def photo_like_jpeg(size: tuple[int, int], seed: int) -> bytes:
+    """A JPEG with what makes resampling hard in photos: detail at every scale, sharp edges."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    # Texture whose amplitude falls with frequency, as in natural images, down to sensor noise.
+    pixels = np.full((height, width, 3), 128.0, dtype=np.float32)
+    for cell, amplitude in ((256, 60), (64, 30), (16, 16), (4, 10)):
+        grid = rng.integers(0, 256, (height // cell + 2, width // cell + 2, 3), dtype=np.uint8)
+        layer = Image.fromarray(grid).resize(size, Image.Resampling.BICUBIC)
+        pixels += (np.asarray(layer, dtype=np.float32) - 127.5) * (amplitude / 127.5)
+    pixels += 6.0 * rng.standard_normal(pixels.shape, dtype=np.float32)
+    # Objects with sharp outlines and thin lines (wires, hair), as many per area at every size.
+    shapes = Image.new("RGB", size, (128, 128, 128))
+    draw = ImageDraw.Draw(shapes)
+    count = max(4, width * height // 15_000)
+    for _ in range(count):
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        r = rng.uniform(0.02, 0.2) * min(width, height)
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse((x - r, y - r * rng.uniform(0.3, 1.0), x + r, y + r), fill=fill)
+    for _ in range(count):
+        ends = tuple(rng.uniform(0, 1, 4) * (width, height, width, height))
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.line(ends, fill=fill, width=int(rng.integers(1, 4)))
+    pixels += np.asarray(shapes, dtype=np.float32) - 128
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()

@@ -5,11 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_odd_images
-from PIL import Image, ImageDraw
+from helpers import make_odd_images, photo_like_jpeg
+from PIL import Image
 from torchvision import transforms
 
-from headstart.models.decode import DecodeError, decode_image, decode_pixels
+from headstart.models.decode import DecodeError, decode_image, decode_pixels, jpeg_for_device
+from headstart.models.device_decode import DeviceJpegDecoder, device_decoding_works
 from headstart.models.preprocess import DEFAULT_PREPROCESS, to_uint8_tensor
 
 
@@ -95,7 +96,7 @@ _FIDELITY_CASES = [
 def test_reduced_decoding_stays_within_one_level_of_a_full_decode(
     crop: int, size: tuple[int, int]
 ) -> None:
-    data = _photo_like(size, seed=crop)
+    data = photo_like_jpeg(size, seed=crop)
     full = Image.open(io.BytesIO(data)).convert("RGB")
     for interpolation in ("bilinear", "bicubic"):
         preprocess = dataclasses.replace(
@@ -131,7 +132,7 @@ def test_reduced_decoding_stays_within_one_level_of_a_full_decode(
 
 @pytest.mark.parametrize("crop", [32, 64, 224, 384])
 def test_plain_jpegs_decode_through_libjpeg_turbo_to_pillows_pixels(crop: int) -> None:
-    data = _photo_like((500, 375), seed=crop)
+    data = photo_like_jpeg((500, 375), seed=crop)
     preprocess = dataclasses.replace(DEFAULT_PREPROCESS, resize_size=crop * 8 // 7, crop_size=crop)
     pixels = decode_pixels(data, min_side=preprocess.resize_size)
     assert isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8
@@ -161,7 +162,7 @@ def test_awkward_files_keep_pillows_decoder(odd, name: str) -> None:
 
 
 def test_a_damaged_jpeg_fails_with_pillows_reason() -> None:
-    data = _photo_like((500, 375), seed=1)
+    data = photo_like_jpeg((500, 375), seed=1)
     with pytest.raises(DecodeError) as through_turbo:
         decode_pixels(data[: len(data) // 2], min_side=32)
     with pytest.raises(DecodeError) as through_pillow:
@@ -176,31 +177,74 @@ def test_grayscale_becomes_rgb() -> None:
     assert image.mode == "RGB" and np.asarray(image)[..., 0].mean() == pytest.approx(77, abs=2)
 
 
-def _photo_like(size: tuple[int, int], seed: int) -> bytes:
-    """A JPEG with what makes resampling hard in photos: detail at every scale, sharp edges."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    # Texture whose amplitude falls with frequency, as in natural images, down to sensor noise.
-    pixels = np.full((height, width, 3), 128.0, dtype=np.float32)
-    for cell, amplitude in ((256, 60), (64, 30), (16, 16), (4, 10)):
-        grid = rng.integers(0, 256, (height // cell + 2, width // cell + 2, 3), dtype=np.uint8)
-        layer = Image.fromarray(grid).resize(size, Image.Resampling.BICUBIC)
-        pixels += (np.asarray(layer, dtype=np.float32) - 127.5) * (amplitude / 127.5)
-    pixels += 6.0 * rng.standard_normal(pixels.shape, dtype=np.float32)
-    # Objects with sharp outlines and thin lines (wires, hair), as many per area at every size.
-    shapes = Image.new("RGB", size, (128, 128, 128))
-    draw = ImageDraw.Draw(shapes)
-    count = max(4, width * height // 15_000)
-    for _ in range(count):
-        x, y = rng.uniform(0, width), rng.uniform(0, height)
-        r = rng.uniform(0.02, 0.2) * min(width, height)
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw.ellipse((x - r, y - r * rng.uniform(0.3, 1.0), x + r, y + r), fill=fill)
-    for _ in range(count):
-        ends = tuple(rng.uniform(0, 1, 4) * (width, height, width, height))
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw.line(ends, fill=fill, width=int(rng.integers(1, 4)))
-    pixels += np.asarray(shapes, dtype=np.float32) - 128
+# The device decoder: the same code as on CUDA (torchvision's batched decode_jpeg, a float32
+# resize), run here on CPU tensors, where decode_jpeg is libjpeg-turbo.
+def _pillow_reference(data: bytes, preprocess) -> torch.Tensor:
+    resize = transforms.Resize(
+        preprocess.resize_size,
+        interpolation=transforms.InterpolationMode(preprocess.interpolation),
+        antialias=True,
+    )
+    pipeline = transforms.Compose(
+        [resize, transforms.CenterCrop(preprocess.crop_size), transforms.PILToTensor()]
+    )
+    return pipeline(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.mark.parametrize("crop", [32, 64, 224, 384])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_device_decoder_stays_within_one_level_of_pillow(crop: int, interpolation: str) -> None:
+    sizes = [(500, 375), (375, 500), (1024, 683), (640, 480)]
+    jpegs = [photo_like_jpeg(size, seed=crop + i) for i, size in enumerate(sizes)]
+    preprocess = dataclasses.replace(
+        DEFAULT_PREPROCESS,
+        resize_size=crop * 8 // 7,
+        crop_size=crop,
+        interpolation=interpolation,
+    )
+    decoded = DeviceJpegDecoder(preprocess, torch.device("cpu"))(
+        [jpeg_for_device(data) for data in jpegs]
+    )
+    for data, pixels in zip(jpegs, decoded, strict=True):
+        reference = _pillow_reference(data, preprocess)
+        assert pixels.dtype == torch.uint8 and pixels.shape == reference.shape
+        difference = (pixels.int() - reference.int()).abs().float().mean().item()
+        assert difference <= 1.0, f"mean |difference| {difference:.2f}/255"
+
+
+def test_a_damaged_jpeg_costs_only_itself_in_a_device_batch() -> None:
+    good = photo_like_jpeg((320, 240), seed=3)
+    jpegs = [jpeg_for_device(good), jpeg_for_device(good[: len(good) // 2]), jpeg_for_device(good)]
+    decoded = DeviceJpegDecoder(DEFAULT_PREPROCESS, torch.device("cpu"))(jpegs)
+    assert isinstance(decoded[0], torch.Tensor) and isinstance(decoded[2], torch.Tensor)
+    assert torch.equal(decoded[0], decoded[2])
+    assert isinstance(decoded[1], str) and "truncated" in decoded[1]
+    assert ".cpp" not in decoded[1]  # the reason, not torchvision's source line
+
+
+@pytest.mark.parametrize(
+    "name", ["cmyk-jpeg", "exif-rotated", "16-bit-png", "palette-alpha-png", "progressive"]
+)
+def test_awkward_files_stay_with_the_cpu_decoder(odd, tmp_path: Path, name: str) -> None:
+    if name == "progressive":
+        path = tmp_path / "progressive.jpg"
+        Image.open(io.BytesIO(photo_like_jpeg((200, 150), seed=5))).save(path, progressive=True)
+    else:
+        path = odd[name][0]
+    assert jpeg_for_device(path.read_bytes()) is None
+
+
+def test_plain_jpegs_of_any_size_go_to_the_device() -> None:
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    Image.new("L", (3000, 2000), 90).save(buffer, format="JPEG")
+    for data, size in [
+        (photo_like_jpeg((64, 48), seed=1), (64, 48)),
+        (buffer.getvalue(), (3000, 2000)),
+    ]:
+        jpeg = jpeg_for_device(data)
+        assert jpeg is not None and (jpeg.width, jpeg.height) == size
+        assert jpeg.data.dtype == torch.uint8 and jpeg.data.numpy().tobytes() == data
+
+
+def test_device_decoding_works_on_the_cpu() -> None:
+    assert device_decoding_works(torch.device("cpu")) is None

@@ -210,13 +210,11 @@ def test_json_fields_give_labels_and_captions(tmp_path: Path, monkeypatch) -> No
     assert [r.caption for r in rows] == ["a pet 0", "a pet 1", "a pet 2"]
 
     # Other fields: the shard is read again for its labels; nothing is decoded or embedded.
-    from headstart.extract import shard_reader
+    from headstart.extract import reader
 
     decoded = []
-    original = shard_reader.model_pixels
-    monkeypatch.setattr(
-        shard_reader, "model_pixels", lambda *args: decoded.append(1) or original(*args)
-    )
+    original = reader.model_pixels
+    monkeypatch.setattr(reader, "model_pixels", lambda *args: decoded.append(1) or original(*args))
     again = run(*args, "--label-field", "n")
     assert "listed 3 · embedded 0 · from cache 3" in again.output, again.output
     assert not decoded
