@@ -473,8 +473,8 @@ def _jpeg_decoder(recipe: Recipe, place: str) -> DeviceJpegDecoder | None:
 
 
 def _compile_policy(run: _RunContext, total: int) -> CompilePolicy | None:
-    """A policy to decide on compiling mid-run, when the options leave it open (on CPU only)."""
-    return CompilePolicy(total) if run.options.compile is None and not run.on_cuda else None
+    """A policy to decide on compiling mid-run, when the options leave it open."""
+    return CompilePolicy(total, on_cuda=run.on_cuda) if run.options.compile is None else None
 
 
 def _shard_writer(run: _RunContext, store: FingerprintStore) -> ShardWriter:

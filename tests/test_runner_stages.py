@@ -170,3 +170,17 @@ def test_the_compile_policy_measures_some_batches_then_decides(total: int, verdi
         answers.append(policy.decide(embedded))
 
     assert answers == [None] * COMPILE_PROBE_BATCHES + [verdict]
+
+
+@pytest.mark.parametrize(("total", "verdict"), [(100_000, False), (10_000_000, True)])
+def test_on_cuda_only_the_rest_of_the_run_decides_compiling(total: int, verdict: bool) -> None:
+    now = [0.0]
+    on_cpu = CompilePolicy(total, clock=lambda: now[0])
+    on_cuda = CompilePolicy(total, clock=lambda: now[0], on_cuda=True)
+    embedded, answers = 0, []
+    for _ in range(COMPILE_PROBE_BATCHES + 1):
+        embedded += 256
+        now[0] += 256 * 0.0001  # 10,000 images a second: never worth it on the CPU's terms
+        answers.append((on_cpu.decide(embedded), on_cuda.decide(embedded)))
+
+    assert answers[-1] == (False, verdict)  # 1,000 s left pays for compiling; 10 s does not
