@@ -8,9 +8,17 @@ GPU, and a batch repeated ten times must lose at least half of its loss.
 
 1. Correctness: embeddings made on the GPU at ``auto`` precision (bf16 or fp16 autocast) against
    CPU fp32 embeddings of the same images: per-image cosine similarity (target >= 0.99).
-2. Speed: ``extract()`` end to end on the GPU against the model alone on pre-decoded batches on
-   the same GPU (target >= 70% of model-only for resnet50). To give the pipeline a run long
-   enough to time, each image is also written in ``--copies`` variants with different bytes.
+2. Speed: ``extract()`` end to end on the GPU, JPEGs decoded there (``--decode device``, nvJPEG)
+   and, beside it, by the CPU workers (``--decode cpu``), against the model alone on
+   pre-decoded batches on the same GPU. Targets: resnet50 at >= 85% of model-only and
+   >= 12,000 img/s, vit_b_16 at >= 90%; each prints its projection for a million images (the
+   goal: 90 s). The first model also runs compiled (CUDA graphs), checked against the CPU.
+   To give the pipeline a run long enough to time, each image is also written in
+   ``--copies`` variants with different bytes.
+4. JPEG decoding on the GPU: the device decoder's pixels against torchvision's PIL reference
+   at 32, 64, 224 and 384 px (mean |difference| <= 1/255), and its rate, decode only and with
+   resize and crop; nvImageCodec's decode rate beside it where ``nvidia-nvimgcodec-cu13`` is
+   installed, the measurement behind the choice of decoder.
 3. The image-text path (``--clip ARCH``, open_clip's ViT-B-32 by default, random weights unless
    ``--clip-weights`` gives DEFAULT or a local checkpoint; ``--clip none`` skips it): on
    ``--clip-images`` images spread over the classes, on CUDA at ``auto`` precision and on the
@@ -28,7 +36,9 @@ the script itself).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import io
 import os
 import sys
 import tempfile
@@ -57,12 +67,18 @@ from PIL import Image  # noqa: E402
 
 from headstart.cache import EmbeddingCache  # noqa: E402
 from headstart.errors import HeadstartError, first_line  # noqa: E402
-from headstart.extract import ExtractOptions, extract  # noqa: E402
+from headstart.extract import ExtractOptions, ExtractSummary, extract  # noqa: E402
+from headstart.extract.stages import describe_stages  # noqa: E402
 from headstart.models import get_backbone  # noqa: E402
-from headstart.models.decode import decode_image  # noqa: E402
+from headstart.models.decode import decode_image, jpeg_for_device  # noqa: E402
+from headstart.models.device_decode import DeviceJpegDecoder, decode_jpegs  # noqa: E402
 from headstart.models.embedder import Embedder  # noqa: E402
 from headstart.models.features import build_feature_model  # noqa: E402
-from headstart.models.preprocess import Preprocess, to_uint8_tensor  # noqa: E402
+from headstart.models.preprocess import (  # noqa: E402
+    DEFAULT_PREPROCESS,
+    Preprocess,
+    to_uint8_tensor,
+)
 
 if TYPE_CHECKING:
     from headstart.classify.zeroshot import ZeroShotHead
@@ -118,15 +134,39 @@ def model_only_rate(
     return rounds * len(pixels) / (time.perf_counter() - started)
 
 
-def check(model_name: str, collection: Path, paths: list[Path], args, work: Path) -> bool:
+# Shares of model-only that end to end must reach, and the resnet50 rate (issue 22).
+END_TO_END_TARGETS = {"resnet50": 0.85, "vit_b_16": 0.90}
+RESNET50_MIN_RATE = 12_000.0
+MILLION = 1_000_000
+
+
+def timed_extract(
+    collection: Path, options: ExtractOptions, cache: Path
+) -> tuple[ExtractSummary, float]:
+    started = time.perf_counter()
+    summary = extract([str(collection)], options, cache)
+    return summary, time.perf_counter() - started
+
+
+def check(
+    model_name: str, collection: Path, paths: list[Path], args, work: Path, first: bool
+) -> bool:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = args.batch_size or (256 if device.type == "cuda" else 16)
     gpu_options = ExtractOptions(
-        model=model_name, weights="none", device=device.type, batch_size=batch, workers=args.workers
+        model=model_name,
+        weights="none",
+        device=device.type,
+        batch_size=batch,
+        workers=args.workers,
+        decode="device",
+        compile=False,
     )
-    started = time.perf_counter()
-    summary = extract([str(collection)], gpu_options, work / f"gpu-{model_name}")
-    end_to_end = len(paths) / (time.perf_counter() - started)
+    summary, seconds = timed_extract(collection, gpu_options, work / f"gpu-{model_name}")
+    end_to_end = len(paths) / seconds
+    cpu_decoded, cpu_decoded_seconds = timed_extract(
+        collection, dataclasses.replace(gpu_options, decode="cpu"), work / f"cpudec-{model_name}"
+    )
     precision = summary.fingerprint.recipe["precision"]
     preprocess = Preprocess.from_dict(summary.fingerprint.recipe["preprocess"])
     only = model_only_rate(model_name, paths, preprocess, device, precision, batch, args.rounds)
@@ -144,23 +184,121 @@ def check(model_name: str, collection: Path, paths: list[Path], args, work: Path
     )
     cpu = extract([str(manifest)], cpu_options, work / f"cpu-{model_name}")
     names = [str(p) for p in sample]
-    on_gpu = EmbeddingCache(work / f"gpu-{model_name}").open(summary.fingerprint).load_files(names)
     on_cpu = EmbeddingCache(work / f"cpu-{model_name}").open(cpu.fingerprint).load_files(names)
-    cosine = (on_gpu * on_cpu).sum(1) / (
-        np.linalg.norm(on_gpu, axis=1) * np.linalg.norm(on_cpu, axis=1)
-    )
-    share = summary.steady_images_per_second / only
+
+    def cosine_to_cpu(cache: Path) -> np.ndarray:
+        on_gpu = EmbeddingCache(cache).open(summary.fingerprint).load_files(names)
+        return (on_gpu * on_cpu).sum(1) / (
+            np.linalg.norm(on_gpu, axis=1) * np.linalg.norm(on_cpu, axis=1)
+        )
+
+    cosine = cosine_to_cpu(work / f"gpu-{model_name}")
+    steady = summary.steady_images_per_second
+    share = steady / only
+    million = summary.startup_seconds + MILLION / max(steady, 1e-9)
     print(f"\n{model_name} on {device} ({precision}, batch {batch}), {len(paths)} images")
     print(
-        f"  end to end     {end_to_end:9.1f} img/s  "
-        f"({summary.steady_images_per_second:.1f} steady state)"
+        f"  end to end, JPEGs decoded on {device.type}: {end_to_end:9.1f} img/s "
+        f"({steady:.1f} steady state; {summary.decoded_on_device} decoded there)"
     )
-    print(f"  model only     {only:9.1f} img/s  -> steady state is {share:.0%} (target >= 70%)")
+    print(
+        f"  end to end, JPEGs decoded by CPU workers: {len(paths) / cpu_decoded_seconds:9.1f}"
+        f" img/s ({cpu_decoded.steady_images_per_second:.1f} steady state)"
+    )
+    target = END_TO_END_TARGETS.get(model_name)
+    aim = f"target >= {target:.0%}" if target else "no target"
+    print(f"  model only     {only:9.1f} img/s  -> steady state is {share:.0%} ({aim})")
+    print(f"  a million images: {million:.0f} s projected (goal 90 s)")
+    print(f"  {describe_stages(summary.stage_seconds, summary.loader_workers)}")
     print(
         f"  cosine vs CPU fp32 over {len(sample)} images: min {cosine.min():.5f} "
         f"mean {cosine.mean():.5f} (target >= 0.99)"
     )
-    return bool(cosine.min() >= 0.99) and (share >= 0.70 or model_name != "resnet50")
+    passed = bool(cosine.min() >= 0.99) and (target is None or share >= target or args.smoke)
+    if model_name == "resnet50" and not args.smoke:
+        passed = passed and steady >= RESNET50_MIN_RATE
+    if first and args.compile_check:
+        compiled_options = dataclasses.replace(gpu_options, compile=True)
+        compiled, _ = timed_extract(collection, compiled_options, work / f"compiled-{model_name}")
+        compiled_cosine = cosine_to_cpu(work / f"compiled-{model_name}")
+        print(
+            f"  compiled{' with CUDA graphs' if device.type == 'cuda' else ''}: "
+            f"{compiled.steady_images_per_second:.1f} img/s steady state, "
+            f"{compiled.startup_seconds:.1f} s to the first batch (compiling included); "
+            f"cosine vs CPU min "
+            f"{compiled_cosine.min():.5f} (target >= 0.99)"
+        )
+        passed = passed and compiled.compiled and bool(compiled_cosine.min() >= 0.99)
+    return passed
+
+
+def decode_check(data: Path, smoke: bool) -> bool:
+    """The device decoder against PIL's pixels at four sizes, and its rate."""
+    from torchvision import transforms
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg"))
+    encoded = [p.read_bytes() for p in files[: 64 if smoke else None]]
+    pairs = [(data, jpeg) for data in encoded if (jpeg := jpeg_for_device(data)) is not None]
+    jpegs = [jpeg for _, jpeg in pairs]
+    print(f"\nJPEG decoding on {device}: {len(jpegs)} of {len(encoded)} files go to it")
+    passed = True
+    for crop in (32, 64, 224, 384):
+        preprocess = dataclasses.replace(
+            DEFAULT_PREPROCESS, resize_size=crop * 256 // 224, crop_size=crop
+        )
+        reference = transforms.Compose(
+            [
+                transforms.Resize(preprocess.resize_size, antialias=True),
+                transforms.CenterCrop(crop),
+                transforms.PILToTensor(),
+            ]
+        )
+        decoded = DeviceJpegDecoder(preprocess, device)(jpegs[:64])
+        differences = [
+            (pixels.cpu().int() - reference(full_decode(data)).int()).abs().float().mean()
+            for pixels, (data, _) in zip(decoded, pairs[:64], strict=True)
+        ]
+        worst, mean = max(differences).item(), (sum(differences) / len(differences)).item()
+        print(f"  {crop:>3} px: mean |difference| {mean:.3f}/255, worst image {worst:.3f}/255")
+        passed = passed and worst <= 1.0
+    decoder = DeviceJpegDecoder(DEFAULT_PREPROCESS, device)
+    for label, run in (
+        ("decode only", lambda group: decode_jpegs([j.data for j in group], device)),
+        ("decode, resize and crop", decoder),
+    ):
+        run(jpegs[:8])  # warm-up: nvJPEG's handles and buffers
+        synchronize(device)
+        started = time.perf_counter()
+        for start in range(0, len(jpegs), 256):
+            run(jpegs[start : start + 256])
+        synchronize(device)
+        rate = len(jpegs) / (time.perf_counter() - started)
+        print(f"  torchvision decode_jpeg, {label}: {rate:9.1f} img/s")
+    try:
+        from nvidia import nvimgcodec
+    except ImportError:
+        print("  nvImageCodec: not installed (pip install nvidia-nvimgcodec-cu13 to compare)")
+    else:
+        codec = nvimgcodec.Decoder()
+        codec.decode(encoded[:8])
+        started = time.perf_counter()
+        for start in range(0, len(encoded), 256):
+            codec.decode(encoded[start : start + 256])
+        synchronize(device)
+        rate = len(encoded) / (time.perf_counter() - started)
+        print(f"  nvImageCodec decode only:          {rate:9.1f} img/s")
+    print(f"  parity target: worst image <= 1/255 at every size: {'met' if passed else 'MISSED'}")
+    return passed
+
+
+def full_decode(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def heads_check(smoke: bool) -> bool:
@@ -469,13 +607,19 @@ def clip_check(args: argparse.Namespace) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--models", default="resnet50,resnet18")
+    parser.add_argument("--models", default="resnet50,vit_b_16,resnet18")
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--cpu-images", type=int, default=256)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--smoke", action="store_true", help="Tiny run on the CPU.")
+    parser.add_argument(
+        "--no-compile-check",
+        dest="compile_check",
+        action="store_false",
+        help="Skip the compiled run of the first model.",
+    )
     parser.add_argument(
         "--clip",
         default="ViT-B-32",
@@ -513,7 +657,11 @@ def main() -> None:
         started = time.perf_counter()
         paths = make_collection(data, work / "collection", args.copies)
         print(f"wrote {len(paths)} images in {time.perf_counter() - started:.1f} s")
-        results = [check(m, work / "collection", paths, args, work) for m in args.models.split(",")]
+        models = args.models.split(",")
+        results = [
+            check(m, work / "collection", paths, args, work, first=m == models[0]) for m in models
+        ]
+        results.append(decode_check(data, args.smoke))
     results.append(heads_check(args.smoke))
     results.append(finetune_check(args.smoke))
     if args.clip != "none":

@@ -30,7 +30,7 @@ from headstart.errors import first_line
 from headstart.models.decode import EncodedJpeg
 from headstart.models.preprocess import Preprocess, resize_and_crop_float
 
-__all__ = ["DeviceJpegDecoder", "device_decoding_works"]
+__all__ = ["DeviceJpegDecoder", "decode_jpegs", "device_decoding_works"]
 
 # Decoded pixels one call may hold on the device before resizing (uint8, 3 channels): 64
 # megapixels, 192 MB, about 5 photos of 12 MP or 1,300 of 224 px. Bounds the memory a batch of
@@ -60,7 +60,7 @@ class DeviceJpegDecoder:
         for group in _groups(jpegs, _PIXELS_PER_CALL):
             try:
                 encoded = [jpeg.data for jpeg in group]
-                images: list[torch.Tensor | str] = list(_decode_jpegs(encoded, self.device))
+                images: list[torch.Tensor | str] = list(decode_jpegs(encoded, self.device))
             except (RuntimeError, ValueError, UserWarning):
                 images = [self._decode_one(jpeg.data) for jpeg in group]
             results.extend(
@@ -71,7 +71,7 @@ class DeviceJpegDecoder:
 
     def _decode_one(self, data: torch.Tensor) -> torch.Tensor | str:
         try:
-            return _decode_jpegs([data], self.device)[0]
+            return decode_jpegs([data], self.device)[0]
         except (RuntimeError, ValueError, UserWarning) as exc:
             reason = _SOURCE_LOCATION.sub("", first_line(exc))
             return f"cannot decode JPEG data on {self.device.type}: {reason}"
@@ -88,13 +88,15 @@ def device_decoding_works(device: torch.device) -> str | None:
     Image.new("RGB", (16, 16), (200, 30, 90)).save(buffer, format="JPEG")
     encoded = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
     try:
-        decoded = _decode_jpegs([encoded], device)[0]
+        decoded = decode_jpegs([encoded], device)[0]
     except Exception as exc:  # whatever the library raises: the CPU workers decode instead
         return first_line(exc)
     return None if decoded.shape == (3, 16, 16) else f"decoded to shape {tuple(decoded.shape)}"
 
 
-def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """JPEG bytes (1-D uint8 CPU tensors) as (3, H, W) uint8 RGB on ``device``, in one call
+    (nvJPEG's batched decode on CUDA); raises if any of them fails."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():
