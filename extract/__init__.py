@@ -13,8 +13,9 @@ Example:
     '6f1c0e2a9b3d4c5e'
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from headstart.lazy import lazy_exports
 
 # Names load on first use (PEP 562): `from headstart.extract import ExtractOptions` must not
 # import torch, so that an unchanged rerun can finish without it.
@@ -43,12 +44,7 @@ if TYPE_CHECKING:
     from headstart.extract.sources import ImageItem, iter_images
 
 
-def __getattr__(name: str) -> object:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

@@ -8,6 +8,8 @@ Example:
     >>> result.best.val_accuracy  # doctest: +SKIP
 """
 
+from headstart.lazy import lazy_exports
+
 __all__ = [
     "EpochRecord",
     "FinetuneOptions",
@@ -27,10 +29,5 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str):
-    # Lazy: `headstart --help` imports the command module beside these, and must stay instant.
-    if name in _HOMES:
-        import importlib
-
-        return getattr(importlib.import_module(f"headstart.finetune.{_HOMES[name]}"), name)
-    raise AttributeError(f"module 'headstart.finetune' has no attribute {name!r}")
+# Lazy: `headstart --help` imports the command module beside these, and must stay instant.
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -10,8 +10,9 @@ Example:
     >>> backbone = get_backbone("resnet50")
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from headstart.lazy import lazy_exports
 
 # Names load on first use (PEP 562): importing the package must not import torch.
 _EXPORTS = {
@@ -39,12 +40,7 @@ if TYPE_CHECKING:
     from headstart.models.preprocess import Preprocess
 
 
-def __getattr__(name: str) -> object:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

@@ -5,13 +5,10 @@ Example:
     >>> Client("http://127.0.0.1:8000").classify(["photo.jpg"])
 """
 
+from headstart.lazy import lazy_exports
+
 __all__ = ["Client", "ServiceError"]
 
 
-def __getattr__(name: str):
-    # The client needs httpx; importing it lazily keeps `headstart --help` instant.
-    if name in __all__:
-        from headstart.serve import client
-
-        return getattr(client, name)
-    raise AttributeError(f"module 'headstart.serve' has no attribute {name!r}")
+# The client needs httpx; importing it lazily keeps `headstart --help` instant.
+__getattr__ = lazy_exports(__name__, dict.fromkeys(__all__, "client"))
