@@ -17,7 +17,7 @@ import torch
 
 from headstart.cache.catalog import FailureRecord
 from headstart.extract.reader import DecodedBatch, DeferredJpeg, model_pixels
-from headstart.models.decode import DecodeError
+from headstart.models.decode import DecodeError, EncodedJpeg
 from headstart.models.device_decode import DeviceJpegDecoder
 
 __all__ = ["decode_deferred"]
@@ -44,11 +44,12 @@ def decode_deferred(batch: DecodedBatch, decoder: DeviceJpegDecoder) -> DecodedB
         pixels.index_copy_(0, at, batch.pixels.to(device, non_blocking=True))
     dropped: list[DeferredJpeg] = []
     failures: list[FailureRecord] = []
-    for item, result in zip(batch.deferred, decoder([d.jpeg for d in batch.deferred]), strict=True):
+    jpegs = batch.deferred_jpegs()
+    for item, jpeg, result in zip(batch.deferred, jpegs, decoder(jpegs), strict=True):
         if isinstance(result, str):
             log.debug("%s: %s; decoding on the CPU", item.undecodable.path, result)
             try:
-                result = _on_the_cpu(item, decoder).to(device)
+                result = _on_the_cpu(jpeg, decoder).to(device)
             except DecodeError as exc:
                 dropped.append(item)
                 failures.append(item.undecodable._replace(reason=str(exc)))
@@ -57,8 +58,8 @@ def decode_deferred(batch: DecodedBatch, decoder: DeviceJpegDecoder) -> DecodedB
     return _without(batch, pixels, dropped, failures)
 
 
-def _on_the_cpu(item: DeferredJpeg, decoder: DeviceJpegDecoder) -> torch.Tensor:
-    data = item.jpeg.data.numpy().tobytes()
+def _on_the_cpu(jpeg: EncodedJpeg, decoder: DeviceJpegDecoder) -> torch.Tensor:
+    data = jpeg.data.numpy().tobytes()
     return model_pixels(data, decoder.preprocess)  # not deferred: decoded here or DecodeError
 
 
@@ -70,7 +71,7 @@ def _without(
 ) -> DecodedBatch:
     """The completed batch, less the items that decoded nowhere (now failures)."""
     if not dropped:
-        return dataclasses.replace(batch, pixels=pixels, deferred=[])
+        return dataclasses.replace(batch, pixels=pixels, deferred=[], encoded=batch.encoded[:0])
     gone = {item.position for item in dropped}
     keep = [i for i in range(len(batch.keys)) if i not in gone]
     files, samples = list(batch.files), list(batch.samples)
@@ -88,4 +89,5 @@ def _without(
         failures=[*batch.failures, *failures],
         paired=batch.paired - sum(d.file is not None and d.sample is not None for d in dropped),
         deferred=[],
+        encoded=batch.encoded[:0],
     )

@@ -60,11 +60,15 @@ class DecodedItem:
 
 @dataclass
 class DeferredJpeg:
-    """A batch item left encoded: the ``position``-th of its keys, its file and/or sample
-    record, and the failure to record if it does not decode."""
+    """A batch item left encoded: the ``position``-th of its keys, its bytes at
+    ``start:stop`` of the batch's ``encoded``, its size, its file and/or sample record, and
+    the failure to record if it does not decode."""
 
     position: int
-    jpeg: EncodedJpeg
+    start: int
+    stop: int
+    width: int
+    height: int
     file: FileRecord | None
     sample: SampleRecord | None
     undecodable: FailureRecord
@@ -94,6 +98,9 @@ class DecodedBatch:
     stored: int = 0
     paired: int = 0  # table rows of a local file: recorded both as a file and as a sample
     deferred: list[DeferredJpeg] = field(default_factory=list)
+    # The deferred JPEGs' bytes end to end: one tensor, so a batch crosses from its worker in
+    # one shared-memory segment and is pinned in one allocation, not one per image.
+    encoded: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
 
     @property
     def item_count(self) -> int:
@@ -101,13 +108,16 @@ class DecodedBatch:
         files_and_samples = len(self.files) + len(self.samples) - self.paired
         return files_and_samples + len(self.failures) + self.others
 
-    def pin_memory(self) -> DecodedBatch:
-        # DataLoader's pin-memory thread calls this on custom batch types.
-        deferred = [
-            replace(item, jpeg=replace(item.jpeg, data=item.jpeg.data.pin_memory()))
+    def deferred_jpegs(self) -> list[EncodedJpeg]:
+        """The deferred items' JPEGs, as views of ``encoded``."""
+        return [
+            EncodedJpeg(self.encoded[item.start : item.stop], item.width, item.height)
             for item in self.deferred
         ]
-        return replace(self, pixels=self.pixels.pin_memory(), deferred=deferred)
+
+    def pin_memory(self) -> DecodedBatch:
+        # DataLoader's pin-memory thread calls this on custom batch types.
+        return replace(self, pixels=self.pixels.pin_memory(), encoded=self.encoded.pin_memory())
 
 
 class ImageFileDataset(Dataset):
@@ -197,11 +207,24 @@ def collate(items: list[DecodedItem]) -> DecodedBatch:
     failures = [item.failure for item in items if item.failure is not None]
     decoded = [item.pixels for item in good if isinstance(item.pixels, torch.Tensor)]
     pixels = torch.stack(decoded) if decoded else torch.empty((0, 3, 0, 0), dtype=torch.uint8)
-    deferred = [
-        DeferredJpeg(position, item.pixels, item.file, item.sample, item.undecodable)
-        for position, item in enumerate(good)
-        if isinstance(item.pixels, EncodedJpeg)
-    ]
+    deferred, encoded, offset = [], [], 0
+    for position, item in enumerate(good):
+        if isinstance(item.pixels, EncodedJpeg):
+            jpeg, stop = item.pixels, offset + len(item.pixels.data)
+            deferred.append(
+                DeferredJpeg(
+                    position,
+                    offset,
+                    stop,
+                    jpeg.width,
+                    jpeg.height,
+                    item.file,
+                    item.sample,
+                    item.undecodable,
+                )
+            )
+            encoded.append(jpeg.data)
+            offset = stop
     others = sum(
         item.file is None and item.sample is None and item.failure is None and item.shard is None
         for item in items
@@ -220,6 +243,7 @@ def collate(items: list[DecodedItem]) -> DecodedBatch:
         stored=sum(item.sample is not None and item.pixels is None for item in items),
         paired=sum(item.file is not None and item.sample is not None for item in good),
         deferred=deferred,
+        encoded=torch.cat(encoded) if encoded else torch.empty(0, dtype=torch.uint8),
     )
 
 
