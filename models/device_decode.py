@@ -63,11 +63,24 @@ class DeviceJpegDecoder:
                 images: list[torch.Tensor | str] = list(decode_jpegs(encoded, self.device))
             except (RuntimeError, ValueError, UserWarning):
                 images = [self._decode_one(jpeg.data) for jpeg in group]
-            results.extend(
-                image if isinstance(image, str) else resize_and_crop_float(image, self.preprocess)
-                for image in images
-            )
+            results.extend(self._resize_and_crop(images))
         return results
+
+    def _resize_and_crop(self, images: list[torch.Tensor | str]) -> list[torch.Tensor | str]:
+        """Images of one size are resized as one tensor: a resize per image would cost more in
+        kernel launches than in arithmetic on a GPU, and collections are mostly a few sizes."""
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            if not isinstance(image, str):
+                by_size.setdefault(tuple(image.shape), []).append(i)
+        out = list(images)
+        for positions in by_size.values():
+            resized = resize_and_crop_float(
+                torch.stack([images[i] for i in positions]), self.preprocess
+            )
+            for i, pixels in zip(positions, resized, strict=True):
+                out[i] = pixels
+        return out
 
     def _decode_one(self, data: torch.Tensor) -> torch.Tensor | str:
         try:

@@ -202,9 +202,10 @@ def to_uint8_tensor(image: Image.Image | torch.Tensor, preprocess: Preprocess) -
 
 
 def resize_and_crop_float(image: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """:func:`to_uint8_tensor` for a (3, H, W) uint8 tensor on any device, resized in float32
-    and rounded back: torch's antialiased uint8 kernels exist on the CPU only, so this is the
-    arithmetic a GPU runs, and the same code on the CPU is what tests check it by."""
+    """:func:`to_uint8_tensor` for a (3, H, W) uint8 tensor, or (N, 3, H, W) images of one
+    size, on any device, resized in float32 and rounded back: torch's antialiased uint8
+    kernels exist on the CPU only, so this is the arithmetic a GPU runs, and the same code on
+    the CPU is what tests check it by."""
     height, width = image.shape[-2:]
     resized = F2.resize(
         image.float(),

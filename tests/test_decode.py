@@ -194,7 +194,7 @@ def _pillow_reference(data: bytes, preprocess) -> torch.Tensor:
 @pytest.mark.parametrize("crop", [32, 64, 224, 384])
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_device_decoder_stays_within_one_level_of_pillow(crop: int, interpolation: str) -> None:
-    sizes = [(500, 375), (375, 500), (1024, 683), (640, 480)]
+    sizes = [(500, 375), (375, 500), (1024, 683), (640, 480), (500, 375)]  # one size twice
     jpegs = [photo_like_jpeg(size, seed=crop + i) for i, size in enumerate(sizes)]
     preprocess = dataclasses.replace(
         DEFAULT_PREPROCESS,
