@@ -32,12 +32,12 @@ def _defaults(path: tuple[str, ...]) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("path", "settings", "compared"),
     [
-        (("extract",), ExtractOptions, 9),
-        (("train",), ExtractOptions, 7),
+        (("extract",), ExtractOptions, 10),
+        (("train",), ExtractOptions, 8),
         (("train",), TrainOptions, 9),
         (("finetune",), FinetuneOptions, 9),
         (("finetune",), LoopSettings, 9),
-        (("index", "build"), ExtractOptions, 7),
+        (("index", "build"), ExtractOptions, 8),
     ],
 )
 def test_option_defaults_are_the_settings_defaults(path, settings, compared) -> None:
