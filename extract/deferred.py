@@ -44,6 +44,8 @@ def decode_deferred(batch: DecodedBatch, decoder: DeviceJpegDecoder) -> DecodedB
         pixels.index_copy_(0, at, batch.pixels.to(device, non_blocking=True))
     dropped: list[DeferredJpeg] = []
     failures: list[FailureRecord] = []
+    placed: list[int] = []
+    decoded: list[torch.Tensor] = []
     jpegs = batch.deferred_jpegs()
     for item, jpeg, result in zip(batch.deferred, jpegs, decoder(jpegs), strict=True):
         if isinstance(result, str):
@@ -54,7 +56,10 @@ def decode_deferred(batch: DecodedBatch, decoder: DeviceJpegDecoder) -> DecodedB
                 dropped.append(item)
                 failures.append(item.undecodable._replace(reason=str(exc)))
                 continue
-        pixels[item.position] = result
+        placed.append(item.position)
+        decoded.append(result)
+    if decoded:  # one copy for the batch: a copy per image is a kernel launch per image
+        pixels.index_copy_(0, torch.tensor(placed, device=device), torch.stack(decoded))
     return _without(batch, pixels, dropped, failures)
 
 
