@@ -26,6 +26,7 @@ from headstart.extract.parts import Partition
 from headstart.extract.worklist import WorkList
 from headstart.models.decode import DecodeError, EncodedJpeg, decode_pixels, jpeg_for_device
 from headstart.models.preprocess import Preprocess, to_uint8_tensor
+from headstart.workers import loader_workers
 
 __all__ = [
     "DecodedBatch",
@@ -253,11 +254,11 @@ def make_loader(dataset: Dataset, *, batch_size: int, workers: int, pin_memory: 
         dataset,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        **loader_workers(workers),
     )
 
 

@@ -19,6 +19,7 @@ from torchvision.transforms.v2 import functional as F
 
 from headstart.models.decode import DecodeError, decode_image
 from headstart.models.preprocess import Preprocess, to_uint8_tensor
+from headstart.workers import loader_workers
 
 __all__ = ["AUGMENTATIONS", "EpochSampler", "LabelledImages", "make_loader"]
 
@@ -140,14 +141,13 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         shuffle=False,
-        num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
         drop_last=False,
         generator=torch.Generator().manual_seed(0),
-        worker_init_fn=_leave_interrupts_to_the_trainer if workers else None,
+        **loader_workers(workers, _leave_interrupts_to_the_trainer if workers else None),
     )
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 TESTS = Path(__file__).parent
@@ -243,3 +245,15 @@ def photo_like_jpeg(size: tuple[int, int], seed: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+class WhereAmI(torch.utils.data.Dataset):
+    """Two items, each the ``HEADSTART_MARK`` variable and working directory of the process
+    that reads it: where DataLoader workers start (tests import by path, so datasets that
+    travel to fork-server workers live here, in an importable module)."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> tuple[str, str]:
+        return os.environ.get("HEADSTART_MARK", ""), os.getcwd()
