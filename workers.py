@@ -34,10 +34,9 @@ def loader_workers(workers: int, init: Callable[[int], None] | None = None) -> d
     if not workers:
         return {"num_workers": 0, "worker_init_fn": init}
     context = worker_context()
-    if context.get_start_method() == "fork":
-        return {"num_workers": workers, "multiprocessing_context": context, "worker_init_fn": init}
-    start = functools.partial(_take_on, dict(os.environ), os.getcwd(), init)
-    return {"num_workers": workers, "multiprocessing_context": context, "worker_init_fn": start}
+    if context.get_start_method() != "fork":
+        init = functools.partial(_take_on, dict(os.environ), os.getcwd(), init)
+    return {"num_workers": workers, "multiprocessing_context": context, "worker_init_fn": init}
 
 
 def worker_context() -> BaseContext:

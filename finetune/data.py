@@ -147,7 +147,7 @@ def make_loader(
         persistent_workers=False,
         drop_last=False,
         generator=torch.Generator().manual_seed(0),
-        **loader_workers(workers, _leave_interrupts_to_the_trainer if workers else None),
+        **loader_workers(workers, _leave_interrupts_to_the_trainer),
     )
 
 
