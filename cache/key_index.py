@@ -69,6 +69,7 @@ __all__ = [
     "MAX_RUNS",
     "KeyIndex",
     "open_key_index",
+    "split_locations",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,8 +183,9 @@ class KeyIndex:
     def close(self) -> None:
         self._closer()
 
-    def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(found, shard number, row) of each key; shard and row are -1 where not found."""
+    def locations(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, location) of each key: location is ``shard number << 32 | row`` (int64),
+        meaningful where found."""
         keys = np.asarray(keys, KEY_DTYPE)
         order = np.argsort(keys, kind="stable")
         # Sorted queries let each binary search start where the previous one ended, so a block
@@ -202,9 +204,13 @@ class KeyIndex:
         out_found[order] = found
         out_locations = np.empty_like(locations)
         out_locations[order] = locations
-        shard = np.where(out_found, out_locations >> 32, -1).astype(np.int32)
-        row = np.where(out_found, out_locations & 0xFFFFFFFF, -1).astype(np.int32)
-        return out_found, shard, row
+        return out_found, out_locations
+
+    def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(found, shard number, row) of each key; shard and row are -1 where not found."""
+        found, locations = self.locations(keys)
+        shard, row = split_locations(locations)
+        return found, np.where(found, shard, -1), np.where(found, row, -1)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         return self.locate(keys)[0]
@@ -213,6 +219,12 @@ class KeyIndex:
         """Every key once, in sorted order, ``block_rows`` at a time."""
         for keys, _ in _merged(self._runs, block_rows):
             yield keys
+
+
+def split_locations(locations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shard number, row) of locations as :meth:`KeyIndex.locations` gives them, int32."""
+    locations = np.asarray(locations, _LOC_DTYPE)
+    return (locations >> 32).astype(np.int32), (locations & 0xFFFFFFFF).astype(np.int32)
 
 
 def open_key_index(shards_directory: Path, index_directory: Path | None = None) -> KeyIndex:

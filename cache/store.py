@@ -32,16 +32,33 @@ from headstart import __version__
 from headstart.atomic import write_text_atomic
 from headstart.cache.catalogs import LEGACY_CATALOG, CatalogSet, catalog_paths
 from headstart.cache.fingerprint import Fingerprint
-from headstart.cache.key_index import INDEX_DIRECTORY, KeyIndex, open_key_index
+from headstart.cache.key_index import (
+    INDEX_DIRECTORY,
+    KeyIndex,
+    open_key_index,
+    split_locations,
+)
 from headstart.cache.keys import KEY_DTYPE, KeySet, file_key
-from headstart.cache.shards import as_float32, copy_rows, read_shard_keys, read_shard_rows
+from headstart.cache.shards import (
+    RowLayout,
+    as_float32,
+    copy_rows,
+    read_rows_at,
+    read_shard_keys,
+    read_shard_rows,
+    row_layout,
+)
 from headstart.cache.writers import WriterSlot, claim_writer
 from headstart.errors import HeadstartError
 
-__all__ = ["EmbeddingCache", "EmbeddingChunk", "FingerprintStore", "SeenKeys"]
+__all__ = ["EmbeddingCache", "EmbeddingChunk", "FingerprintStore", "SeenKeys", "StalePlacement"]
 
 _FINGERPRINT_FILE = "fingerprint.json"
 _SNAPSHOT_TRIES = 5
+
+
+class StalePlacement(OSError):
+    """A shard that placed rows has gone since (a compaction replaced it): read them by key."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +180,8 @@ class FingerprintStore:
         self.directory = cache.root / fingerprint.id
         self.unreadable: dict[Path, str] = {}  # damaged shards, with the reason
         self._index: KeyIndex | None = None
+        # Byte layout of each shard read by position (shards never change once published).
+        self._layouts: dict[str, RowLayout | None] = {}
         self.refresh()
 
     @property
@@ -240,29 +259,60 @@ class FingerprintStore:
         return any(not path.exists() for path in self.shards)
 
     def _get(self, keys: np.ndarray) -> np.ndarray:
-        if self._index is None:
-            found = np.zeros(len(keys), dtype=bool)
-            shard_of = row_of = np.full(len(keys), -1, np.int32)
-        else:
-            found, shard_of, row_of = self._index.locate(keys)
+        found, locations = self.place(keys)
         if not found.all():
             missing = keys[~found][0].decode()
             raise HeadstartError(
                 f"{int((~found).sum())} of {len(keys)} keys are not in fingerprint "
                 f"{self.fingerprint.id} (first: {missing}); run `headstart extract` on them first"
             )
-        out = np.empty((len(keys), self.dim or 0), dtype=np.float32)
+        return self.read_placed(self.shard_names, locations)
+
+    @property
+    def shard_names(self) -> list[str]:
+        """The shards of this view, by the numbers :meth:`place` gives them."""
+        return self._index.shard_names if self._index is not None else []
+
+    def place(self, keys: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, location) of each key in this view: a location (int64) names a shard of
+        :attr:`shard_names` and a row, for :meth:`read_placed`. A job that reads the same rows
+        pass after pass places them once instead of searching the key index every pass."""
+        keys = np.asarray(keys, KEY_DTYPE)
+        if self._index is None:
+            return np.zeros(len(keys), dtype=bool), np.full(len(keys), -1, np.int64)
+        return self._index.locations(keys)
+
+    def read_placed(self, shard_names: Sequence[str], locations: np.ndarray) -> np.ndarray:
+        """Embeddings at ``locations`` (from :meth:`place` under a view whose shards were
+        ``shard_names``), in the given order, float32. Raises :class:`StalePlacement` when one
+        of those shards has gone since."""
+        shard_of, row_of = split_locations(locations)
+        out = np.empty((len(shard_of), self.dim or 0), dtype=np.float32)
         by_shard = np.argsort(shard_of, kind="stable")
         starts = np.flatnonzero(np.diff(shard_of[by_shard], prepend=-1))
-        for where in np.split(by_shard, starts[1:]) if len(keys) else []:
-            path = self.shards_directory / self._index.shard_names[shard_of[where[0]]]
-            rows = row_of[where]
+        for where in np.split(by_shard, starts[1:]) if len(shard_of) else []:
+            name = shard_names[shard_of[where[0]]]
+            rows = self._read_rows(name, row_of[where])
             first, last = int(where[0]), int(where[-1])
-            if last - first + 1 == len(where):  # keys in shard order: copy straight into place
-                copy_rows(out[first : last + 1], read_shard_rows(path, rows))
+            if last - first + 1 == len(where):  # in shard order: convert straight into place
+                copy_rows(out[first : last + 1], rows)
             else:
-                out[where] = as_float32(read_shard_rows(path, rows))
+                out[where] = as_float32(rows)
         return out
+
+    def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        path = self.shards_directory / name
+        try:
+            if name not in self._layouts:
+                self._layouts[name] = row_layout(path)
+            layout = self._layouts[name]
+            if layout is None:
+                return read_shard_rows(path, rows)
+            return read_rows_at(path, layout, rows)
+        except OSError as error:
+            if not path.exists():
+                raise StalePlacement(f"shard {name} was replaced") from error
+            raise
 
     def iter_chunks(self) -> Iterator[EmbeddingChunk]:
         """Every embedding once, one shard at a time (memory bounded by the largest shard).

@@ -1,11 +1,11 @@
 """Training data as a restartable stream of blocks: (float32 vectors, int class codes).
 
 A solver passes over a source many times, so a source holds no vectors: per row it keeps an
-int32 class code in memory and the row's 64-byte content key in an unlinked temporary file
-beside the cache (read back a block at a time), and each pass reads the float16 vectors of one
-block from the cache's shards and widens them to float32. Train, validation and train +
-validation for a refit are views over it (:meth:`Blocks.take`, :class:`ChainedBlocks`): no
-vector is copied to make them.
+int32 class code in memory, and the row's 64-byte content key and 8-byte location in the
+cache's shards in unlinked temporary files beside the cache (read back a block at a time); each
+pass reads the float16 vectors of one block from the shards and widens them to float32.
+Train, validation and train + validation for a refit are views over it (:meth:`Blocks.take`,
+:class:`ChainedBlocks`): no vector is copied to make them.
 
 :class:`ArrayBlocks` gives arrays the same interface, which is how ``fit(X, y)`` users and the
 tests reach the streaming code.
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.cache.keys import KEY_DTYPE
-from headstart.cache.store import FingerprintStore
+from headstart.cache.store import FingerprintStore, StalePlacement
 from headstart.errors import HeadstartError
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "CachedBlocks",
     "ChainedBlocks",
     "KeyFile",
+    "PlacedKeys",
+    "RowFile",
     "as_blocks",
 ]
 
@@ -162,61 +164,112 @@ class ArrayBlocks(Blocks):
         return self.X
 
 
-class KeyFile:
-    """Content keys in a temporary file, read back by row: 64 bytes a row on disk, none in
-    memory. The file is unlinked as soon as it is open, so nothing is left behind."""
+class RowFile:
+    """Fixed-width records in a temporary file, read back by row: none of them in memory.
+    The file is unlinked as soon as it is open, so nothing is left behind."""
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, dtype: np.dtype, directory: str | os.PathLike[str] | None = None) -> None:
         if directory is not None:
             Path(directory).mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".rows-", suffix=".keys", dir=directory)
+        fd, name = tempfile.mkstemp(prefix=".rows-", suffix=".bin", dir=directory)
         os.unlink(name)
+        self.dtype = np.dtype(dtype)
         self._fd = fd
         self.count = 0
         weakref.finalize(self, os.close, fd)
 
-    def append(self, keys: np.ndarray) -> None:
-        data = np.ascontiguousarray(keys, KEY_DTYPE).tobytes()
-        os.pwrite(self._fd, data, self.count * _KEY_BYTES)
-        self.count += len(keys)
+    def append(self, values: np.ndarray) -> None:
+        data = np.ascontiguousarray(values, self.dtype).tobytes()
+        os.pwrite(self._fd, data, self.count * self.dtype.itemsize)
+        self.count += len(values)
 
     def span(self, start: int, stop: int) -> np.ndarray:
-        """Keys of rows ``start``..``stop`` (exclusive)."""
-        data = os.pread(self._fd, (stop - start) * _KEY_BYTES, start * _KEY_BYTES)
-        return np.frombuffer(data, KEY_DTYPE)
+        """Records of rows ``start``..``stop`` (exclusive)."""
+        size = self.dtype.itemsize
+        data = os.pread(self._fd, (stop - start) * size, start * size)
+        return np.frombuffer(data, self.dtype)
+
+    def take(self, where: slice | np.ndarray) -> np.ndarray:
+        """Records of rows ``where``: a slice (``start:stop``), or sorted row numbers."""
+        if isinstance(where, slice):
+            return self.span(where.start, min(where.stop, self.count))
+        return self.at(where)
 
     def at(self, rows: np.ndarray) -> np.ndarray:
-        """Keys of rows ``rows`` (sorted): read span by span, never more than a block's span."""
+        """Records of rows ``rows`` (sorted): read span by span, never more than a block's span."""
         rows = np.asarray(rows, np.int64)
         if not len(rows):
-            return np.empty(0, KEY_DTYPE)
+            return np.empty(0, self.dtype)
         if rows[-1] - rows[0] + 1 <= 8 * len(rows):  # dense enough: one read, then pick
             return self.span(int(rows[0]), int(rows[-1]) + 1)[rows - rows[0]]
         return np.concatenate([self.span(int(r), int(r) + 1) for r in rows])
 
 
+class KeyFile(RowFile):
+    """Content keys in a :class:`RowFile`: 64 bytes a row on disk, none in memory."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(KEY_DTYPE, directory)
+
+
+class PlacedKeys:
+    """Rows' content keys and where a store's view placed their vectors (a shard and a row;
+    see :meth:`~headstart.cache.store.FingerprintStore.place`), both in temporary files.
+
+    A solver reads the same rows pass after pass: searching the key index for every block of
+    every pass cost more than reading the vectors, and grew with the size of the cache (an
+    8-million-row cache's index is read whole for each block of scattered keys). Placed once,
+    a pass reads 8 bytes a row of locations and then the vectors. If a compaction replaces
+    the shards meanwhile, the rows are read by key instead."""
+
+    def __init__(self, store: FingerprintStore, directory: str | os.PathLike[str] | None) -> None:
+        self.store = store
+        self.shard_names = list(store.shard_names)
+        self.keys = KeyFile(directory)
+        self.locations = RowFile(np.int64, directory)
+
+    @property
+    def count(self) -> int:
+        return self.keys.count
+
+    def append(self, keys: np.ndarray, locations: np.ndarray) -> None:
+        if len(keys) != len(locations):
+            raise ValueError(f"{len(keys)} keys with {len(locations)} locations")
+        self.keys.append(keys)
+        self.locations.append(locations)
+
+    def vectors(self, where: slice | np.ndarray) -> np.ndarray:
+        """float32 vectors of rows ``where`` (a slice, or sorted row numbers)."""
+        try:
+            return self.store.read_placed(self.shard_names, self.locations.take(where))
+        except StalePlacement:
+            return self.store.get(self.keys.take(where))
+
+
 class CachedBlocks(Blocks):
-    """Rows of a fingerprint's cache: their keys (in a :class:`KeyFile`) and class codes; the
-    vectors are read from ``store`` a block at a time."""
+    """Rows of a fingerprint's cache: their keys and placements (a :class:`PlacedKeys`) and
+    class codes; the vectors are read from the store a block at a time."""
 
     def __init__(
         self,
-        store: FingerprintStore,
-        keys: KeyFile,
+        rows: PlacedKeys,
         codes: np.ndarray,
         classes: np.ndarray,
         view: np.ndarray | None = None,
         block_rows: int = DEFAULT_BLOCK_ROWS,
     ) -> None:
-        self.store = store
-        self.key_file = keys
+        self.placed = rows
         self._all_codes = np.asarray(codes, np.int32)
         self.classes = np.asarray(classes)
         self._view = None if view is None else np.asarray(view, np.int64)
         self.block_rows = block_rows
 
+    @property
+    def store(self) -> FingerprintStore:
+        return self.placed.store
+
     def __len__(self) -> int:
-        return self.key_file.count if self._view is None else len(self._view)
+        return self.placed.count if self._view is None else len(self._view)
 
     @property
     def dim(self) -> int:
@@ -227,41 +280,33 @@ class CachedBlocks(Blocks):
         return self._all_codes if self._view is None else self._all_codes[self._view]
 
     def _positions(self, start: int, stop: int) -> np.ndarray | slice:
-        return slice(start, stop) if self._view is None else self._view[start:stop]
+        return slice(start, min(stop, len(self))) if self._view is None else self._view[start:stop]
 
     def keys_of(self, start: int, stop: int) -> np.ndarray:
         """Content keys of this view's rows ``start``..``stop``."""
-        where = self._positions(start, stop)
-        if isinstance(where, slice):
-            return self.key_file.span(start, min(stop, len(self)))
-        return self.key_file.at(where)
+        return self.placed.keys.take(self._positions(start, stop))
 
     def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(self), self.block_rows):
-            stop = min(start + self.block_rows, len(self))
-            X = self.store.get(self.keys_of(start, stop))  # float16 on disk -> float32 here
-            yield X, self._all_codes[self._positions(start, stop)].astype(np.int64)
+            where = self._positions(start, start + self.block_rows)
+            # float16 on disk -> float32 here
+            yield self.placed.vectors(where), self._all_codes[where].astype(np.int64)
 
     def rows(self, which: np.ndarray) -> np.ndarray:
         which = np.asarray(which, np.int64)
-        positions = which if self._view is None else self._view[which]
-        return self.store.get(self.key_file.at(positions))
+        return self.placed.vectors(which if self._view is None else self._view[which])
 
     def take(self, which: np.ndarray) -> CachedBlocks:
         which = np.asarray(which, np.int64)
         view = which if self._view is None else self._view[which]
-        return CachedBlocks(
-            self.store, self.key_file, self._all_codes, self.classes, view, self.block_rows
-        )
+        return CachedBlocks(self.placed, self._all_codes, self.classes, view, self.block_rows)
 
     def relabel(self, classes: np.ndarray) -> CachedBlocks:
         codes = _recode(self._all_codes, self.classes, classes)
-        return CachedBlocks(self.store, self.key_file, codes, classes, self._view, self.block_rows)
+        return CachedBlocks(self.placed, codes, classes, self._view, self.block_rows)
 
     def with_block_rows(self, rows: int) -> CachedBlocks:
-        return CachedBlocks(
-            self.store, self.key_file, self._all_codes, self.classes, self._view, rows
-        )
+        return CachedBlocks(self.placed, self._all_codes, self.classes, self._view, rows)
 
 
 class ChainedBlocks(Blocks):

@@ -17,14 +17,15 @@ import numpy as np
 
 from headstart.cache.fingerprint import Fingerprint
 from headstart.cache.store import EmbeddingCache, FingerprintStore
-from headstart.classify.blocks import Blocks, CachedBlocks, KeyFile
+from headstart.classify.blocks import Blocks, CachedBlocks, PlacedKeys
 from headstart.errors import HeadstartError
 from headstart.extract import ExtractOptions, ExtractSummary, extract
-from headstart.extract.labelled import ListedCount, iter_labelled
+from headstart.extract.labelled import LabelledRow, ListedCount, iter_labelled
 from headstart.extract.samples import SampleFields
 from headstart.extract.sources import ListingSkips
 
 _LIST_CHUNK = 16384  # images looked up in the stat index at once
+_LOOKUP_ROWS = 1 << 18  # keys placed in the key index at once (a listing's rows held meanwhile)
 
 __all__ = [
     "Embedded",
@@ -153,6 +154,7 @@ class UsableChunk:
     paths: list[str]
     labels: list[str | None]
     listed: int  # images listed in this chunk, usable or not
+    locations: np.ndarray  # int64, where the store's view placed each row (FingerprintStore.place)
 
 
 def usable_chunks(
@@ -164,9 +166,10 @@ def usable_chunks(
 ) -> Iterator[UsableChunk]:
     """The sources' images, a chunk at a time, with the content keys the catalog gives them
     (files unchanged since they were read, samples of tar shards read whole) and the store
-    holds: what is usable, in source order."""
+    holds: what is usable, in source order, placed in the store's current view."""
     listed = ListedCount()
     counted = 0
+    pending: list[tuple[list[LabelledRow], int]] = []  # listing chunks not yet looked up
     with cache.catalog() as catalog:
         # Unreadable folders were reported by the extract that just ran; not again here.
         rows_blocks = iter_labelled(
@@ -177,18 +180,34 @@ def usable_chunks(
             listed=listed,
             fields=fields,
         )
-        for rows in itertools.chain(rows_blocks, [[]]):  # [] reports the last listed count
-            keys = np.asarray([row.key for row in rows], dtype="S64")
-            held = store.contains(keys) if len(keys) else np.zeros(0, bool)
-            usable = [row for row, ok in zip(rows, held, strict=True) if ok]
-            chunk = UsableChunk(
-                keys[held],
-                [row.name for row in usable],
-                [row.label for row in usable],
-                listed.images - counted,
-            )
+        for rows in itertools.chain(rows_blocks, [None]):  # None: the end
+            pending.append(([] if rows is None else rows, listed.images - counted))
             counted = listed.images
-            yield chunk
+            if rows is None or sum(len(chunk) for chunk, _ in pending) >= _LOOKUP_ROWS:
+                yield from _looked_up(pending, store)
+                pending = []
+
+
+def _looked_up(
+    pending: list[tuple[list[LabelledRow], int]], store: FingerprintStore
+) -> Iterator[UsableChunk]:
+    """Listing chunks as :class:`UsableChunk`, their keys placed in one lookup: the key index
+    reads each of its blocks at most once per lookup, so fewer, larger lookups read less."""
+    keys = np.asarray([row.key for rows, _ in pending for row in rows], dtype="S64")
+    held, locations = store.place(keys)
+    start = 0
+    for rows, listed in pending:
+        stop = start + len(rows)
+        mine = held[start:stop]
+        usable = [row for row, ok in zip(rows, mine, strict=True) if ok]
+        yield UsableChunk(
+            keys[start:stop][mine],
+            [row.name for row in usable],
+            [row.label for row in usable],
+            listed,
+            locations[start:stop][mine],
+        )
+        start = stop
 
 
 @dataclass
@@ -219,18 +238,18 @@ def plan_rows(
     fields: SampleFields | None = None,
 ) -> Planned:
     """The sources' usable images as :class:`~headstart.classify.blocks.CachedBlocks`: keys
-    go to a temporary file beside the cache, labels become int32 codes; memory stays at a
-    few bytes a row whatever the count."""
+    and their places in the store go to temporary files beside the cache, labels become int32
+    codes; memory stays at a few bytes a row whatever the count."""
     store = cache.open(fingerprint)
-    key_file = KeyFile(cache.root)
+    placed = PlacedKeys(store, cache.root)
     codes: list[np.ndarray] = []
     names: dict[str | None, int] = {}
     listed = 0
     for chunk in usable_chunks(sources, cache, store, fields=fields):
-        key_file.append(chunk.keys)
+        placed.append(chunk.keys, chunk.locations)
         codes.append(np.array([names.setdefault(x, len(names)) for x in chunk.labels], np.int32))
         listed += chunk.listed
-    if not key_file.count:
+    if not placed.count:
         raise HeadstartError(f"none of the images in {', '.join(sources)} could be embedded")
     # Codes in sorted-name order: what np.unique gives, so splits and classes_ match arrays'.
     classes = np.array(sorted(name for name in names if name is not None), dtype=str)
@@ -240,8 +259,8 @@ def plan_rows(
             lookup[code] = int(np.searchsorted(classes, name))
     all_codes = lookup[np.concatenate(codes)]
     unlabelled = int(np.count_nonzero(all_codes < 0)) if None in names else 0
-    source = CachedBlocks(store, key_file, all_codes, classes)
-    return Planned(source, fingerprint, listed - key_file.count, unlabelled)
+    source = CachedBlocks(placed, all_codes, classes)
+    return Planned(source, fingerprint, listed - placed.count, unlabelled)
 
 
 def plan_sources(

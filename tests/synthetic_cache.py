@@ -23,15 +23,26 @@ def class_vectors(n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarr
 
 
 def lay_out(
-    root: Path, fingerprint: Fingerprint, n: int, d: int, classes: int, block: int = 4096
+    root: Path,
+    fingerprint: Fingerprint,
+    n: int,
+    d: int,
+    classes: int,
+    block: int = 4096,
+    shard_rows: int | None = None,
 ) -> Path:
-    """Lay out ``n`` rows under ``root`` (``images/classNNN/*.bin`` and ``cache``); returns
-    the images folder."""
+    """Lay out ``n`` rows under ``root`` (``images/classNNN/*.bin`` and ``cache``, in shards
+    of ``shard_rows``, the writer's default when None); returns the images folder."""
     cache = EmbeddingCache(root / "cache")
     folders = [root / "images" / f"class{c:03d}" for c in range(classes)]
     for folder in folders:
         folder.mkdir(parents=True)
-    with cache.catalog() as catalog, ShardWriter(cache.create(fingerprint)) as writer:
+    with (
+        cache.catalog() as catalog,
+        ShardWriter(
+            cache.create(fingerprint), **({} if shard_rows is None else {"shard_rows": shard_rows})
+        ) as writer,
+    ):
         for start in range(0, n, block):
             stop = min(start + block, n)
             vectors, _ = class_vectors(stop - start, d, classes, seed=start)

@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 
 from headstart.cache import EmbeddingCache, Fingerprint, KeySet, ShardWriter, content_key
-from headstart.cache.shards import publish_shard, read_shard_info, shard_paths
+from headstart.cache.maintenance import compact
+from headstart.cache.shards import (
+    publish_shard,
+    read_rows_at,
+    read_shard_info,
+    read_shard_rows,
+    row_layout,
+    shard_paths,
+)
+from headstart.cache.store import StalePlacement
 from headstart.errors import HeadstartError
 
 FP = Fingerprint({"model": "test", "precision": "fp32"})
@@ -109,3 +118,56 @@ def test_sparse_reads_from_a_large_shard_keep_the_order_asked_for(tmp_path: Path
     store.refresh()
     wanted = [97, 3, 3, 50]  # few rows (the HDF5 selection path), repeated, out of order
     np.testing.assert_array_equal(store.get(keys[wanted]), vectors[wanted])
+
+
+def test_rows_read_by_byte_offset_are_the_rows_hdf5_reads(tmp_path: Path) -> None:
+    vectors = np.random.default_rng(1).normal(size=(500, 6)).astype(np.float32)
+    path = publish_shard(tmp_path, FP.id, keys_for(*map(str, range(500))), vectors)
+    layout = row_layout(path)
+    assert layout is not None and (layout.count, layout.dim) == (500, 6)
+    for rows in (
+        [499, 0, 7, 7, 250],  # sparse, repeated, out of order: one read per run
+        [10, 11, 12, 40, 41, 3],  # runs of consecutive rows
+        list(range(100, 160))[::-1],  # dense: one read of the span, then a gather
+        [],
+    ):
+        np.testing.assert_array_equal(
+            read_rows_at(path, layout, np.array(rows, np.int64)), read_shard_rows(path, rows)
+        )
+    with pytest.raises(ValueError, match="outside 500"):
+        read_rows_at(path, layout, np.array([500]))
+
+
+def test_a_chunked_shard_is_read_through_hdf5(tmp_path: Path) -> None:
+    store = EmbeddingCache(tmp_path).create(FP)
+    store.shards_directory.mkdir(parents=True)
+    vectors = np.arange(40, dtype=np.float32).reshape(10, 4)
+    keys = keys_for(*map(str, range(10)))
+    path = publish_shard(store.shards_directory, FP.id, keys, vectors)
+    with h5py.File(path, "a") as f:  # as another HDF5 writer might lay it out
+        del f["embeddings"]
+        f.create_dataset("embeddings", data=vectors.astype(np.float16), chunks=(4, 4))
+    assert row_layout(path) is None
+    store.refresh()
+    np.testing.assert_array_equal(store.get(keys[[9, 2, 5]]), vectors[[9, 2, 5]])
+
+
+def test_placed_rows_read_the_same_vectors_and_say_when_their_shard_is_gone(
+    tmp_path: Path,
+) -> None:
+    cache = EmbeddingCache(tmp_path)
+    vectors = np.arange(60, dtype=np.float32).reshape(15, 4)
+    keys = keys_for(*map(str, range(15)))
+    with ShardWriter(cache.create(FP), shard_rows=4, dtype="float32") as writer:
+        writer.add(keys, vectors)
+    store = cache.open(FP)
+    wanted = keys[[14, 0, 5, 5, 9]]
+    found, locations = store.place(wanted)
+    names = list(store.shard_names)
+    assert found.all() and len(names) == 4
+    np.testing.assert_array_equal(store.read_placed(names, locations), store.get(wanted))
+    assert not store.place(keys_for("absent"))[0].any()
+    compact(cache, FP)  # replaces the four shards with one
+    with pytest.raises(StalePlacement):
+        store.read_placed(names, locations)
+    np.testing.assert_array_equal(store.get(wanted), vectors[[14, 0, 5, 5, 9]])

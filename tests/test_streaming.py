@@ -17,6 +17,7 @@ import pytest
 from synthetic_cache import class_vectors, lay_out
 
 from headstart.cache import EmbeddingCache, Fingerprint
+from headstart.cache.maintenance import compact
 from headstart.classify.blocks import ArrayBlocks, ChainedBlocks
 from headstart.classify.data import (
     plan_rows,
@@ -95,6 +96,22 @@ def test_the_split_of_codes_is_the_split_of_labels(cached, tmp_path: Path) -> No
         np.testing.assert_array_equal(val.read_all(), embedded.X[expected[1]])
     with pytest.raises(HeadstartError, match="fewer than 2"):
         stratified_split_codes(np.array([0, 0, 1]), np.array(["a", "b"]), 0.5)
+
+
+def test_a_planned_source_reads_by_key_once_compaction_replaced_its_shards(
+    tmp_path: Path,
+) -> None:
+    images = lay_out(tmp_path, FINGERPRINT, 600, 8, 3, block=100, shard_rows=100)
+    cache = EmbeddingCache(tmp_path / "cache")
+    source = plan_rows([str(images)], cache, FINGERPRINT).source.with_block_rows(128)
+    before = source.read_all()
+    assert len(source.placed.shard_names) == 6
+    compact(cache, FINGERPRINT)  # the six shards the rows were placed in are gone
+    assert not any(
+        (source.store.shards_directory / name).exists() for name in source.placed.shard_names
+    )
+    np.testing.assert_array_equal(source.read_all(), before)
+    np.testing.assert_array_equal(source.rows(np.array([3, 599])), before[[3, 599]])
 
 
 @pytest.mark.parametrize("C", [1e-3, 1.0])
