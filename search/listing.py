@@ -1,9 +1,9 @@
 """The images an index build or an index add takes from its sources, listed a chunk at a time.
 
 A listing writes what the index needs of each image as it passes: its (path, label, key) row
-for the item table, and its content key to a :class:`~headstart.classify.blocks.KeyFile` from
-which the build reads its vectors. Nothing of it stays in memory, so listing a hundred million
-images costs what listing a thousand does.
+for the item table, and its content key and place in the store to a
+:class:`~headstart.classify.blocks.PlacedKeys` from which the build reads its vectors. Nothing
+of it stays in memory, so listing a hundred million images costs what listing a thousand does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.cache.store import EmbeddingCache, FingerprintStore
-from headstart.classify.blocks import KeyFile
+from headstart.classify.blocks import KeyFile, PlacedKeys
 from headstart.classify.data import usable_chunks
 from headstart.extract.samples import SampleFields
 from headstart.search.items import ItemTable, blob_to_text, text_to_blob
@@ -28,7 +28,7 @@ _BLOCK = 65_536  # rows read back at a time
 
 class ItemListing:
     """The sources' usable images in source order: :meth:`rows` gives their item rows and,
-    as they pass, appends their keys to :attr:`keys`."""
+    as they pass, appends their keys and places to :attr:`keys`."""
 
     def __init__(
         self,
@@ -38,12 +38,12 @@ class ItemListing:
         fields: SampleFields | None = None,
     ) -> None:
         self._sources, self._cache, self._store, self._fields = sources, cache, store, fields
-        self.keys = KeyFile(cache.root)
+        self.keys = PlacedKeys(store, cache.root)
         self.listed = 0  # images listed, usable or not
 
     def rows(self) -> Iterator[tuple[str, str | None, str]]:
         for chunk in usable_chunks(self._sources, self._cache, self._store, fields=self._fields):
-            self.keys.append(chunk.keys)
+            self.keys.append(chunk.keys, chunk.locations)
             self.listed += chunk.listed
             texts = (key.decode() for key in chunk.keys)
             yield from zip(chunk.paths, chunk.labels, texts, strict=True)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from headstart.cache.store import FingerprintStore
-from headstart.classify.blocks import KeyFile
+from headstart.classify.blocks import KeyFile, PlacedKeys
 from headstart.search.exact import l2_normalize
 
 __all__ = ["Vectors"]
@@ -21,14 +21,14 @@ class Vectors:
     def __init__(
         self,
         source: np.ndarray | FingerprintStore,
-        keys: np.ndarray | KeyFile | None = None,
+        keys: np.ndarray | KeyFile | PlacedKeys | None = None,
         block_rows: int = 65536,
     ) -> None:
         self._source, self._keys, self.block_rows = source, keys, block_rows
         if isinstance(source, np.ndarray):
             self.count, self.dim = source.shape
         else:
-            count = keys.count if isinstance(keys, KeyFile) else len(keys)
+            count = keys.count if isinstance(keys, KeyFile | PlacedKeys) else len(keys)
             self.count, self.dim = count, int(source.dim or 0)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -36,10 +36,13 @@ class Vectors:
         rows = np.asarray(rows)
         if isinstance(self._source, np.ndarray):
             return l2_normalize(self._source[rows])
-        keys = self._keys.at(rows) if isinstance(self._keys, KeyFile) else self._keys[rows]
         # The store hands over a float32 array of its own: normalised where it lies, so a
         # training sample takes its own bytes once, not twice.
-        X = self._source.get(keys)
+        if isinstance(self._keys, PlacedKeys):
+            X = self._keys.vectors(rows)
+        else:
+            keys = self._keys.at(rows) if isinstance(self._keys, KeyFile) else self._keys[rows]
+            X = self._source.get(keys)
         X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
         return X
 
