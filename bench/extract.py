@@ -44,13 +44,8 @@ from torchvision.datasets import ImageFolder
 
 from headstart.cache import EmbeddingCache
 from headstart.device import cpu_has_native_bf16
-from headstart.extract import (
-    ExtractOptions,
-    PreprocessOverrides,
-    extract,
-    get_backbone,
-    resolve_recipe,
-)
+from headstart.extract import ExtractOptions, PreprocessOverrides, extract, resolve_recipe
+from headstart.models import get_backbone
 from headstart.models.decode import decode_image
 from headstart.models.features import build_feature_model
 from headstart.models.preprocess import normalize, to_uint8_tensor
@@ -282,7 +277,7 @@ def main() -> None:
             for path in image_paths(args.data, args.limit):
                 link = folder / path.parent.name / f"{path.parent.parent.name}-{path.name}"
                 link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(path)
+                link.symlink_to(path.resolve())  # a relative --data must not dangle
         paths = image_paths(folder, None)
         large = large_photos(paths, work / "large", args.large)
         print(
