@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK_ROWS = 4096  # 8 MB of 512-wide float32 rows; a budget sets its own
-_KEY_BYTES = np.dtype(KEY_DTYPE).itemsize
 
 
 class Blocks:
