@@ -176,7 +176,6 @@ def read_rows_at(path: Path, layout: RowLayout, rows: np.ndarray) -> np.ndarray:
     if unique[0] < 0 or unique[-1] >= layout.count:
         raise ValueError(f"rows {unique[0]}..{unique[-1]} outside {layout.count} in {path}")
     out = np.empty((len(unique), layout.dim), layout.dtype)
-    target = out.reshape(-1).view(np.uint8)
     size = layout.row_bytes
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -186,7 +185,8 @@ def read_rows_at(path: Path, layout: RowLayout, rows: np.ndarray) -> np.ndarray:
             block = np.frombuffer(span, layout.dtype).reshape(-1, layout.dim)
             out[:] = block[unique - unique[0]]
         else:
-            # Sparse: one read per run of consecutive rows.
+            # Sparse: one read per run of consecutive rows, straight into the output's bytes.
+            target = out.reshape(-1).view(np.uint8)
             breaks = np.flatnonzero(np.diff(unique) != 1) + 1
             for first, last in zip(
                 np.concatenate([[0], breaks]), np.concatenate([breaks, [len(unique)]]), strict=True
