@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import os
+import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ class Table:
         target = url or path or ""
         if target and not has_scheme(target):
             target = (
-                urljoin(self._base, target)
+                _join_url(self._base, target)
                 if has_scheme(self._base)
                 else os.path.abspath(os.path.join(self._base, os.path.expanduser(target)))
             )
@@ -272,6 +273,19 @@ def open_table(source: str, columns: TableColumns) -> Table:
         raise HeadstartError(f"source not found: {printable(source)!r}") from None
     except (OSError, ValueError, csv.Error) as exc:
         raise HeadstartError(f"cannot read table {printable(source)}: {exc}") from None
+
+
+def _join_url(base: str, target: str) -> str:
+    """``target`` relative to the table at URL ``base``. ``urljoin`` resolves only the web's
+    schemes and returns ``target`` unchanged for ``s3://`` or ``gs://``: those join as paths
+    under the table's prefix."""
+    scheme, rest = base.split("://", 1)
+    if scheme.lower() in ("http", "https"):
+        return urljoin(base, target)
+    bucket, _, key = rest.partition("/")
+    folder = posixpath.dirname(key)
+    joined = posixpath.normpath(posixpath.join(folder, target)) if folder else target
+    return f"{scheme}://{bucket}/{joined.lstrip('/')}"
 
 
 def _owns_row(partition: Partition, number: int) -> bool:

@@ -266,3 +266,45 @@ def test_parts_open_only_their_own_s3_shards(
     assert opened == [f"s3://{BUCKET}/shards/{n}.tar" for n in (0, 2, 1, 3)]
     whole = run_cli("extract", pattern, *TINY, "-j", "0", "--cache", cache)
     assert "listed 12 · embedded 0 · from cache 12" in whole.output, whole.output
+
+
+def test_a_table_on_s3_names_objects_by_url_and_by_path_relative_to_it(
+    tmp_path: Path, s3: S3Server, forward_count: list[int]
+) -> None:
+    """A Parquet table read from a bucket: one column of ``s3://`` URLs, another table of paths
+    relative to the table's own prefix; rows keep their labels and a missing object is a
+    failure in the ledger, not the end of the run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    make_folder(tmp_path / "photos", {"owl": 2, "fox": 2})
+    urls = s3.upload_tree(BUCKET, "photos", tmp_path / "photos")
+    gone = f"s3://{BUCKET}/photos/owl/never_uploaded.jpg"
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    by_url = [{"url": u, "label": u.split("/")[-2]} for u in [*urls, gone]]
+    pq.write_table(pa.Table.from_pylist(by_url), tables / "by_url.parquet")
+    by_path = [{"path": u.split("/photos/")[1], "label": "any"} for u in urls]
+    pq.write_table(pa.Table.from_pylist(by_path), tables / "by_path.parquet")
+    s3.upload_tree(BUCKET, "tables", tables)
+    cache = tmp_path / "cache"
+
+    source = f"s3://{BUCKET}/tables/by_url.parquet"
+    result = run_cli("extract", source, *TINY, "-j", "0", "--cache", cache)
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    assert "listed 5 · embedded 4 · from cache 0 · failed 1" in result.output
+    with EmbeddingCache(cache).catalog() as catalog:
+        assert [f.path for f in catalog.iter_failures()] == [gone]
+    rows = labelled_rows([source], cache)
+    assert [(r.name, r.label) for r in rows] == [(u, u.split("/")[-2]) for u in urls]
+    assert forward_count[0] == 4
+
+    # The objects under the table's prefix, named by relative path: the same bytes, so the
+    # same keys, and nothing embedded again.
+    s3.upload_tree(BUCKET, "tables", tmp_path / "photos")
+    relative = f"s3://{BUCKET}/tables/by_path.parquet"
+    again = run_cli("extract", relative, *TINY, "-j", "0", "--cache", cache)
+    assert again.exit_code == 0, again.output
+    assert "listed 4 · embedded 0 · from cache 4 · failed 0" in again.output
+    assert [r.key for r in labelled_rows([relative], cache)] == [r.key for r in rows]
+    assert forward_count[0] == 4
