@@ -28,6 +28,7 @@ from headstart.cli import EXIT_SOME_FAILED, main
 from headstart.extract.labelled import iter_labelled
 from headstart.extract.samples import SampleFault, ShardEnd, TarSample, iter_tar_samples
 from headstart.extract.shards import expand_braces, list_shards, split_sources
+from headstart.search.items import ItemTable
 
 TINY = ["--model", f"{TINY_MODELS}:tiny_features", *SMALL_FP32, "-q"]
 
@@ -433,3 +434,26 @@ def test_heads_train_and_evaluate_on_shards_with_their_labels(tmp_path: Path) ->
     assert evaluated.exit_code == 0, evaluated.output
     document = json.loads((tmp_path / "e").read_text())
     assert document["n"] == 24 and document["missing"] == 0
+
+
+def test_index_build_keeps_the_labels_of_shards_whose_cls_holds_class_names(
+    tmp_path: Path,
+) -> None:
+    """A ``.cls`` may hold a class name as well as an index; either way the label reaches the
+    index's items as a folder's label does."""
+    members = []
+    for seed in range(6):
+        members += [
+            (f"{seed:04d}.jpg", image_bytes(seed)),
+            (f"{seed:04d}.cls", ["heron", "otter"][seed % 2].encode() + b"\n"),
+        ]
+    shard = write_tar(tmp_path / "animals.tar", members)
+    cache, out = tmp_path / "cache", tmp_path / "idx"
+    built = run("index", "build", shard, *TINY, "--cache", cache, "-o", out)
+    assert built.exit_code == 0 and "indexed 6 vectors" in built.output, built.output
+    items = ItemTable(out / "items.sqlite")
+    by_name = {Path(item.path).name: item.label for block in items.blocks() for item in block}
+    items.close()
+    assert by_name == {
+        f"animals.tar#{seed:04d}.jpg": ["heron", "otter"][seed % 2] for seed in range(6)
+    }

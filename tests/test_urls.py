@@ -232,6 +232,20 @@ def test_urls_embed_keyed_by_content_and_a_rerun_downloads_nothing(
     assert rerun.exit_code == 0, rerun.output
     assert "listed 5 · embedded 0 · from cache 5 · failed 0" in rerun.output
 
+    # The clip-retrieval export names each downloaded image by its URL, with its label and
+    # caption; the local copy of img/3.jpg is a file, with no URL.
+    out = tmp_path / "export"
+    exported = run("export", cache, "--format", "clip-retrieval", "--out", out)
+    assert exported.exit_code == 0, exported.output
+    metadata = pq.read_table(out / "metadata" / "metadata_0000.parquet").to_pylist()
+    by_url = {m["url"]: m for m in metadata if m["url"] is not None}
+    assert sorted(by_url) == sorted(row["url"] for row in rows)
+    for row in rows:
+        exported_row = by_url[row["url"]]
+        assert exported_row["image_path"] == row["url"]
+        assert (exported_row["label"], exported_row["caption"]) == (row["label"], row["caption"])
+    assert {m["key"] for m in metadata} == {r.key for r in listed}
+
 
 def test_a_table_served_over_http_names_images_relative_to_it(tmp_path: Path) -> None:
     served = tmp_path / "served"
