@@ -135,6 +135,40 @@ def test_unlabelled_source_gets_duplicates_and_label_findings_say_they_need_labe
     assert found["sources"][1] == {"name": str(corpus["loose"]), "images": 2, "labelled": False}
 
 
+def test_an_unlabelled_source_gets_its_near_copies_ranked(corpus: dict, tmp_path: Path) -> None:
+    """Near-duplicates need no labels: a re-encoded copy in a folder of loose files is paired
+    with its original in the training set, and its labelled side is named."""
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    original = corpus["train"] / "blue" / "blue_007.jpg"
+    with Image.open(original) as image:
+        image.save(loose / "from_a_phone.jpg", quality=60)
+    write_image(loose / "unrelated.jpg", seed=960)
+    output, found = _audit(corpus, corpus["train"], loose, **{"near-threshold": 0.0})
+    pairs = found["near_duplicates"]["pairs"]
+    best = next(p for p in pairs if str(loose / "from_a_phone.jpg") in _paths(p))
+    assert _paths(best) == {str(original), str(loose / "from_a_phone.jpg")}
+    assert found["label_errors"]["unlabelled"] == 2
+    assert "2 images without a label, left out" in output
+
+
+def test_audit_reads_what_train_embedded(tmp_path: Path, forward_count: list[int]) -> None:
+    """The audit embeds only what the cache lacks: after train over the same folder, nothing."""
+    make_colour_folder(tmp_path / "data", per_class=6)
+    cache, head = tmp_path / "cache", tmp_path / "head"
+    trained = run_cli("train", tmp_path / "data", *FAST_ARGS, "--cache", cache, "-o", head, "-q")
+    assert trained.exit_code == 0, trained.output
+    embedded = forward_count[0]
+    assert embedded == 18
+    audited = run_cli("audit", tmp_path / "data", *FAST_ARGS, "--cache", cache, "-q")
+    assert audited.exit_code == 0, audited.output
+    assert forward_count[0] == embedded
+    write_image(tmp_path / "data" / "red" / "late.jpg", seed=990)
+    again = run_cli("audit", tmp_path / "data", *FAST_ARGS, "--cache", cache, "-q")
+    assert again.exit_code == 0, again.output
+    assert forward_count[0] == embedded + 1
+
+
 def test_too_few_images_everywhere_is_said_not_fatal(corpus: dict) -> None:
     output, found = _audit(corpus, corpus["val"], folds=10)
     labels = found["label_errors"]
