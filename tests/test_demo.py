@@ -31,11 +31,11 @@ def test_the_demo_shows_transfer_learning_working(tmp_path: Path) -> None:
 
     # Features learned on digits 0-4 make a far better probe for digits 5-9 than random ones.
     assert results["pretrained_probe"] >= results["random_probe"] + 0.25, results
-    # Fine-tuning from the probe keeps at least what the probe had: its best epoch is chosen on
-    # validation, epoch 0 being the probe itself. One test image of slack, since the fine-tuned
-    # network is scored through a re-embedding stored in float16.
-    one_image = 1 / results["test_images"]
-    assert results["lp_ft"] >= results["pretrained_probe"] - one_image, results
+    # Fine-tuning from the probe keeps about what the probe had: the epoch kept is the best on
+    # validation, epoch 0 being the probe itself (tests/test_finetune.py checks that choice).
+    # On test it may lose what a choice on 100 validation images cannot see: a run on loaded
+    # cores kept an epoch 5 test images (1%) below the probe; the slack is 2%, as below.
+    assert results["lp_ft"] >= results["pretrained_probe"] - 0.02, results
     # A new probe on the fine-tuned backbone's re-cached embeddings is not worse than on the
     # frozen ones (its C is chosen on 100 validation images: a little noise either way).
     assert results["recached_probe"] >= results["pretrained_probe"] - 0.02, results
