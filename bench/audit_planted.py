@@ -182,6 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="headstart-audit-planted-") as tmp:
         root = args.reuse or args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         checkpoint = root / "photo_cnn.pt"
         if args.reuse:
             planted = json.loads((root / "planted.json").read_text())
