@@ -155,6 +155,7 @@ class UsableChunk:
     labels: list[str | None]
     listed: int  # images listed in this chunk, usable or not
     locations: np.ndarray  # int64, where the store's view placed each row (FingerprintStore.place)
+    captions: list[str | None]
 
 
 def usable_chunks(
@@ -206,6 +207,7 @@ def _looked_up(
             [row.label for row in usable],
             listed,
             locations[start:stop][mine],
+            [row.caption for row in usable],
         )
         start = stop
 

@@ -78,4 +78,5 @@ def neighbor_lines(neighbors: list) -> Iterator[str]:
         if n.query != current:
             current = n.query
             yield f"{n.query}"
-        yield f"  {n.rank:3d}  {n.similarity:.4f}  {n.label or '-':<16} {n.path}"
+        caption = "" if n.caption is None else f"  {json.dumps(n.caption, ensure_ascii=False)}"
+        yield f"  {n.rank:3d}  {n.similarity:.4f}  {n.label or '-':<16} {n.path}{caption}"

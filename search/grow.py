@@ -55,12 +55,12 @@ class Added:
 def add_to_index(
     directory: str | os.PathLike[str],
     vectors: np.ndarray | Vectors,
-    items: Iterable[tuple[str, str | None, str]],
+    items: Iterable[tuple[str, str | None, str, str | None]],
     *,
     max_memory: int | None = None,
 ) -> Added:
-    """Add ``vectors`` (one row per item of ``items``: path, label, content key) to the index
-    in ``directory``; thumbnails are made for them when the index keeps thumbnails.
+    """Add ``vectors`` (one row per item of ``items``: path, label, content key, caption) to
+    the index in ``directory``; thumbnails are made for them when the index keeps thumbnails.
 
     The index is read into memory to grow it (FAISS adds to an index it holds), so
     ``max_memory`` must hold it grown plus a block of new vectors; less is refused before

@@ -1,10 +1,11 @@
-"""An index's items (row -> path, label, content key), kept on disk and read by row.
+"""An index's items (row -> path, label, content key, caption), kept on disk and read by row.
 
 ``items.sqlite`` holds one table, ``items(row INTEGER PRIMARY KEY, path BLOB, label BLOB, key
-TEXT)``: a query for ten neighbours reads ten rows through the primary key's B-tree, so a
-service over a hundred million items holds none of them in memory. Paths and labels are stored
-as bytes (UTF-8, with the odd bytes of names that are not UTF-8 kept by ``surrogateescape``), so
-they read back exactly as they were written.
+TEXT, caption BLOB)``: a query for ten neighbours reads ten rows through the primary key's
+B-tree, so a service over a hundred million items holds none of them in memory. Paths, labels
+and captions are stored as bytes (UTF-8, with the odd bytes of names that are not UTF-8 kept by
+``surrogateescape``), so they read back exactly as they were written. Tables written before
+captions were kept have no ``caption`` column: they read as items without one.
 
 The file is written whole under a temporary name, a block of rows per transaction, and renamed
 into place; it is never changed where it lies, so readers open it immutable (no locks, no
@@ -29,7 +30,16 @@ from pathlib import Path
 from headstart.atomic import atomic_path
 from headstart.errors import HeadstartError
 
-__all__ = ["Item", "ItemTable", "blob_to_text", "items_from_csv", "text_to_blob", "write_items"]
+__all__ = [
+    "Item",
+    "ItemTable",
+    "blob_or_none",
+    "blob_to_text",
+    "items_from_csv",
+    "text_or_none",
+    "text_to_blob",
+    "write_items",
+]
 
 _BLOCK = 65_536  # rows a transaction when writing, and at most this many in memory
 _QUERY_ROWS = 500  # rows a SELECT asks for by id (under SQLite's bound-variable limit)
@@ -37,11 +47,13 @@ _QUERY_ROWS = 500  # rows a SELECT asks for by id (under SQLite's bound-variable
 
 @dataclass(frozen=True)
 class Item:
-    """One indexed image: where it was, its folder label (None if unlabelled), its content key."""
+    """One indexed image: where it was, its label (None if unlabelled), its content key, and
+    the caption its shard or table gave it (None if none)."""
 
     path: str
     label: str | None
     key: str
+    caption: str | None = None
 
 
 def text_to_blob(text: str) -> bytes:
@@ -56,12 +68,12 @@ def blob_to_text(data: bytes) -> str:
 
 def write_items(
     path: str | os.PathLike[str],
-    items: Iterable[tuple[str, str | None, str]],
+    items: Iterable[tuple[str, str | None, str, str | None]],
     *,
     after: str | os.PathLike[str] | None = None,
 ) -> int:
-    """Write ``(path, label, key)`` rows, numbered from 0, to a new table at ``path``; returns
-    how many. Rows are consumed a block at a time, so ``items`` may be a generator. With
+    """Write ``(path, label, key, caption)`` rows, numbered from 0, to a new table at ``path``;
+    returns how many. Rows are consumed a block at a time, so ``items`` may be a generator. With
     ``after`` (another table), its rows come first, copied by SQLite without passing through
     Python, and ``items`` are numbered after them."""
     rows = 0
@@ -73,21 +85,24 @@ def write_items(
             connection.execute("PRAGMA synchronous = OFF")
             connection.execute(
                 "CREATE TABLE items (row INTEGER PRIMARY KEY, path BLOB NOT NULL, "
-                "label BLOB, key TEXT NOT NULL)"
+                "label BLOB, key TEXT NOT NULL, caption BLOB)"
             )
             if after is not None:
                 connection.execute("ATTACH DATABASE ? AS old", (str(after),))
-                connection.execute("INSERT INTO items SELECT row, path, label, key FROM old.items")
+                caption = "caption" if _has_captions(connection, "old") else "NULL"
+                connection.execute(
+                    f"INSERT INTO items SELECT row, path, label, key, {caption} FROM old.items"
+                )
                 connection.commit()
                 connection.execute("DETACH DATABASE old")
                 (rows,) = connection.execute("SELECT count(*) FROM items").fetchone()
             iterator = iter(items)
             while block := list(islice(iterator, _BLOCK)):
                 connection.executemany(
-                    "INSERT INTO items VALUES (?, ?, ?, ?)",
+                    "INSERT INTO items VALUES (?, ?, ?, ?, ?)",
                     (
-                        (rows + i, text_to_blob(p), None if lab is None else text_to_blob(lab), k)
-                        for i, (p, lab, k) in enumerate(block)
+                        (rows + i, text_to_blob(p), blob_or_none(label), k, blob_or_none(caption))
+                        for i, (p, label, k, caption) in enumerate(block)
                     ),
                 )
                 connection.commit()
@@ -103,10 +118,10 @@ def write_items(
 def items_from_csv(csv_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> int:
     """Convert an older index's ``items.csv`` (row, path, label, key) into a table at ``out``."""
 
-    def rows() -> Iterator[tuple[str, str | None, str]]:
+    def rows() -> Iterator[tuple[str, str | None, str, None]]:
         with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             for record in csv.DictReader(f):
-                yield record["path"], record["label"] or None, record["key"]
+                yield record["path"], record["label"] or None, record["key"], None
 
     return write_items(out, rows())
 
@@ -127,8 +142,10 @@ class ItemTable:
             # per thread would multiply open files in a service with many threads.
             self._connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
             (self._count,) = self._connection.execute("SELECT count(*) FROM items").fetchone()
+            caption = "caption" if _has_captions(self._connection, "main") else "NULL"
         except sqlite3.Error as exc:
             raise HeadstartError(f"{self.path}: cannot read the index's items ({exc})") from None
+        self._columns = f"path, label, key, {caption}"
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -147,9 +164,9 @@ class ItemTable:
             for start in range(0, len(unique), _QUERY_ROWS):
                 chunk = unique[start : start + _QUERY_ROWS]
                 marks = ",".join("?" * len(chunk))
-                query = f"SELECT row, path, label, key FROM items WHERE row IN ({marks})"
-                for row, path, label, key in self._connection.execute(query, chunk):
-                    found[row] = _item(path, label, key)
+                query = f"SELECT row, {self._columns} FROM items WHERE row IN ({marks})"
+                for row, *record in self._connection.execute(query, chunk):
+                    found[row] = _item(*record)
         missing = [r for r in wanted if r not in found]
         if missing:
             raise IndexError(f"no item {missing[0]}; the index holds {self._count}")
@@ -171,7 +188,7 @@ class ItemTable:
         for first in range(start, self._count, rows):
             with self._lock:
                 block = self._connection.execute(
-                    "SELECT path, label, key FROM items WHERE row >= ? AND row < ? ORDER BY row",
+                    f"SELECT {self._columns} FROM items WHERE row >= ? AND row < ? ORDER BY row",
                     (first, first + rows),
                 ).fetchall()
             yield [_item(*record) for record in block]
@@ -181,5 +198,19 @@ class ItemTable:
             self._connection.close()
 
 
-def _item(path: bytes, label: bytes | None, key: str) -> Item:
-    return Item(blob_to_text(path), None if label is None else blob_to_text(label), key)
+def blob_or_none(text: str | None) -> bytes | None:
+    return None if text is None else text_to_blob(text)
+
+
+def text_or_none(data: bytes | None) -> str | None:
+    return None if data is None else blob_to_text(data)
+
+
+def _item(path: bytes, label: bytes | None, key: str, caption: bytes | None) -> Item:
+    return Item(blob_to_text(path), text_or_none(label), key, text_or_none(caption))
+
+
+def _has_captions(connection: sqlite3.Connection, schema: str) -> bool:
+    """Whether ``schema``'s item table has the caption column (tables from before it do not)."""
+    columns = connection.execute(f"PRAGMA {schema}.table_info(items)").fetchall()
+    return any(column[1] == "caption" for column in columns)

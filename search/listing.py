@@ -1,7 +1,7 @@
 """The images an index build or an index add takes from its sources, listed a chunk at a time.
 
-A listing writes what the index needs of each image as it passes: its (path, label, key) row
-for the item table, and its content key and place in the store to a
+A listing writes what the index needs of each image as it passes: its (path, label, key,
+caption) row for the item table, and its content key and place in the store to a
 :class:`~headstart.classify.blocks.PlacedKeys` from which the build reads its vectors. Nothing
 of it stays in memory, so listing a hundred million images costs what listing a thousand does.
 """
@@ -19,7 +19,13 @@ from headstart.cache.store import EmbeddingCache, FingerprintStore
 from headstart.classify.blocks import KeyFile, PlacedKeys
 from headstart.classify.data import usable_chunks
 from headstart.extract.samples import SampleFields
-from headstart.search.items import ItemTable, blob_to_text, text_to_blob
+from headstart.search.items import (
+    ItemTable,
+    blob_or_none,
+    blob_to_text,
+    text_or_none,
+    text_to_blob,
+)
 
 __all__ = ["ItemListing", "NewItems", "item_paths"]
 
@@ -41,12 +47,12 @@ class ItemListing:
         self.keys = PlacedKeys(store, cache.root)
         self.listed = 0  # images listed, usable or not
 
-    def rows(self) -> Iterator[tuple[str, str | None, str]]:
+    def rows(self) -> Iterator[tuple[str, str | None, str, str | None]]:
         for chunk in usable_chunks(self._sources, self._cache, self._store, fields=self._fields):
             self.keys.append(chunk.keys, chunk.locations)
             self.listed += chunk.listed
             texts = (key.decode() for key in chunk.keys)
-            yield from zip(chunk.paths, chunk.labels, texts, strict=True)
+            yield from zip(chunk.paths, chunk.labels, texts, chunk.captions, strict=True)
 
 
 class NewItems:
@@ -68,7 +74,7 @@ class NewItems:
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute(
             "CREATE TABLE new (row INTEGER PRIMARY KEY, path BLOB NOT NULL, label BLOB, "
-            "key TEXT NOT NULL UNIQUE)"
+            "key TEXT NOT NULL UNIQUE, caption BLOB)"
         )
         self.keys: KeyFile | None = None
         self.listed = 0  # images listed, usable or not
@@ -96,11 +102,12 @@ class NewItems:
             self.usable += len(chunk.keys)
             texts = [key.decode() for key in chunk.keys]
             known = indexed.known(texts)
+            rows = zip(chunk.paths, chunk.labels, texts, chunk.captions, strict=True)
             self._db.executemany(
-                "INSERT OR IGNORE INTO new (path, label, key) VALUES (?, ?, ?)",
+                "INSERT OR IGNORE INTO new (path, label, key, caption) VALUES (?, ?, ?, ?)",
                 (
-                    (text_to_blob(path), None if label is None else text_to_blob(label), key)
-                    for path, label, key in zip(chunk.paths, chunk.labels, texts, strict=True)
+                    (text_to_blob(path), blob_or_none(label), key, blob_or_none(caption))
+                    for path, label, key, caption in rows
                     if key not in known
                 ),
             )
@@ -109,11 +116,11 @@ class NewItems:
         for block in self._blocks("SELECT key FROM new"):
             self.keys.append(np.asarray([key.encode() for (key,) in block], dtype="S64"))
 
-    def rows(self) -> Iterator[tuple[str, str | None, str]]:
-        """The new images' (path, label, key), in the order of :attr:`keys`."""
-        for block in self._blocks("SELECT path, label, key FROM new"):
-            for path, label, key in block:
-                yield blob_to_text(path), None if label is None else blob_to_text(label), key
+    def rows(self) -> Iterator[tuple[str, str | None, str, str | None]]:
+        """The new images' (path, label, key, caption), in the order of :attr:`keys`."""
+        for block in self._blocks("SELECT path, label, key, caption FROM new"):
+            for path, label, key, caption in block:
+                yield blob_to_text(path), text_or_none(label), key, text_or_none(caption)
 
     def _blocks(self, select: str) -> Iterator[list[tuple]]:
         # Its own cursor, by row ranges: a rows() generator and a key pass never share one.

@@ -110,19 +110,20 @@ def merge_indexes(
         paths=(item.path for item in items[0]),
         labels=(item.label for item in items[1]),
         keys=(item.key for item in items[2]),
+        captions=(item.caption for item in items[3]),
         thumbnails=thumbnails,
     )
     log.info("merged %d parts into %s: %d vectors", len(parts), out, total)
     return Merged(total, len(parts))
 
 
-def _items(loaded: Sequence[LoadedIndex]) -> tuple[Iterator, Iterator, Iterator]:
-    """Three iterators over the parts' items in order (save_index reads them in step)."""
+def _items(loaded: Sequence[LoadedIndex]) -> tuple[Iterator, ...]:
+    """Four iterators over the parts' items in order (save_index reads them in step)."""
 
     def every() -> Iterator:
         return chain.from_iterable(chain.from_iterable(p.items.blocks()) for p in loaded)
 
-    return every(), every(), every()
+    return every(), every(), every(), every()
 
 
 def _check_compatible(loaded: Sequence[LoadedIndex], parts: Sequence) -> None:

@@ -28,6 +28,7 @@ class Neighbor:
     similarity: float
     path: str
     label: str | None
+    caption: str | None = None
 
 
 def query_index(
@@ -72,6 +73,6 @@ def ranked_neighbors(
     ]
     items = loaded.items.take([row for *_, row in hits])
     return [
-        Neighbor(name, rank, sim, item.path, item.label)
+        Neighbor(name, rank, sim, item.path, item.label, item.caption)
         for (name, rank, sim, _), item in zip(hits, items, strict=True)
     ]

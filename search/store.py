@@ -88,15 +88,16 @@ def save_index(
     paths: Iterable[str] = (),
     labels: Iterable[str | None] = (),
     keys: Iterable[str] = (),
+    captions: Iterable[str | None] | None = None,
     items: str | os.PathLike[str] | None = None,
     thumbnails: ThumbnailSummary | None = None,
 ) -> Path:
     """Write the index, its items and ``index.json`` (last, so it marks completeness).
 
-    The items are ``paths``, ``labels`` and ``keys``, read in step a block at a time, or an
-    item table already written (``items``: see :func:`~headstart.search.items.write_items`),
-    moved into place. ``thumbnails`` describes the ones already written into ``directory``,
-    if any.
+    The items are ``paths``, ``labels``, ``keys`` and ``captions`` (None: none has one), read
+    in step a block at a time, or an item table already written (``items``: see
+    :func:`~headstart.search.items.write_items`), moved into place. ``thumbnails`` describes
+    the ones already written into ``directory``, if any.
     """
     import faiss
 
@@ -111,7 +112,11 @@ def save_index(
         count = len(table)
         table.close()
     else:
-        count = write_items(directory / layout.items, zip(paths, labels, keys, strict=True))
+        if captions is None:
+            rows = ((*row, None) for row in zip(paths, labels, keys, strict=True))
+        else:
+            rows = zip(paths, labels, keys, captions, strict=True)
+        count = write_items(directory / layout.items, rows)
     if count != index.ntotal:
         raise HeadstartError(f"{count} items for {index.ntotal} vectors")
     document = {

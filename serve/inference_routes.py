@@ -154,6 +154,7 @@ def _items(
             "id": row,
             "label": printable(entry.label) if entry.label is not None else None,
             "key": entry.key,
+            "caption": printable(entry.caption) if entry.caption is not None else None,
             "similarity": similarity,
         }
         if index.thumbnails is not None:

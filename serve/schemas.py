@@ -87,6 +87,9 @@ class Neighbor(BaseModel):
     id: int = Field(description="The item's row in the index.")
     label: str | None
     key: str = Field(description="Content key of the indexed image.")
+    caption: str | None = Field(
+        default=None, description="The caption its tar shard or table gave it, if any."
+    )
     similarity: float
     thumbnail: str | None = Field(
         default=None, description="URL of its thumbnail; absent when the index keeps none."

@@ -27,12 +27,12 @@ FINGERPRINT = Fingerprint({"model": "test"}, {"model": "resnet18", "weights": "n
 
 
 def _items(start: int, stop: int):
-    return [(f"/img/{i}.jpg", None, f"{i:064x}") for i in range(start, stop)]
+    return [(f"/img/{i}.jpg", None, f"{i:064x}", None) for i in range(start, stop)]
 
 
 def _save(directory: Path, X: np.ndarray, spec: IndexSpec) -> None:
     index, spec, recall = build_index(X, spec, target_recall=0.5)
-    paths, labels, keys = (list(c) for c in zip(*_items(0, len(X)), strict=True))
+    paths, labels, keys, _ = (list(c) for c in zip(*_items(0, len(X)), strict=True))
     save_index(directory, index, spec, recall, fingerprint=FINGERPRINT, paths=paths,
                labels=labels, keys=keys)  # fmt: skip
 
@@ -101,7 +101,7 @@ from headstart.search.grow import add_to_index
 n = int(sys.argv[2])
 X = np.random.default_rng(1).normal(size=(n, 64)).astype(np.float32)
 print("adding", flush=True)
-add_to_index(sys.argv[1], X, [(f"/new/{i}.jpg", None, f"{i:063x}n") for i in range(n)])
+add_to_index(sys.argv[1], X, [(f"/new/{i}.jpg", None, f"{i:063x}n", None) for i in range(n)])
 print("added", flush=True)
 """
 

@@ -32,7 +32,8 @@ def _save(directory: Path, X: np.ndarray, start: int, kind: str, trained=None) -
     rows = range(start, start + len(X))
     save_index(directory, index, spec, recall, fingerprint=FINGERPRINT,
                paths=[f"/img/{i}.jpg" for i in rows], labels=["a"] * len(X),
-               keys=[f"{i:064x}" for i in rows])  # fmt: skip
+               keys=[f"{i:064x}" for i in rows],
+               captions=[None if i % 2 else f"photo {i}" for i in rows])  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["ivf", "ivfsq", "ivfpq"])
@@ -45,8 +46,9 @@ def test_parts_merge_into_the_index_built_whole(tmp_path: Path, kind: str) -> No
     merged = merge_indexes(tmp_path / "all", [tmp_path / f"p{i}" for i in (1, 2, 3)])
     assert (merged.count, merged.parts) == (3000, 3)
     loaded = load_index(tmp_path / "all")
-    assert [i.path for i in loaded.items.take([0, 1499, 1500, 2999])] == [
-        "/img/0.jpg", "/img/1499.jpg", "/img/1500.jpg", "/img/2999.jpg"
+    assert [(i.path, i.caption) for i in loaded.items.take([0, 1499, 1500, 2999])] == [
+        ("/img/0.jpg", "photo 0"), ("/img/1499.jpg", None), ("/img/1500.jpg", "photo 1500"),
+        ("/img/2999.jpg", None),
     ]  # fmt: skip
     # The index built whole with the first part's quantizer: same lists, same order.
     whole = emptied(first)

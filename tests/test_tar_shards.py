@@ -28,7 +28,7 @@ from headstart.cli import EXIT_SOME_FAILED, main
 from headstart.extract.labelled import iter_labelled
 from headstart.extract.samples import SampleFault, ShardEnd, TarSample, iter_tar_samples
 from headstart.extract.shards import expand_braces, list_shards, split_sources
-from headstart.search.items import ItemTable
+from headstart.search.store import load_index
 
 TINY = ["--model", f"{TINY_MODELS}:tiny_features", *SMALL_FP32, "-q"]
 
@@ -436,24 +436,59 @@ def test_heads_train_and_evaluate_on_shards_with_their_labels(tmp_path: Path) ->
     assert document["n"] == 24 and document["missing"] == 0
 
 
-def test_index_build_keeps_the_labels_of_shards_whose_cls_holds_class_names(
-    tmp_path: Path,
-) -> None:
+def test_index_build_keeps_labels_and_captions_and_knn_shows_them(tmp_path: Path) -> None:
     """A ``.cls`` may hold a class name as well as an index; either way the label reaches the
-    index's items as a folder's label does."""
-    members = []
-    for seed in range(6):
-        members += [
-            (f"{seed:04d}.jpg", image_bytes(seed)),
-            (f"{seed:04d}.cls", ["heron", "otter"][seed % 2].encode() + b"\n"),
-        ]
-    shard = write_tar(tmp_path / "animals.tar", members)
+    index's items as a folder's label does, and the ``.txt`` caption with it, through
+    ``index build`` and ``index add``, to what ``knn`` prints."""
+
+    def shard(name: str, seeds: range) -> Path:
+        members = []
+        for seed in seeds:
+            members += [
+                (f"{seed:04d}.jpg", image_bytes(seed)),
+                (f"{seed:04d}.cls", ["heron", "otter"][seed % 2].encode() + b"\n"),
+                (f"{seed:04d}.txt", f"animal {seed}".encode()),
+            ]
+        return write_tar(tmp_path / name, members)
+
+    first, second = shard("a.tar", range(6)), shard("b.tar", range(6, 8))
     cache, out = tmp_path / "cache", tmp_path / "idx"
-    built = run("index", "build", shard, *TINY, "--cache", cache, "-o", out)
+    built = run("index", "build", first, *TINY, "--cache", cache, "-o", out)
     assert built.exit_code == 0 and "indexed 6 vectors" in built.output, built.output
-    items = ItemTable(out / "items.sqlite")
-    by_name = {Path(item.path).name: item.label for block in items.blocks() for item in block}
-    items.close()
-    assert by_name == {
-        f"animals.tar#{seed:04d}.jpg": ["heron", "otter"][seed % 2] for seed in range(6)
+    added = run("index", "add", out, second, "--cache", cache)
+    assert added.exit_code == 0, added.output
+    items = load_index(out).items
+    found = {Path(i.path).name: (i.label, i.caption) for block in items.blocks() for i in block}
+    assert found == {
+        f"{name}#{seed:04d}.jpg": (["heron", "otter"][seed % 2], f"animal {seed}")
+        for name, seeds in (("a.tar", range(6)), ("b.tar", range(6, 8)))
+        for seed in seeds
     }
+    nearest = run("knn", out, second, "-k", "1", "--cache", cache, "-q")
+    assert nearest.exit_code == 0, nearest.output
+    (line,) = [line for line in nearest.output.splitlines() if "b.tar#0007.jpg  " in line]
+    assert line.split()[2] == "otter" and line.endswith('b.tar#0007.jpg  "animal 7"'), line
+
+
+def test_the_service_answers_neighbours_with_their_captions(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from headstart.serve.app import ServeSettings, create_app
+
+    shard = labelled_shard(tmp_path / "pets.tar", 0, 6)
+    cache, head, out = tmp_path / "cache", tmp_path / "head", tmp_path / "idx"
+    trained = run("train", shard, *TINY, "--cache", cache, "--head", "ncm", "-o", head)
+    assert trained.exit_code == 0, trained.output
+    built = run("index", "build", shard, *TINY, "--cache", cache, "-o", out)
+    assert built.exit_code == 0, built.output
+    vector = load_index(out).index.reconstruct(4).tolist()
+    settings = ServeSettings(head_dir=str(head), index_dir=str(out), device="cpu")
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        answer = client.post("/v1/neighbors", json={"vector": vector, "k": 1})
+    assert answer.status_code == 200, answer.text
+    (nearest,) = answer.json()["neighbors"]
+    assert (nearest["id"], nearest["label"], nearest["caption"]) == (4, "1", "picture 4")

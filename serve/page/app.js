@@ -170,7 +170,7 @@
         if (source) {
           picture = document.createElement("img");
           picture.src = source;
-          picture.alt = neighbor.label ?? `item ${neighbor.id}`;
+          picture.alt = neighbor.caption ?? neighbor.label ?? `item ${neighbor.id}`;
         } else {
           picture = document.createElement("span");
           picture.className = "no-thumbnail";
@@ -183,6 +183,7 @@
         similarity.className = "similarity";
         similarity.textContent = neighbor.similarity.toFixed(3);
         item.append(picture, label, similarity);
+        if (neighbor.caption) item.title = neighbor.caption; // a shard's or table's caption
         return item;
       }),
     );
