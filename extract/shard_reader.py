@@ -54,6 +54,10 @@ class StoreProbe:
     def __contains__(self, key: str) -> bool:
         if self._store is None or self._pid != os.getpid():
             self._store, self._pid = self._cache.open(self._fingerprint), os.getpid()
+        # The view is fixed at the first question: an empty one (a first run) holds nothing,
+        # and the lookup it would make for every sample is skipped.
+        if not len(self._store):
+            return False
         return bool(self._store.contains(np.asarray([key], KEY_DTYPE))[0])
 
     def __getstate__(self) -> dict:
