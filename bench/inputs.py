@@ -5,12 +5,17 @@ folder, in one run, each into a fresh cache.
 The rates are images embedded over the whole ``extract()`` call (listing, model build, reading,
 hashing, decoding, forward, writing), over ``--rounds`` rounds taken in turn, so a noisy
 neighbour slows every input alike; the best and the median round are both printed, with their
-ratios to the folder's. Targets: tar shards at
-least as fast as the folder, S3 shards within 20% of it. Every run must embed the same content
-keys: the bench checks that too.
+ratios to the folder's. Targets: tar shards at least as fast as the folder, S3 shards within 20%
+of it. Every run must embed the same content keys: the bench checks that too. A warm-up run of
+each input comes first, so that no round pays for the first import of s3fs or the model files.
 
-    python bench/inputs.py [--images DIR] [--limit 600] [--model resnet18] [--rounds 2]
-                           [--shard-size 100]
+Shards hold ``--shard-size`` samples (img2dataset writes 10,000 a shard; each shard costs a few
+requests, which tiny shards would make the measure of). ``--copies N`` takes each photo N times,
+the copies a JPEG comment apart (the same pixels, other bytes, so other content keys), for a
+collection large enough that per-run costs (starting workers, listing) do not decide the rates.
+
+    python bench/inputs.py [--images DIR] [--limit 600] [--copies 1] [--model resnet18]
+                           [--rounds 2] [--shard-size 1000]
 
 Needs the ``s3`` extra and moto (``pip install 's3fs' 'moto[server]' boto3``).
 """
@@ -23,6 +28,7 @@ import os
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tarfile
@@ -58,24 +64,40 @@ def image_paths(data: Path, limit: int) -> list[Path]:
     return paths[::step][:limit]
 
 
-def make_inputs(paths: list[Path], data: Path, root: Path, shard_size: int) -> tuple[Path, Path]:
-    """A folder (class sub-folders, as in ``data``) and webdataset shards of the same bytes."""
+def with_comment(data: bytes, copy: int) -> bytes:
+    """The JPEG ``data`` with a comment segment naming ``copy`` after its start marker: the same
+    picture, other bytes. Copy 0 is ``data`` itself."""
+    if copy == 0:
+        return data
+    if data[:2] != b"\xff\xd8":
+        sys.exit("--copies needs JPEG photos")
+    comment = f"headstart bench copy {copy}".encode()
+    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + data[2:]
+
+
+def make_inputs(
+    paths: list[Path], data: Path, root: Path, shard_size: int, copies: int
+) -> tuple[Path, Path, int]:
+    """A folder (class sub-folders, as in ``data``) and webdataset shards of the same bytes,
+    each photo ``copies`` times; the folder, the shards and the count of images."""
     folder, shards = root / "folder", root / "shards"
-    for path in paths:
-        target = folder / path.relative_to(data).parent.name / path.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+    images = []  # (file in the folder, its label): the shards are written from these
+    for copy in range(copies):
+        for path in paths:
+            target = folder / path.parent.name / f"{copy}-{path.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(with_comment(path.read_bytes(), copy))
+            images.append((target, path.parent.name))
     shards.mkdir()
-    for number, start in enumerate(range(0, len(paths), shard_size)):
+    for number, start in enumerate(range(0, len(images), shard_size)):
         with tarfile.open(shards / f"{number:05d}.tar", "w") as tar:
-            for index, path in enumerate(paths[start : start + shard_size], start):
+            for index, (path, label) in enumerate(images[start : start + shard_size], start):
                 key = f"{index:06d}"
                 tar.add(path, f"{key}{path.suffix.lower()}")
-                label = path.parent.name.encode()
                 info = tarfile.TarInfo(f"{key}.cls")
-                info.size = len(label)
-                tar.addfile(info, io.BytesIO(label))
-    return folder, shards
+                info.size = len(label.encode())
+                tar.addfile(info, io.BytesIO(label.encode()))
+    return folder, shards, len(images)
 
 
 def free_port() -> int:
@@ -135,9 +157,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=600)
+    parser.add_argument("--copies", type=int, default=1, help="Each photo this many times.")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--shard-size", type=int, default=100)
+    parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--resize", type=int, help="A smaller input makes reading count more.")
     parser.add_argument("--crop", type=int)
@@ -150,7 +173,9 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="headstart-bench-inputs-") as tmp:
         scratch = Path(tmp)
-        folder, shards = make_inputs(paths, args.images, scratch, args.shard_size)
+        folder, shards, images = make_inputs(
+            paths, args.images, scratch, args.shard_size, args.copies
+        )
         server, endpoint = start_s3(scratch)
         try:
             os.environ.update(
@@ -171,14 +196,15 @@ def main() -> None:
                 ("S3 shards", f"s3://{BUCKET}/shards/{{00000..{count - 1:05d}}}.tar"),
                 ("S3 folder", f"s3://{BUCKET}/folder"),
             ]
-            megabytes = sum(p.stat().st_size for p in paths) / 1e6
+            megabytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
             print(
-                f"{len(paths)} images from {args.images} ({megabytes:.1f} MB), {count} shards "
-                f"of {args.shard_size}; model {args.model}, {os.cpu_count()} CPUs, "
-                f"{args.rounds} rounds",
+                f"{images} images ({len(paths)} photos from {args.images} x {args.copies}, "
+                f"{megabytes:.1f} MB), {count} shards of {args.shard_size}; model {args.model}, "
+                f"{os.cpu_count()} CPUs, {args.rounds} rounds",
                 flush=True,
             )
-            measure("warm-up", str(folder), options, scratch)  # model files, page cache
+            for name, source in inputs:  # model files, page cache, s3fs's first import
+                measure(f"warm-up {name}", source, options, scratch)
             runs: dict[str, list[Measured]] = {name: [] for name, _ in inputs}
             for round_number in range(args.rounds):
                 for name, source in inputs:
@@ -191,7 +217,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=10)
-    report(runs, len(paths))
+    report(runs, images)
 
 
 def report(runs: dict[str, list[Measured]], images: int) -> None:
