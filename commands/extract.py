@@ -34,6 +34,15 @@ __all__ = ["extract"]
     help="Downloads: connect and read timeout (the longest wait for the next bytes).",
 )
 @click.option(
+    "--url-deadline",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Downloads: the most one image may take, retries included (a server that trickles "
+    "bytes never meets the read timeout).",
+)
+@click.option(
     "--url-retries",
     type=click.IntRange(min=0),
     default=2,
@@ -60,6 +69,7 @@ def extract(
     retry_failed: bool,
     part: str | None,
     url_timeout: float,
+    url_deadline: float,
     url_retries: int,
     url_per_host: int,
     url_max_bytes: str,
@@ -82,6 +92,7 @@ def extract(
     downloads = DownloadLimits(
         connect_timeout=url_timeout,
         read_timeout=url_timeout,
+        deadline=url_deadline,
         retries=url_retries,
         per_host=url_per_host,
         max_bytes=max(1, parse_size(url_max_bytes)),

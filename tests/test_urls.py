@@ -270,21 +270,26 @@ def test_every_download_fault_is_in_the_ledger_and_the_run_goes_on(
     tmp_path: Path, faults: tuple[FaultServer, str]
 ) -> None:
     server, url = faults
-    paths = ["/ok/1", "/ok/2", "/hop", "/flaky", "/loop/a", "/huge", "/slow", "/gone", "/text"]
+    paths = ["/ok/1", "/ok/2", "/hop", "/flaky", "/loop/a", "/huge", "/slow", "/trickle"]
+    paths += ["/gone", "/text"]
     table = tmp_path / "t.csv"
     table.write_text("url,label\n" + "".join(f"{url}{p},x\n" for p in paths))
     cache = tmp_path / "cache"
-    args = ("--url-timeout", "2", "--url-max-bytes", "1M", "-j", "0", "--cache", cache)
+    # The trickle sends a byte every 0.1 s for 4 s: never late by the read timeout, too late
+    # by the deadline.
+    args = ("--url-timeout", "2", "--url-deadline", "3", "--url-max-bytes", "1M", "-j", "0")
+    args += ("--cache", cache)
     result = run("extract", table, *TINY, *args)
     assert result.exit_code == 3, result.output
-    assert "listed 9 · embedded 4 · from cache 0 · failed 5" in result.output
+    assert "listed 10 · embedded 4 · from cache 0 · failed 6" in result.output
 
     with EmbeddingCache(cache).catalog() as catalog:
         reasons = {f.path.removeprefix(url): f.reason for f in catalog.iter_failures()}
-    assert set(reasons) == {"/loop/a", "/huge", "/slow", "/gone", "/text"}
+    assert set(reasons) == {"/loop/a", "/huge", "/slow", "/trickle", "/gone", "/text"}
     assert reasons["/loop/a"].startswith("redirect loop")
     assert reasons["/huge"].startswith("too large: more than 1048576 bytes")
     assert reasons["/slow"].startswith("timed out")
+    assert reasons["/trickle"].startswith("too slow"), reasons["/trickle"]
     assert reasons["/gone"] == "HTTP 404"
     assert "/text" in reasons and "HTTP" not in reasons["/text"]  # arrived, did not decode
     assert server.hits["/flaky"] == 2  # a 500, then the retry's 200
@@ -295,10 +300,10 @@ def test_every_download_fault_is_in_the_ledger_and_the_run_goes_on(
     # Failed URLs are not tried again unless asked; then they fail again, and say so.
     hits = dict(server.hits)
     again = run("extract", table, *TINY, *args)
-    assert again.exit_code == 3 and "embedded 0 · from cache 4 · failed 5" in again.output
+    assert again.exit_code == 3 and "embedded 0 · from cache 4 · failed 6" in again.output
     assert server.hits == hits
     retried = run("extract", table, *TINY, *args, "--retry-failed")
-    assert retried.exit_code == 3 and "failed 5" in retried.output
+    assert retried.exit_code == 3 and "failed 6" in retried.output
     assert server.hits["/gone"] == 2
 
 
