@@ -137,7 +137,7 @@ def test_unlabelled_source_gets_duplicates_and_label_findings_say_they_need_labe
 
 def test_an_unlabelled_source_gets_its_near_copies_ranked(corpus: dict, tmp_path: Path) -> None:
     """Near-duplicates need no labels: a re-encoded copy in a folder of loose files is paired
-    with its original in the training set, and its labelled side is named."""
+    with its original in the training set, while the label search leaves the loose files out."""
     loose = tmp_path / "loose"
     loose.mkdir()
     original = corpus["train"] / "blue" / "blue_007.jpg"
