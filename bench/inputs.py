@@ -76,10 +76,10 @@ def with_comment(data: bytes, copy: int) -> bytes:
 
 
 def make_inputs(
-    paths: list[Path], data: Path, root: Path, shard_size: int, copies: int
+    paths: list[Path], root: Path, shard_size: int, copies: int
 ) -> tuple[Path, Path, int]:
-    """A folder (class sub-folders, as in ``data``) and webdataset shards of the same bytes,
-    each photo ``copies`` times; the folder, the shards and the count of images."""
+    """A folder (a sub-folder per class, named as the photos' own) and webdataset shards of the
+    same bytes, each photo ``copies`` times; the folder, the shards and the count of images."""
     folder, shards = root / "folder", root / "shards"
     images = []  # (file in the folder, its label): the shards are written from these
     for copy in range(copies):
@@ -94,9 +94,10 @@ def make_inputs(
             for index, (path, label) in enumerate(images[start : start + shard_size], start):
                 key = f"{index:06d}"
                 tar.add(path, f"{key}{path.suffix.lower()}")
+                cls = label.encode()
                 info = tarfile.TarInfo(f"{key}.cls")
-                info.size = len(label.encode())
-                tar.addfile(info, io.BytesIO(label.encode()))
+                info.size = len(cls)
+                tar.addfile(info, io.BytesIO(cls))
     return folder, shards, len(images)
 
 
@@ -173,9 +174,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="headstart-bench-inputs-") as tmp:
         scratch = Path(tmp)
-        folder, shards, images = make_inputs(
-            paths, args.images, scratch, args.shard_size, args.copies
-        )
+        folder, shards, images = make_inputs(paths, scratch, args.shard_size, args.copies)
         server, endpoint = start_s3(scratch)
         try:
             os.environ.update(
