@@ -3,7 +3,7 @@
 A webdataset shard is a plain tar: the members of one sample sit next to each other and share a
 key, the member's path up to the first dot of its file name (``dir/000123.jpg``,
 ``dir/000123.cls`` and ``dir/000123.json`` are sample ``dir/000123``). The tar is read as a
-stream (``tarfile`` mode ``r|``): one pass, nothing unpacked to disk, one sample's members in
+stream (:mod:`.tar_members`): one pass, nothing unpacked to disk, one sample's members in
 memory at a time.
 
 What goes wrong in a shard is yielded as a :class:`SampleFault` in the stream, never raised: the
@@ -11,10 +11,10 @@ caller's handler decides what it costs (the reader records it in the failure led
 on). A shard that ends early, in a member or between members, ends the stream with a
 :class:`ShardEnd` that names the damage; the samples before it are yielded as usual.
 
-The standard library's ``tarfile`` rather than the ``webdataset`` package: its pipeline brings
-its own worker splitting, shuffling and exception handlers, while the reader here needs one
-shard per call inside our own DataLoader workers, every fault as a ledger row, and a check that
-the archive really ended (``tarfile`` takes a tar cut at a member boundary for a whole one).
+Our own reader rather than the ``webdataset`` package: its pipeline brings its own worker
+splitting, shuffling and exception handlers, while the reader here needs one shard per call
+inside our own DataLoader workers, every fault as a ledger row, and a check that the archive
+really ended (a tar cut at a member boundary otherwise passes for a whole one).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import gzip
 import io
 import json
 import lzma
-import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from headstart.extract.sources import IMAGE_EXTENSIONS
+from headstart.extract.tar_members import TarDamage, iter_tar_members
 
 __all__ = [
     "SampleFault",
@@ -42,13 +42,9 @@ __all__ = [
     "split_member_name",
 ]
 
-_BLOCK = tarfile.BLOCKSIZE
-# The read-ahead that tarfile's stream keeps is one record; the tap keeps a few more bytes than
-# that, so the block where the archive should end is still at hand when the members run out.
-_TAIL = 4 * tarfile.RECORDSIZE
 # A member larger than this is not read into memory (an image this size is a fault anyway).
 MAX_MEMBER_BYTES = 1 << 28
-_DAMAGE = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
+_DAMAGE = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -133,37 +129,30 @@ def iter_tar_samples(stream: BinaryIO) -> Iterator[TarSample | SampleFault | Sha
         ...     [s.key for s in iter_tar_samples(f) if isinstance(s, TarSample)]
         ['000000', '000001']
     """
-    tap = _Tap(_decompressed(stream))
     seen: set[str] = set()  # one shard's keys: bounded by the shard, dropped with it
     current: TarSample | None = None
-    members = 0
+    damage: str | None = None
     try:
-        with tarfile.open(fileobj=tap, mode="r|") as archive:
-            for info in archive:
-                if not info.isfile():
-                    continue
-                parts = split_member_name(info.name)
-                if parts is None:
-                    continue
-                key, extension = parts
-                if current is None or key != current.key or extension in current.data:
-                    yield from _finished(current, seen)
-                    current = TarSample(key)
-                if info.size > MAX_MEMBER_BYTES:
-                    yield SampleFault(info.name, f"member of {info.size} bytes is too large")
-                    continue
-                member = archive.extractfile(info)
-                current.data[extension] = member.read() if member is not None else b""
-                current.names[extension] = info.name
-                members += 1
-            yield from _finished(current, seen)
-            current = None
-            damage = _missing_end(tap, archive.offset)
-    except _DAMAGE as exc:
+        for member in iter_tar_members(_decompressed(stream), MAX_MEMBER_BYTES):
+            parts = split_member_name(member.name)
+            if parts is None:
+                continue
+            key, extension = parts
+            if current is None or key != current.key or extension in current.data:
+                yield from _finished(current, seen)
+                current = TarSample(key)
+            if member.data is None:
+                yield SampleFault(member.name, member.unread or "not read")
+                continue
+            current.data[extension] = member.data
+            current.names[extension] = member.name
+    except TarDamage as exc:
         # The members read whole before the damage are still good; so is the sample that
         # holds them (a label member cut off leaves it unlabelled).
-        yield from _finished(current, seen)
-        damage = f"damaged tar after {members} members: {exc or type(exc).__name__}"
+        damage = str(exc)
+    except _DAMAGE as exc:  # the compressed stream's magic number or header is unreadable
+        damage = f"damaged tar after 0 members: {exc or type(exc).__name__}"
+    yield from _finished(current, seen)
     yield ShardEnd(damage)
 
 
@@ -181,19 +170,10 @@ def _finished(sample: TarSample | None, seen: set[str]) -> Iterator[TarSample | 
     yield sample
 
 
-def _missing_end(tap: _Tap, offset: int) -> str | None:
-    """Why the archive did not end properly at ``offset``, or None: tarfile stops quietly at
-    the end of the data, so a shard cut between two members would otherwise pass for whole."""
-    block = tap.block_at(offset)
-    if len(block) == _BLOCK and not block.strip(b"\0"):
-        return None
-    return f"truncated tar: no end-of-archive marker after byte {offset}"
-
-
 def _decompressed(stream: BinaryIO) -> BinaryIO:
     """The tar bytes of ``stream``, decompressed by its magic number. Decompressors raise on a
-    cut-off stream, which tarfile's own would take for the end."""
-    buffered = io.BufferedReader(stream)  # type: ignore[arg-type]
+    cut-off stream, so a shard cut short is told from a whole one."""
+    buffered = stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[arg-type]
     magic = buffered.peek(6)[:6]
     if magic.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=buffered)  # type: ignore[return-value]
@@ -202,37 +182,6 @@ def _decompressed(stream: BinaryIO) -> BinaryIO:
     if magic.startswith(b"\xfd7zXZ\x00"):
         return lzma.LZMAFile(buffered)  # type: ignore[return-value]
     return buffered  # type: ignore[return-value]
-
-
-class _Tap(io.RawIOBase):
-    """Passes the (decompressed) tar through, counting its bytes and keeping the last few."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        super().__init__()
-        self._stream = stream
-        self.position = 0
-        self._tail = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        self.position += len(data)
-        self._tail = (self._tail + data)[-_TAIL:]
-        return len(data)
-
-    def block_at(self, offset: int) -> bytes:
-        """The (up to) 512 bytes at ``offset``, reading on as far as that needs."""
-        while self.position < offset + _BLOCK:
-            chunk = self._stream.read(offset + _BLOCK - self.position)
-            if not chunk:
-                break
-            self.position += len(chunk)
-            self._tail = (self._tail + chunk)[-_TAIL:]
-        start = offset - (self.position - len(self._tail))
-        return self._tail[start : start + _BLOCK] if start >= 0 else b""
 
 
 def label_and_caption(sample: TarSample, fields: SampleFields) -> tuple[str | None, str | None]:
