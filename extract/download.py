@@ -33,6 +33,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from headstart.extract.remote import describe_error
+
 __all__ = ["DownloadError", "DownloadLimits", "Downloader"]
 
 log = logging.getLogger(__name__)
@@ -266,7 +268,7 @@ class Downloader:
         except ImportError as exc:
             raise DownloadError(f"cannot read this URL's scheme: {exc}") from None
         except (OSError, ValueError) as exc:
-            raise DownloadError(f"cannot read: {type(exc).__name__}: {exc}"[:300]) from None
+            raise DownloadError(f"cannot read: {describe_error(exc)}"[:300]) from None
         if len(data) > cap:
             raise DownloadError(f"too large: more than {cap} bytes (stopped reading)")
         return data

@@ -231,16 +231,18 @@ def info_many(urls: list[str]) -> list[dict | BaseException]:
         return list(pool.map(one, urls))
 
 
-def open_stream(url: str) -> BinaryIO:
+def open_stream(url: str, size: int | None = None) -> BinaryIO:
     """A readable stream of the object, read front to back, never written to disk: ranged
     GETs of :data:`STREAM_BLOCK` on an object store, one streamed GET from a web server.
+    ``size``, where a listing gave it, spares an object store the HEAD that would ask for it.
     Transport errors surface as ``OSError``."""
     fs, path = filesystem(url)
     try:
         if "http" in protocols(fs):
             raw = fs.open(path, "rb", block_size=0)  # HTTPStreamFile: no range requests needed
         else:
-            raw = fs.open(path, "rb", block_size=STREAM_BLOCK, cache_type="readahead")
+            known = {"size": size} if size is not None and size >= 0 else {}
+            raw = fs.open(path, "rb", block_size=STREAM_BLOCK, cache_type="readahead", **known)
     except Exception as exc:  # whatever the transport raises: the reason goes to the ledger
         raise OSError(describe_error(exc)) from None
     return _Guarded(raw)  # type: ignore[return-value]

@@ -104,7 +104,7 @@ class ShardDataset(IterableDataset):
         try:
             if ref.problem is not None:  # a remote shard that answered 404 or access denied
                 raise OSError(ref.problem)
-            stream = open_shard(ref.path)
+            stream = open_shard(ref.path, ref.size)
         except OSError as exc:
             damage = f"cannot read shard: {exc.strerror or exc}"
         else:

@@ -251,13 +251,15 @@ def _is_shard_folder(folder: str) -> bool:
     return has_shards
 
 
-def open_shard(path: str) -> BinaryIO:
-    """The one way a shard is opened: a readable byte stream of it.
+def open_shard(path: str, size: int | None = None) -> BinaryIO:
+    """The one way a shard is opened: a readable byte stream of it. ``size``: the shard's size
+    as listed, which a remote shard is then opened without asking for again (should the shard
+    change meanwhile, the reader's signature check after the read finds it).
 
     Example:
         >>> with open_shard("/data/shards/00000.tar") as stream:  # doctest: +SKIP
         ...     head = stream.read(512)
     """
     if remote.is_url(path):
-        return remote.open_stream(path)  # streamed: nothing is downloaded to disk
+        return remote.open_stream(path, size)  # streamed: nothing is downloaded to disk
     return open(path, "rb", buffering=_OPEN_BUFFER)  # the caller closes it

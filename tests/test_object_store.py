@@ -43,16 +43,26 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The remote objects streamed as shards while the test runs (``-j 0``: in this process)."""
-    calls: list[str] = []
+    """The remote objects streamed as shards while the test runs (``-j 0``: in this process);
+    ``opened.sizes``: the size each was opened with."""
+    calls = _Calls()
     original = remote.open_stream
 
-    def counting(url: str):
+    def counting(url: str, size: int | None = None):
         calls.append(url)
-        return original(url)
+        calls.sizes.append(size)
+        return original(url, size)
 
     monkeypatch.setattr(remote, "open_stream", counting)
     return calls
+
+
+class _Calls(list):
+    sizes: list[int | None]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes = []
 
 
 def labelled_rows(sources: list[str], cache: Path) -> list:
@@ -264,6 +274,9 @@ def test_parts_open_only_their_own_s3_shards(
         result = run_cli("extract", pattern, *TINY, "-j", "0", "--part", part, "--cache", cache)
         assert result.exit_code == 0, result.output
     assert opened == [f"s3://{BUCKET}/shards/{n}.tar" for n in (0, 2, 1, 3)]
+    # Each opened with its listed size, so no HEAD asks for it again.
+    listed = [(tmp_path / "shards" / f"{n}.tar").stat().st_size for n in (0, 2, 1, 3)]
+    assert opened.sizes == listed
     whole = run_cli("extract", pattern, *TINY, "-j", "0", "--cache", cache)
     assert "listed 12 · embedded 0 · from cache 12" in whole.output, whole.output
 
@@ -294,7 +307,8 @@ def test_a_table_on_s3_names_objects_by_url_and_by_path_relative_to_it(
     assert result.exit_code == EXIT_SOME_FAILED, result.output
     assert "listed 5 · embedded 4 · from cache 0 · failed 1" in result.output
     with EmbeddingCache(cache).catalog() as catalog:
-        assert [f.path for f in catalog.iter_failures()] == [gone]
+        ledger = {f.path: f.reason for f in catalog.iter_failures()}
+    assert ledger == {gone: "cannot read: not found (404)"}
     rows = labelled_rows([source], cache)
     assert [(r.name, r.label) for r in rows] == [(u, u.split("/")[-2]) for u in urls]
     assert forward_count[0] == 4
@@ -308,3 +322,15 @@ def test_a_table_on_s3_names_objects_by_url_and_by_path_relative_to_it(
     assert "listed 4 · embedded 0 · from cache 4 · failed 0" in again.output
     assert [r.key for r in labelled_rows([relative], cache)] == [r.key for r in rows]
     assert forward_count[0] == 4
+
+
+def test_a_stream_opened_with_its_listed_size_reads_that_many_bytes(s3: S3Server) -> None:
+    """The size a listing gave is what the stream reads to (nothing asks the store again);
+    an object that grew since is read as listed, and the reader's signature check after
+    the read finds the change."""
+    s3.client().put_object(Bucket=BUCKET, Key="grown.tar", Body=b"x" * 5000)
+    url = f"s3://{BUCKET}/grown.tar"
+    with remote.open_stream(url, 3000) as stream:
+        assert stream.read() == b"x" * 3000
+    with remote.open_stream(url) as stream:
+        assert stream.read() == b"x" * 5000
