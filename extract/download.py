@@ -16,7 +16,8 @@ failure ledger; nothing here raises past a download.
 
 :meth:`Downloader.map` runs fetches in a pool of threads with a bounded number in flight and
 yields results as they complete, so a table streams through without being held.
-URLs with another scheme (``s3://``) are read through fsspec, when it has that filesystem.
+URLs with another scheme (``s3://``) are read through fsspec, when it has that filesystem,
+within the same slots per host (bucket), retries and byte cap; their timeouts are botocore's.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from headstart.extract.remote import describe_error
+from headstart.extract.remote import answer_status, describe_error, is_answer
 
 __all__ = ["DownloadError", "DownloadLimits", "Downloader"]
 
@@ -259,6 +260,25 @@ class Downloader:
         return bytes(body)
 
     def _fetch_fsspec(self, url: str) -> bytes:
+        """An object read through fsspec (``s3://``, ``gs://``), within the same per-host slots
+        (a bucket is a host), retries and byte cap as a web URL; timeouts are the
+        filesystem's own (botocore's, gcsfs's)."""
+        lim = self.limits
+        deadline = time.monotonic() + lim.deadline
+        for attempt in range(lim.retries + 1):
+            try:
+                with self._host_slot(url):
+                    return self._read_fsspec(url)
+            except _Retry as retry:
+                pause = lim.backoff * 2**attempt
+                if attempt == lim.retries or time.monotonic() + pause > deadline:
+                    tries = f" after {attempt + 1} tries" if attempt else ""
+                    raise DownloadError(f"{retry}{tries}") from None
+                log.debug("retrying %s in %.1f s: %s", url, pause, retry)
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _read_fsspec(self, url: str) -> bytes:
         cap = self.limits.max_bytes
         try:
             import fsspec
@@ -267,8 +287,13 @@ class Downloader:
                 data = f.read(cap + 1)
         except ImportError as exc:
             raise DownloadError(f"cannot read this URL's scheme: {exc}") from None
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:  # a URL the filesystem cannot address
             raise DownloadError(f"cannot read: {describe_error(exc)}"[:300]) from None
+        except Exception as exc:  # whatever the transport raises (botocore's are no OSError)
+            reason = f"cannot read: {describe_error(exc)}"[:300]
+            if is_answer(exc) and answer_status(exc) not in _RETRY_STATUS:
+                raise DownloadError(reason) from None  # 404, access denied: final at once
+            raise _Retry(reason) from None  # no answer, or a 5xx: worth another try
         if len(data) > cap:
             raise DownloadError(f"too large: more than {cap} bytes (stopped reading)")
         return data

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ListedImageItem",
     "RemoteStat",
+    "answer_status",
     "describe_error",
     "filesystem",
     "info_many",
@@ -159,14 +160,14 @@ def describe_error(exc: BaseException) -> str:
 def is_answer(exc: BaseException) -> bool:
     """Whether a failed request got an answer about the object (404, access denied, another
     HTTP status), rather than no answer at all (no server there, a refused connection)."""
-    if _status(exc) is not None:
+    if answer_status(exc) is not None:
         return True
     if exc.__cause__ is not None:  # a cause with no status: the request got no answer
         return False
     return isinstance(exc, (FileNotFoundError, PermissionError))
 
 
-def _status(exc: BaseException) -> int | None:
+def answer_status(exc: BaseException) -> int | None:
     """The HTTP status an error (or its cause) carries: aiohttp's ``status``, botocore's
     ``response``."""
     for error in (exc, exc.__cause__):

@@ -17,6 +17,7 @@ from test_tar_shards import image_bytes, labelled_shard
 from headstart.cache import EmbeddingCache
 from headstart.cli import EXIT_SOME_FAILED
 from headstart.extract import files, remote
+from headstart.extract.download import Downloader, DownloadError, DownloadLimits
 from headstart.extract.labelled import iter_labelled
 
 pytest.importorskip("s3fs")
@@ -334,3 +335,30 @@ def test_a_stream_opened_with_its_listed_size_reads_that_many_bytes(s3: S3Server
         assert stream.read() == b"x" * 3000
     with remote.open_stream(url) as stream:
         assert stream.read() == b"x" * 5000
+
+
+def test_s3_urls_are_fetched_within_the_download_limits(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``s3://`` row of a table: the byte cap holds, a missing object is final at once,
+    and a store that does not answer is tried again, as a web URL would be."""
+    import s3fs
+
+    s3.client().put_object(Bucket=BUCKET, Key="a.jpg", Body=b"abc")
+    with Downloader(DownloadLimits(retries=2, backoff=0.01)) as downloader:
+        assert downloader.fetch(f"s3://{BUCKET}/a.jpg") == b"abc"
+        with pytest.raises(DownloadError) as missing:
+            downloader.fetch(f"s3://{BUCKET}/gone.jpg")
+    assert str(missing.value) == "cannot read: not found (404)"
+    capped = Downloader(DownloadLimits(max_bytes=2))
+    with capped, pytest.raises(DownloadError, match="too large: more than 2 bytes"):
+        capped.fetch(f"s3://{BUCKET}/a.jpg")
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries, left to ours
+    s3fs.S3FileSystem.clear_instance_cache()
+    retrying = Downloader(DownloadLimits(retries=2, backoff=0.01))
+    with retrying, pytest.raises(DownloadError) as unanswered:
+        retrying.fetch(f"s3://{BUCKET}/a.jpg")
+    assert "Could not connect" in str(unanswered.value)
+    assert str(unanswered.value).endswith("after 3 tries")
