@@ -224,7 +224,17 @@ def test_a_row_whose_file_is_missing_is_recorded_and_the_run_goes_on(tmp_path: P
     assert "embedded 0 · from cache 3 · failed 3" in again.output, again.output
 
 
-def test_parts_divide_a_parquet_table_by_row_group(tmp_path: Path, forward_count) -> None:
+def test_parts_divide_a_parquet_table_by_row_group(
+    tmp_path: Path, forward_count, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_groups: list[list[int]] = []
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def recording(self, *args, **kwargs):
+        read_groups.append(list(kwargs["row_groups"]))
+        return iter_batches(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", recording)
     data = tmp_path / "data"
     table = write_table(data / "t.parquet", rows_of(10, data), row_group_size=3)  # 3+3+3+1
     assert pq.ParquetFile(table).metadata.num_row_groups == 4
@@ -242,6 +252,9 @@ def test_parts_divide_a_parquet_table_by_row_group(tmp_path: Path, forward_count
         for r in r
     ]
     assert got == [3, 4, 5, 9]
+    # Each part read its own row groups and no other: 1/2 groups 0 and 2, 2/2 groups 1 and 3;
+    # then the whole table, then part 2/2 read directly.
+    assert read_groups == [[0], [2], [1], [3], [0], [1], [2], [3], [1], [3]]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
