@@ -120,19 +120,21 @@ class Downloader:
         self._client.close()
 
     def fetch(self, url: str) -> bytes:
-        """The body at ``url``, or :class:`DownloadError` with the reason."""
+        """The body at ``url``, or :class:`DownloadError` with the reason. A URL of another
+        scheme than the web's (``s3://``, ``gs://``) is read through fsspec, within the same
+        slots per host (a bucket is a host), retries and byte cap; its timeouts are the
+        filesystem's own (botocore's, gcsfs's)."""
         try:
             scheme = urlsplit(url).scheme.lower()
         except ValueError as exc:
             raise DownloadError(f"invalid URL: {exc}") from None
-        if scheme not in ("http", "https"):
-            return self._fetch_fsspec(url)
+        web = scheme in ("http", "https")
         lim = self.limits
         deadline = time.monotonic() + lim.deadline
         for attempt in range(lim.retries + 1):
             try:
                 with self._host_slot(url):
-                    return self._follow(url, deadline)
+                    return self._follow(url, deadline) if web else self._read_fsspec(url)
             except _Retry as retry:
                 if attempt == lim.retries:
                     tries = f" after {attempt + 1} tries" if attempt else ""
@@ -259,26 +261,9 @@ class Downloader:
                 )
         return bytes(body)
 
-    def _fetch_fsspec(self, url: str) -> bytes:
-        """An object read through fsspec (``s3://``, ``gs://``), within the same per-host slots
-        (a bucket is a host), retries and byte cap as a web URL; timeouts are the
-        filesystem's own (botocore's, gcsfs's)."""
-        lim = self.limits
-        deadline = time.monotonic() + lim.deadline
-        for attempt in range(lim.retries + 1):
-            try:
-                with self._host_slot(url):
-                    return self._read_fsspec(url)
-            except _Retry as retry:
-                pause = lim.backoff * 2**attempt
-                if attempt == lim.retries or time.monotonic() + pause > deadline:
-                    tries = f" after {attempt + 1} tries" if attempt else ""
-                    raise DownloadError(f"{retry}{tries}") from None
-                log.debug("retrying %s in %.1f s: %s", url, pause, retry)
-                time.sleep(pause)
-        raise AssertionError("unreachable")  # the loop returns or raises
-
     def _read_fsspec(self, url: str) -> bytes:
+        """One read of an object through fsspec, its failure sorted as final or worth
+        another try."""
         cap = self.limits.max_bytes
         try:
             import fsspec
