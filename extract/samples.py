@@ -24,7 +24,6 @@ import gzip
 import io
 import json
 import lzma
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -44,7 +43,6 @@ __all__ = [
 
 # A member larger than this is not read into memory (an image this size is a fault anyway).
 MAX_MEMBER_BYTES = 1 << 28
-_DAMAGE = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -150,7 +148,9 @@ def iter_tar_samples(stream: BinaryIO) -> Iterator[TarSample | SampleFault | Sha
         # The members read whole before the damage are still good; so is the sample that
         # holds them (a label member cut off leaves it unlabelled).
         damage = str(exc)
-    except _DAMAGE as exc:  # the compressed stream's magic number or header is unreadable
+    except (OSError, ValueError) as exc:
+        # Only peeking at the magic number raises these: every later read is
+        # iter_tar_members', which turns its failures into TarDamage.
         damage = f"damaged tar after 0 members: {exc or type(exc).__name__}"
     yield from _finished(current, seen)
     yield ShardEnd(damage)

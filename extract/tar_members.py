@@ -53,6 +53,10 @@ class TarDamage(Exception):
     """The archive cannot be read past this point; the message says why and where."""
 
 
+class _Broken(Exception):
+    """What broke, raised where it is found; :func:`iter_tar_members` adds how far it got."""
+
+
 def iter_tar_members(stream: BinaryIO, max_member_bytes: int) -> Iterator[TarMember]:
     """The file members of the (uncompressed) tar read from ``stream``, in tar order.
 
@@ -69,60 +73,63 @@ def iter_tar_members(stream: BinaryIO, max_member_bytes: int) -> Iterator[TarMem
     members = 0
     local: dict[str, str] = {}  # pax or GNU records for the next member only
     global_: dict[str, str] = {}  # pax records for every member after them
-    while True:
-        offset = reader.offset
-        block = reader.read(BLOCK, members)
-        if len(block) < BLOCK:
-            if offset == 0 and not block:
-                raise TarDamage("damaged tar after 0 members: empty file")
-            raise TarDamage(f"truncated tar: no end-of-archive marker after byte {offset}")
-        if not block.strip(b"\0"):
-            return  # the end-of-archive block
-        kind, size, name = _header(block, offset, members)
-        if kind in _PAX_LOCAL or kind == _PAX_GLOBAL:
-            records = _pax_records(reader.read_record(size, members), offset, members)
-            (local if kind in _PAX_LOCAL else global_).update(records)
-            continue
-        if kind in (_GNU_LONG_NAME, _GNU_LONG_LINK):
-            text = reader.read_record(size, members).split(b"\0", 1)[0]
-            if kind == _GNU_LONG_NAME:
-                local["path"] = text.decode("utf-8", "surrogateescape")
-            continue
-        records = {**global_, **local} if global_ else local
-        local = {}
-        name = records.get("path", name)
-        if "size" in records:
-            size = _pax_size(records["size"], offset, members)
-        if kind in _NO_DATA or (kind == 0 and name.endswith("/")):
-            continue
-        if kind == _GNU_SPARSE or (kind in _REGULAR and _is_pax_sparse(records)):
-            if kind == _GNU_SPARSE:
-                reader.skip_sparse_map(block, members)
-            reader.skip(_padded(size), members)
-            yield TarMember(name, size, None, "stored as a sparse file, which is not read")
-        elif kind not in _REGULAR:
-            reader.skip(_padded(size), members)  # a type no image is stored as: stepped over
-            continue
-        elif size > max_member_bytes:
-            reader.skip(_padded(size), members)
-            yield TarMember(name, size, None, f"member of {size} bytes is too large")
-        else:
-            data = reader.read(size, members)
-            if len(data) < size:
-                raise TarDamage(f"damaged tar after {members} members: unexpected end of data")
-            reader.skip(_padded(size) - size, members)
-            yield TarMember(name, size, data)
-        members += 1
+    try:
+        while True:
+            offset = reader.offset
+            block = reader.read(BLOCK)
+            if len(block) < BLOCK:
+                if offset == 0 and not block:
+                    raise _Broken("empty file")
+                raise TarDamage(f"truncated tar: no end-of-archive marker after byte {offset}")
+            if not block.strip(b"\0"):
+                return  # the end-of-archive block
+            kind, size, name = _header(block, offset)
+            if kind in _PAX_LOCAL or kind == _PAX_GLOBAL:
+                records = _pax_records(reader.read_record(size), offset)
+                (local if kind in _PAX_LOCAL else global_).update(records)
+                continue
+            if kind in (_GNU_LONG_NAME, _GNU_LONG_LINK):
+                text = reader.read_record(size).split(b"\0", 1)[0]
+                if kind == _GNU_LONG_NAME:
+                    local["path"] = text.decode("utf-8", "surrogateescape")
+                continue
+            records = {**global_, **local} if global_ else local
+            local = {}
+            name = records.get("path", name)
+            if "size" in records:
+                size = _pax_size(records["size"], offset)
+            if kind in _NO_DATA or (kind == 0 and name.endswith("/")):
+                continue
+            if kind == _GNU_SPARSE or (kind in _REGULAR and _is_pax_sparse(records)):
+                if kind == _GNU_SPARSE:
+                    reader.skip_sparse_map(block)
+                reader.skip(_padded(size))
+                yield TarMember(name, size, None, "stored as a sparse file, which is not read")
+            elif kind not in _REGULAR:
+                reader.skip(_padded(size))  # a type no image is stored as: stepped over
+                continue
+            elif size > max_member_bytes:
+                reader.skip(_padded(size))
+                yield TarMember(name, size, None, f"member of {size} bytes is too large")
+            else:
+                data = reader.read(size)
+                if len(data) < size:
+                    raise _Broken("unexpected end of data")
+                reader.skip(_padded(size) - size)
+                yield TarMember(name, size, data)
+            members += 1
+    except _Broken as exc:
+        raise TarDamage(f"damaged tar after {members} members: {exc}") from exc
 
 
 class _Reader:
-    """Reads the stream, counting the bytes, and turns a failing read into :class:`TarDamage`."""
+    """Reads the stream, counting the bytes, and turns a failing read into :class:`_Broken`."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self.offset = 0
 
-    def read(self, count: int, members: int) -> bytes:
+    def read(self, count: int) -> bytes:
         """Up to ``count`` bytes: fewer only where the stream ends."""
         try:
             data = self._stream.read(count)
@@ -132,41 +139,39 @@ class _Reader:
                     break
                 data += more
         except _READ_ERRORS as exc:
-            raise TarDamage(
-                f"damaged tar after {members} members: {exc or type(exc).__name__}"
-            ) from exc
+            raise _Broken(f"{exc or type(exc).__name__}") from exc
         self.offset += len(data)
         return data
 
-    def read_record(self, size: int, members: int) -> bytes:
+    def read_record(self, size: int) -> bytes:
         """The data of a pax or GNU record member, and its padding."""
         if size > _MAX_RECORD:
-            raise TarDamage(f"damaged tar after {members} members: a header record of {size} bytes")
-        data = self.read(_padded(size), members)
+            raise _Broken(f"a header record of {size} bytes")
+        data = self.read(_padded(size))
         if len(data) < _padded(size):
-            raise TarDamage(f"damaged tar after {members} members: unexpected end of data")
+            raise _Broken("unexpected end of data")
         return data[:size]
 
-    def skip(self, count: int, members: int) -> None:
+    def skip(self, count: int) -> None:
         """Reads past ``count`` bytes, a piece at a time."""
         while count > 0:
-            piece = self.read(min(count, _SKIP_CHUNK), members)
+            piece = self.read(min(count, _SKIP_CHUNK))
             if not piece:
-                raise TarDamage(f"damaged tar after {members} members: unexpected end of data")
+                raise _Broken("unexpected end of data")
             count -= len(piece)
 
-    def skip_sparse_map(self, header: bytes, members: int) -> None:
+    def skip_sparse_map(self, header: bytes) -> None:
         """The extension blocks an old GNU sparse header may have after it."""
         extended = header[482]
         while extended:
-            block = self.read(BLOCK, members)
+            block = self.read(BLOCK)
             if len(block) < BLOCK:
-                raise TarDamage(f"damaged tar after {members} members: unexpected end of data")
+                raise _Broken("unexpected end of data")
             extended = block[504]
 
 
-def _header(block: bytes, offset: int, members: int) -> tuple[int, int, str]:
-    """(type, size, name) of a header block; :class:`TarDamage` if it is not one."""
+def _header(block: bytes, offset: int) -> tuple[int, int, str]:
+    """(type, size, name) of a header block; :class:`_Broken` if it is not one."""
     try:
         checksum = _number(block[148:156])
         size = _number(block[124:136])
@@ -174,9 +179,9 @@ def _header(block: bytes, offset: int, members: int) -> tuple[int, int, str]:
         checksum = size = -1
     unsigned = sum(block) - sum(block[148:156]) + 8 * ord(" ")
     if checksum != unsigned and checksum != sum(_SIGNED_CHECKSUM.unpack(block)) + 8 * ord(" "):
-        raise TarDamage(f"damaged tar after {members} members: bad header at byte {offset}")
+        raise _Broken(f"bad header at byte {offset}")
     if size < 0:
-        raise TarDamage(f"damaged tar after {members} members: bad size at byte {offset}")
+        raise _Broken(f"bad size at byte {offset}")
     name = block[:100].split(b"\0", 1)[0]
     # POSIX ustar keeps a path prefix in bytes 345-500; GNU tar ("ustar  ") keeps times there.
     if block[257:265] == b"ustar\x0000":
@@ -195,7 +200,7 @@ def _number(field: bytes) -> int:
     return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
 
 
-def _pax_records(data: bytes, offset: int, members: int) -> dict[str, str]:
+def _pax_records(data: bytes, offset: int) -> dict[str, str]:
     """The ``LENGTH KEY=VALUE\\n`` records of a pax header."""
     records, position = {}, 0
     while position < len(data) and data[position] != 0:
@@ -206,20 +211,20 @@ def _pax_records(data: bytes, offset: int, members: int) -> dict[str, str]:
             length = 0
         record = data[space + 1 : position + length]
         if space < 0 or length <= 0 or not record.endswith(b"\n") or b"=" not in record:
-            raise TarDamage(f"damaged tar after {members} members: bad pax header at byte {offset}")
+            raise _Broken(f"bad pax header at byte {offset}")
         key, _, value = record[:-1].partition(b"=")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         position += length
     return records
 
 
-def _pax_size(text: str, offset: int, members: int) -> int:
+def _pax_size(text: str, offset: int) -> int:
     try:
         size = int(text)
     except ValueError:
         size = -1
     if size < 0:
-        raise TarDamage(f"damaged tar after {members} members: bad pax size at byte {offset}")
+        raise _Broken(f"bad pax size at byte {offset}")
     return size
 
 

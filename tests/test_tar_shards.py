@@ -132,6 +132,7 @@ def test_compressed_shards_are_read_and_a_cut_one_is_damaged(tmp_path: Path, com
     assert events[-1] == ShardEnd(None)
     cut = list(iter_tar_samples(io.BytesIO(whole[: len(whole) * 2 // 3])))
     assert cut[-1].damage is not None
+    assert cut[-1].damage.startswith("damaged tar after"), cut[-1].damage
 
 
 def test_shards_embed_like_files_with_labels_and_captions(
